@@ -1,0 +1,51 @@
+"""labels → new training set (previous + labelled production rows) → the training flow."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from driftloop import curation, dataset, wiring
+from driftloop.dataset import LABEL, TEXT
+from driftloop.settings import load_settings
+from flows.training import TrainingOutcome, training
+from tasks import data, model
+
+
+@flow(name="retraining", flow_run_name="retrain ({requested_by}): {reason}", log_prints=True)
+def retraining(reason: str, requested_by: str = "manual", window_id: str = "", report: str = "",
+               min_new_labels: int | None = None, config: list[str] | None = None) -> TrainingOutcome:
+    """Retrain on the champion's exact training set plus every labelled production row.
+
+    ``min_new_labels`` defaults to the retrain policy; a manual run may pass 0 to retrain on what
+    is there now."""
+    settings = load_settings(config)
+    parts = wiring.build(settings)
+    logger = get_run_logger()
+    run_id = str(flow_run.id or "local")
+    splits = data.prepare(settings.data, parts.prepared_dir)
+    eval_texts = list(dataset.read_labelled(splits["eval"], TEXT, LABEL)[TEXT])
+    label_set = list(dataset.read_labels(splits["labels"]))
+
+    # The previous set is the champion's own, restored by its DVC hash: retraining never guesses.
+    current = model.champion_ref(parts.registry)
+    md5 = model.version_tags(parts.registry, current).get("data.md5") if current else None
+    if md5:
+        path = data.restore_dataset(parts.datasets, md5, parts.retrain_dir / f"previous-{md5}.csv")
+        previous = dataset.read_labelled(path, TEXT, LABEL)
+        logger.info("previous training set: %s's, %d rows (md5 %s)", current, len(previous), md5)
+    else:
+        previous = dataset.read_labelled(splits["train"], TEXT, LABEL)
+    needed = settings.retrain.min_new_labels if min_new_labels is None else min_new_labels
+    labelled = data.wait_for_labels(parts.log_root, previous, eval_texts, label_set, needed, settings.retrain)
+    merged = curation.merge_training_set(previous, labelled.rows, eval_texts)
+    out = parts.retrain_dir / f"training-{run_id}.csv"
+    dataset.write_labelled(merged, out)
+    added = len(merged) - len(previous)
+    create_markdown_artifact(
+        f"## Retrain requested by {requested_by}\n\n- reason: {reason}\n- window: `{window_id or '-'}`\n"
+        f"- drift report: {report or '-'}\n- previous training set: {len(previous)} rows\n"
+        f"- new labelled production rows: {added} (quarantined: {len(labelled.quarantined)})\n",
+        key="retrain-request", description=reason)
+    return training(training_set=str(out), reason=reason, trigger=requested_by, config=config)

@@ -1,0 +1,97 @@
+"""validate → train → evaluate → register → promote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from driftloop import dataset, wiring
+from driftloop.dataset import LABEL, TEXT
+from driftloop.policy import decide_promotion
+from driftloop.provenance import git_commit
+from driftloop.registry import CHALLENGER, CHAMPION
+from driftloop.settings import load_settings
+from driftloop.types import EvalReport, ModelRef, PromotionDecision
+from tasks import data, model
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    candidate: ModelRef
+    report: EvalReport
+    champion_report: EvalReport | None
+    decision: PromotionDecision
+    data_md5: str
+    champion: ModelRef | None
+
+
+@flow(name="training", log_prints=True)
+def training(training_set: str | None = None, reason: str = "initial training", trigger: str = "manual",
+             config: list[str] | None = None) -> TrainingOutcome:
+    """Train a candidate on ``training_set`` (a CSV/JSON with text and label columns; default: the
+    prepared first training set) and promote it if it beats the champion on the shared eval set."""
+    settings = load_settings(config)
+    parts = wiring.build(settings)
+    logger = get_run_logger()
+    run_id = str(flow_run.id or "local")
+
+    splits = data.prepare(settings.data, parts.prepared_dir)
+    source = Path(training_set) if training_set else splits["train"]
+    frame = dataset.read_labelled(source, TEXT, LABEL)
+    eval_set = dataset.read_labelled(splits["eval"], TEXT, LABEL)
+    label_set = dataset.read_labels(splits["labels"])
+
+    data.validate_training_set(frame, source=str(source), known_labels=label_set,
+                               eval_texts=list(eval_set[TEXT]))
+    version = data.commit_dataset(parts.datasets, frame, "training")
+    candidate_model = model.train(frame, settings.model, seed=settings.data.seed)
+    report, rows = model.evaluate(candidate_model, eval_set)
+
+    current = model.champion_ref(parts.registry)
+    champion_report = None
+    if current is not None:
+        champion_report, _ = model.evaluate(model.load_model(parts.registry, current), eval_set)
+    decision = decide_promotion(report, champion_report, settings.promotion)
+    logger.info("promotion decision: %s (%s)", "promote" if decision.promote else "keep champion",
+                decision.reason)
+
+    eval_dir = parts.reports_dir / f"eval-{run_id}"
+    model.write_eval_artifacts(report, rows, eval_dir)
+    tags = {
+        "data.md5": version.md5, "data.rows": str(version.rows), "data.labels": str(frame[LABEL].nunique()),
+        "eval.md5": report.eval_md5, "git.commit": git_commit(), "config.hash": settings.config_hash(),
+        "prefect.flow_run_id": run_id, "trigger": trigger, "reason": reason[:500],
+        "model.family": settings.model.family, "driftloop.kind": "train",
+        "decision": "promote" if decision.promote else "reject", "decision.reason": decision.reason[:500],
+    }
+    metrics = report.metrics() | ({f"champion.{k}": v for k, v in champion_report.metrics().items()}
+                                  if champion_report else {})
+    ref = model.register_model(
+        parts.registry, candidate_model, tags=tags, metrics=metrics,
+        params={"family": settings.model.family, **settings.model.params, "train_rows": len(frame)},
+        run_name=f"train-{trigger}", input_example=list(eval_set[TEXT].head(3)),
+        artifacts={"evaluation": eval_dir},
+    )
+    model.move_alias(parts.registry, parts.history, CHALLENGER, ref, action="register",
+                     reason=f"{reason}; {decision.reason}", actor=f"prefect:{run_id}")
+    if decision.promote:
+        model.move_alias(parts.registry, parts.history, CHAMPION, ref, action="promote",
+                         reason=f"{reason}; {decision.reason}", actor=f"prefect:{run_id}")
+
+    create_table_artifact(
+        [{"model": "candidate " + str(ref), **{k: round(v, 4) for k, v in report.metrics().items()}}]
+        + ([{"model": "champion " + str(current), **{k: round(v, 4) for k, v in champion_report.metrics().items()}}]
+           if champion_report else []),
+        key="candidate-vs-champion", description="shared evaluation set")
+    create_markdown_artifact(
+        f"## {'Promoted' if decision.promote else 'Not promoted'}: {ref}\n\n{decision.reason}\n\n"
+        f"- reason: {reason}\n- training set: {version.rows} rows, DVC md5 `{version.md5}`\n"
+        f"- evaluation set md5 `{report.eval_md5}` ({report.n} rows)\n"
+        f"- restore the training set: `driftloop data restore --version {ref.version}`\n",
+        key="promotion", description=decision.reason)
+    return TrainingOutcome(ref, report, champion_report, decision, version.md5,
+                           ref if decision.promote else current)

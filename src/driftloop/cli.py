@@ -1,0 +1,236 @@
+"""The ``driftloop`` command. Flows are imported lazily, after Prefect's environment is set."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from driftloop.settings import Settings, load_settings
+
+app = typer.Typer(help="driftloop: the closed retraining loop (train → evaluate → register → deploy → monitor).",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+data_app = typer.Typer(help="Data sets: prepare splits, restore a model's exact training set.", no_args_is_help=True)
+ui_app = typer.Typer(help="Open the Prefect or MLflow UI on 127.0.0.1.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(ui_app, name="ui")
+console = Console()
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Config overlay(s) from configs/ (name or path); repeatable.")
+
+
+def _settings(config: Optional[list[str]]) -> Settings:
+    try:
+        return load_settings(config)
+    except Exception as exc:  # a wrong key or value: say which, no traceback
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _orchestrator(settings: Settings):
+    """Point Prefect at the configured server, or start/reuse the embedded local one."""
+    from driftloop import prefect_server
+
+    home = settings.state_dir / "prefect"
+    if settings.prefect.api_url:
+        server = prefect_server.PrefectServer(settings.prefect.api_url, None)
+    elif os.environ.get("PREFECT_API_URL"):
+        server = prefect_server.PrefectServer(os.environ["PREFECT_API_URL"], None)
+    else:
+        with console.status("starting the local Prefect server on 127.0.0.1 …"):
+            server = prefect_server.ensure_server(home, settings.prefect.port)
+    prefect_server.use_server(server, home)
+    return server
+
+
+@app.command()
+def demo(config: Optional[list[str]] = ConfigOpt,
+         keep_servers: bool = typer.Option(False, help="Leave the Prefect server running afterwards.")) -> None:
+    """Run the whole loop once on BANKING77: v1, quiet traffic, drift, labels, v2, rollout."""
+    from driftloop.demo import run_demo
+
+    settings = _settings(config)
+    server = _orchestrator(settings)
+    try:
+        run_demo(settings, config or [], console, server)
+    finally:
+        if not keep_servers:
+            from driftloop import prefect_server
+
+            prefect_server.stop_server(server)
+
+
+@app.command()
+def train(config: Optional[list[str]] = ConfigOpt,
+          training_set: Optional[Path] = typer.Option(None, help="CSV/JSON with text,label (default: prepared v1 set)."),
+          reason: str = typer.Option("manual training", help="Why; recorded on the model version and history.")) -> None:
+    """Run the training flow: validate → train → evaluate → register → promote."""
+    settings = _settings(config)
+    _orchestrator(settings)
+    from flows.training import training
+
+    out = training(training_set=str(training_set) if training_set else None, reason=reason,
+                   trigger="cli", config=config)
+    console.print(f"registered {out.candidate}: accuracy {out.report.accuracy:.4f}, "
+                  f"macro-F1 {out.report.macro_f1:.4f} → "
+                  f"{'[green]promoted[/green]' if out.decision.promote else '[yellow]not promoted[/yellow]'}"
+                  f" ({out.decision.reason})")
+
+
+@app.command()
+def monitor(config: Optional[list[str]] = ConfigOpt,
+            no_trigger: bool = typer.Option(False, help="Report only; never start a retrain.")) -> None:
+    """Run the monitoring flow once on the newest window of the prediction log."""
+    settings = _settings(config)
+    _orchestrator(settings)
+    from flows.monitoring import monitoring
+
+    out = monitoring(trigger_retrain=not no_trigger, config=config)
+    if out.drift:
+        console.print(out.drift.summary())
+        for s in out.drift.signals:
+            console.print(f"  {s.name:16s} {s.value:.4f} (threshold {s.threshold:.4f}) {'DRIFT' if s.drifted else ''}")
+    console.print(f"decision: {'retrain' if out.decision.retrain else 'no retrain'} — {out.decision.reason}")
+    if out.retrain:
+        console.print(f"retrained: {out.retrain.candidate} "
+                      f"{'promoted' if out.retrain.decision.promote else 'not promoted'}")
+
+
+@app.command()
+def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; shown in the UI and history."),
+            config: Optional[list[str]] = ConfigOpt,
+            min_new_labels: int = typer.Option(0, help="Wait for this many new labelled rows first."),
+            who: str = typer.Option(os.environ.get("USER", "data-scientist"), help="Who asks (recorded).")) -> None:
+    """Start a retrain run by hand, at any time."""
+    settings = _settings(config)
+    _orchestrator(settings)
+    from flows.retraining import retraining
+
+    out = retraining(reason=reason, requested_by=f"manual:{who}", min_new_labels=min_new_labels, config=config)
+    console.print(f"{out.candidate}: accuracy {out.report.accuracy:.4f} → "
+                  f"{'promoted' if out.decision.promote else 'not promoted'} ({out.decision.reason})")
+
+
+@app.command()
+def serve(config: Optional[list[str]] = ConfigOpt) -> None:
+    """Serve the champion over HTTP (reloads when the alias moves)."""
+    from driftloop import serving, wiring
+
+    settings = _settings(config)
+    parts = wiring.build(settings)
+    console.print(f"serving {settings.registry.model_name}@champion on http://{settings.serving.host}:{settings.serving.port}")
+    serving.run_server(settings.serving, parts.registry, parts.log_root)
+
+
+@app.command()
+def status(config: Optional[list[str]] = ConfigOpt) -> None:
+    """Champion, challenger, every model version and the last runs."""
+    from driftloop import wiring
+
+    settings = _settings(config)
+    parts = wiring.build(settings)
+    versions = parts.registry.versions()
+    table = Table(title=f"{settings.registry.model_name} ({settings.tracking_uri})")
+    for col in ("version", "aliases", "accuracy", "macro-F1", "data md5", "trigger", "decision"):
+        table.add_column(col)
+    for v in versions:
+        tags = v["tags"]
+        table.add_row(v["version"], ", ".join(v["aliases"]), tags.get("metric.accuracy", "")[:6],
+                      tags.get("metric.macro_f1", "")[:6], tags.get("data.md5", "")[:10],
+                      tags.get("trigger", ""), tags.get("decision", ""))
+    console.print(table if versions else "no model registered yet")
+    triggers = parts.ledger.records()
+    if triggers:
+        console.print(f"last retrain trigger: window {triggers[-1].window_id[:12]} at {triggers[-1].time.isoformat()}")
+
+
+@app.command()
+def history(config: Optional[list[str]] = ConfigOpt,
+            as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
+    """The champion history: every alias move, when, why, by whom."""
+    from dataclasses import asdict
+
+    from driftloop.history import ChampionHistory
+
+    settings = _settings(config)
+    entries = ChampionHistory(settings.history_path).entries()
+    if as_json:
+        for e in entries:
+            typer.echo(json.dumps(asdict(e)))
+        return
+    table = Table(title="champion history")
+    for col in ("time", "alias", "from", "to", "action", "actor", "reason"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        table.add_row(e.time, e.alias, e.from_version or "-", e.to_version or "-", e.action, e.actor, e.reason)
+    console.print(table if entries else "no alias has moved yet")
+
+
+@data_app.command("prepare")
+def data_prepare(config: Optional[list[str]] = ConfigOpt,
+                 out: Path = typer.Option(Path("data/prepared"), help="Where to write the splits.")) -> None:
+    """Write the scenario's splits (train, eval, reference, traffic pools)."""
+    from driftloop import dataset
+
+    settings = _settings(config)
+    for name, path in dataset.prepare(settings.data, out).items():
+        console.print(f"{name:12s} {path}")
+
+
+@data_app.command("restore")
+def data_restore(version: str = typer.Option(..., help="Model version whose training set to restore."),
+                 out: Optional[Path] = typer.Option(None, help="Destination file."),
+                 config: Optional[list[str]] = ConfigOpt) -> None:
+    """Restore the exact training set of a registered model version (via its DVC hash)."""
+    from driftloop import wiring
+    from driftloop.types import ModelRef
+
+    settings = _settings(config)
+    parts = wiring.build(settings)
+    md5 = parts.registry.version_tags(ModelRef(settings.registry.model_name, version)).get("data.md5")
+    if not md5:
+        console.print(f"[red]version {version} has no data.md5 tag[/red]")
+        raise typer.Exit(1)
+    dest = out or Path(f"restored-v{version}-{md5[:8]}.csv")
+    parts.datasets.restore(md5, dest)
+    console.print(f"restored the training set of v{version} (md5 {md5}) to {dest}")
+
+
+@ui_app.command("prefect")
+def ui_prefect(config: Optional[list[str]] = ConfigOpt) -> None:
+    """Start the Prefect server and UI on 127.0.0.1 with this project's run history (Ctrl-C stops)."""
+    from driftloop import prefect_server
+
+    settings = _settings(config)
+    home = settings.state_dir / "prefect"
+    env = os.environ | prefect_server.prefect_env(home)
+    env.pop("PREFECT_API_URL", None)
+    console.print(f"Prefect UI: http://127.0.0.1:{settings.prefect.port}")
+    os.execvpe(str(Path(os.sys.executable).parent / "prefect"),
+               ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect.port)], env)
+
+
+@ui_app.command("mlflow")
+def ui_mlflow(config: Optional[list[str]] = ConfigOpt, port: int = typer.Option(5000)) -> None:
+    """Start the MLflow UI on 127.0.0.1 over this project's tracking store (Ctrl-C stops)."""
+    settings = _settings(config)
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    console.print(f"MLflow UI: http://127.0.0.1:{port}")
+    os.execvpe(str(Path(os.sys.executable).parent / "mlflow"),
+               ["mlflow", "server", "--backend-store-uri", settings.tracking_uri,
+                "--default-artifact-root", settings.artifact_root.as_uri(),
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

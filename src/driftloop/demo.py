@@ -1,0 +1,238 @@
+"""The demo scenario (entry-point layer: it drives the flows, the server and the simulator).
+
+1. v1 learns the training split without the "new" intents and becomes champion.
+2. Quiet traffic (known intents) → the monitor must stay quiet.
+3. Drift: new intents make up ``demo.new_share`` of traffic → the monitor must fire and start a
+   retrain run; annotators post labels meanwhile.
+4. The retrain run trains v2 on the champion's set + the labelled rows, gates and promotes it.
+5. The serving app swaps to v2 without a restart; accuracy before/after comes from the logs.
+
+The demo starts clean: each run removes the previous run's loop state (registry, logs, data
+versions, history) but keeps the Prefect server's run history, so every demo run stays
+inspectable in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from driftloop import dataset, predlog, simulator, wiring
+from driftloop.dataset import LABEL, TEXT
+from driftloop.settings import Settings
+
+# Loop state a demo run owns; "prefect" (the UI's run history) and "prepared" are kept.
+_DEMO_STATE = ("mlflow.db", "mlartifacts", "logs", "datasets", "dvc-remote", "reports", "retrain",
+               "champion_history.jsonl", "retrain_triggers.jsonl")
+
+
+@dataclass
+class Timeline:
+    console: Console
+    started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.started = time.perf_counter()
+        self.marks: dict[str, float] = {}
+
+    def step(self, message: str) -> None:
+        now = time.perf_counter() - self.started
+        self.console.print(f"[dim]{now:6.1f}s[/dim]  {message}")
+
+    def mark(self, name: str) -> float:
+        self.marks[name] = time.perf_counter()
+        return self.marks[name]
+
+
+def reset_state(settings: Settings) -> None:
+    for name in _DEMO_STATE:
+        path = settings.state_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def quiet_prefect_console() -> None:
+    """Prefect logs still reach the API (the UI); the terminal shows the demo's timeline."""
+    import logging
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ == "PrefectConsoleHandler":
+                handler.setLevel(logging.WARNING)
+
+
+class ServingProcess:
+    """``driftloop serve`` in a subprocess, as a user would run it."""
+
+    def __init__(self, settings: Settings, config: list[str]):
+        self.settings = settings
+        self.url = f"http://{settings.serving.host}:{settings.serving.port}"
+        exe = Path(sys.executable).parent / "driftloop"
+        cmd = [str(exe), "serve"] + sum((["-c", c] for c in config), [])
+        log = settings.state_dir / "serving.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serving exited with {self.proc.returncode}; see {self._log.name}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"serving not ready after {timeout_s:.0f}s; see {self._log.name}")
+
+    def version(self) -> str | None:
+        return httpx.get(f"{self.url}/health", timeout=2).json().get("model_version")
+
+    def wait_version(self, version: str, timeout_s: float = 60) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.version() == version:
+                return time.time()
+            time.sleep(0.05)
+        raise TimeoutError(f"serving did not switch to v{version} within {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+def live_accuracy(log_root: Path) -> pd.DataFrame:
+    """Accuracy per model version over labelled requests, from the prediction and feedback logs."""
+    joined = predlog.join_feedback(predlog.read_predictions(log_root), predlog.read_feedback(log_root))
+    labelled = joined[joined[LABEL].notna()]
+    if labelled.empty:
+        return pd.DataFrame(columns=["model_version", "labelled", "accuracy"])
+    labelled = labelled.assign(correct=labelled["intent"] == labelled[LABEL])
+    return (labelled.groupby("model_version")
+            .agg(labelled=("correct", "size"), accuracy=("correct", "mean")).reset_index())
+
+
+def run_demo(settings: Settings, config: list[str], console: Console, server) -> dict:
+    from driftloop import prefect_server  # noqa: F401  (environment already set by the CLI)
+
+    tl = Timeline(console)
+    console.rule("[bold]driftloop demo[/bold] — intent router on " + settings.data.name)
+    reset_state(settings)
+    tl.step(f"state dir [cyan]{settings.state_dir}[/cyan] reset (Prefect run history kept); "
+            f"Prefect UI [cyan]{server.ui_url}[/cyan]")
+
+    from flows.monitoring import monitoring
+    from flows.training import training
+
+    quiet_prefect_console()
+    parts = wiring.build(settings)
+    demo = settings.demo
+
+    tl.step(f"[bold]1. version 1[/bold]: training without the {len(settings.data.new_labels)} new intents …")
+    with console.status("training flow: validate → train → evaluate → register → promote"):
+        v1 = training(reason="initial model (new intents not launched yet)", trigger="demo", config=config)
+    tl.step(f"   {v1.candidate}: eval accuracy {v1.report.accuracy:.3f} (the eval set already holds the new "
+            f"intents), macro-F1 {v1.report.macro_f1:.3f} → {'champion' if v1.decision.promote else 'rejected'}")
+
+    splits = {n: dataset.read_labelled(parts.prepared_dir / f"{n}.csv", TEXT, LABEL)
+              for n in ("live_known", "live_new")}
+    serving = ServingProcess(settings, config)
+    try:
+        serving.wait_ready()
+        tl.step(f"   serving {serving.url} answers with v{serving.version()}")
+
+        tl.step(f"[bold]2. quiet traffic[/bold]: {demo.quiet_requests} requests of known intents …")
+        quiet = simulator.mix(splits["live_known"], splits["live_new"], demo.quiet_requests, 0.0, demo.seed)
+        answers = simulator.send(serving.url, quiet, demo.concurrency)
+        failed = sum(a.status != 200 for a in answers)
+        with console.status("monitoring flow on the quiet window"):
+            out = monitoring(config=config)
+        tl.step(f"   monitor: {out.drift.summary() if out.drift else '-'} → "
+                f"[{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
+
+        tl.step(f"[bold]3. drift[/bold]: {demo.drift_requests} requests, {demo.new_share:.0%} of them new intents …")
+        drifted = simulator.mix(splits["live_known"], splits["live_new"], demo.drift_requests, demo.new_share,
+                                demo.seed + 1)
+        drift_answers = simulator.send(serving.url, drifted, demo.concurrency)
+        failed += sum(a.status != 200 for a in drift_answers)
+
+        def annotators() -> None:
+            time.sleep(demo.label_delay_s)
+            posted = simulator.annotate(serving.url, drift_answers, demo.label_share, demo.seed)
+            tl.step(f"   [bold]4. labels arrive[/bold]: annotators posted {posted} labels to /feedback")
+
+        labelling = threading.Thread(target=annotators, daemon=True)
+        labelling.start()
+        with console.status("monitoring flow on the drifted window (a retrain run starts if it fires)"):
+            out = monitoring(config=config)
+        labelling.join()
+        if out.drift:
+            for s in out.drift.signals:
+                tl.step(f"   {s.name:16s} {s.value:.4f} vs threshold {s.threshold:.4f} "
+                        f"{'[red]drift[/red]' if s.drifted else 'ok'}")
+        tl.step(f"   monitor: [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
+        if out.retrain is None:
+            console.print("[red]the loop did not close: no retrain run completed[/red]")
+            raise SystemExit(1)
+        confirmed = parts.ledger.records()[-1].time.timestamp()
+        v2 = out.retrain
+        tl.step(f"   retrain run: {v2.candidate} accuracy {v2.report.accuracy:.3f} vs champion "
+                f"{v2.champion_report.accuracy:.3f} → {v2.decision.reason}")
+        if not v2.decision.promote:
+            console.print("[yellow]v2 was not promoted; the champion keeps serving[/yellow]")
+            raise SystemExit(1)
+
+        switched = serving.wait_version(v2.candidate.version)
+        swap_s = switched - confirmed
+        tl.step(f"[bold]5. rollout[/bold]: serving answers with v{v2.candidate.version} "
+                f"{swap_s:.1f}s after drift was confirmed (no restart)")
+        after = simulator.mix(splits["live_known"], splits["live_new"], demo.after_requests, demo.new_share,
+                              demo.seed + 2)
+        after = after[~after[TEXT].isin(set(drifted[TEXT]))]
+        after_answers = simulator.send(serving.url, after, demo.concurrency)
+        failed += sum(a.status != 200 for a in after_answers)
+        simulator.annotate(serving.url, after_answers, demo.label_share, demo.seed + 3)
+        time.sleep(0.2)
+    finally:
+        serving.stop()
+
+    acc = live_accuracy(parts.log_root)
+    table = Table(title="accuracy on drifted traffic (from /feedback labels)")
+    for col in ("model version", "labelled requests", "accuracy"):
+        table.add_column(col)
+    for row in acc.itertuples():
+        table.add_row(str(row.model_version), str(row.labelled), f"{row.accuracy:.3f}")
+    console.print(table)
+    console.print(f"failed requests: {failed}")
+    console.rule("where everything is")
+    console.print(f"Prefect UI      {server.ui_url}   (after the demo: [bold]make ui-prefect[/bold])\n"
+                  f"MLflow UI       [bold]make ui-mlflow[/bold] → http://127.0.0.1:5000  ({settings.tracking_uri})\n"
+                  f"drift reports   {parts.reports_dir}/drift-*.html (also MLflow artifacts of the 'monitor' runs)\n"
+                  f"prediction log  {parts.log_root}/predictions/   feedback {parts.log_root}/feedback/\n"
+                  f"history         driftloop history   ({settings.history_path})\n"
+                  f"training sets   {parts.datasets.root} (DVC); driftloop data restore --version N")
+    tl.step("done")
+    return {"v1": v1, "v2": v2, "accuracy": acc, "swap_s": swap_s, "failed": failed}

@@ -1,0 +1,111 @@
+"""Start, reuse and stop the embedded local Prefect server (127.0.0.1, SQLite under the state dir).
+
+Against a local server a flow costs about a second of overhead, against Prefect's ephemeral mode
+5–8 s per process; the server also gives the user the UI. This module only manages the process
+(it never imports Prefect), so the CLI can set ``PREFECT_API_URL`` before Prefect is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+# Servers this process started, so stop_server can reap them (a zombie still answers killpg).
+_STARTED: dict[int, subprocess.Popen] = {}
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    api_url: str
+    pid: int | None  # None when an already-running server was reused
+    log_path: Path | None = None
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+
+def prefect_env(home: Path) -> dict[str, str]:
+    return {
+        "PREFECT_HOME": str(home.resolve()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+    }
+
+
+def healthy(api_url: str, timeout: float = 1.0) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_server(home: Path, port: int, host: str = "127.0.0.1", timeout_s: float = 90) -> PrefectServer:
+    """Reuse a healthy server on ``host:port`` or start one in its own process group."""
+    api_url = f"http://{host}:{port}/api"
+    if healthy(api_url):
+        return PrefectServer(api_url, None)
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "server.log"
+    exe = Path(sys.executable).parent / "prefect"
+    cmd = [str(exe), "server", "start", "--host", host, "--port", str(port)]
+    env = os.environ | prefect_env(home)
+    env.pop("PREFECT_API_URL", None)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Prefect server exited with {proc.returncode}; see {log_path}")
+        if healthy(api_url):
+            (home / "server.pid").write_text(str(proc.pid))
+            _STARTED[proc.pid] = proc
+            return PrefectServer(api_url, proc.pid, log_path)
+        time.sleep(0.3)
+    _STARTED[proc.pid] = proc
+    stop_server(PrefectServer(api_url, proc.pid))
+    raise TimeoutError(f"Prefect server not healthy after {timeout_s:.0f}s; see {log_path}")
+
+
+def stop_server(server: PrefectServer, timeout_s: float = 15) -> None:
+    if server.pid is None:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    proc = _STARTED.pop(server.pid, None)
+    if proc is not None:
+        try:
+            proc.wait(timeout=timeout_s)
+            return
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            proc.wait()
+            return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def use_server(server: PrefectServer, home: Path) -> None:
+    """Point this process's Prefect client at ``server``; call before importing prefect."""
+    os.environ.update(prefect_env(home))
+    os.environ["PREFECT_API_URL"] = server.api_url

@@ -1,0 +1,243 @@
+"""The MLflow adapter: tracking runs, the model registry and its aliases.
+
+This is the only module that imports mlflow. Aliases (``champion``, ``challenger``) decide which
+version serves; stages are deprecated and never used.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import joblib
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from driftloop.modelling import TextClassifier
+from driftloop.types import ModelRef
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+# mlflow keeps the tracking URI in a process global; calls that rely on it (start_run,
+# log_model, load_model) are serialised so two registries in one process cannot cross.
+_GLOBAL_URI_LOCK = threading.RLock()
+
+
+def _requirements() -> list[str]:
+    """Exact pins of what the pyfunc needs: inference would drag in torch and pytest."""
+    from importlib.metadata import version
+
+    pkgs = ["scikit-learn", "numpy", "scipy", "pandas", "joblib", f"mlflow-skinny"]
+    out = []
+    for pkg in pkgs:
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except Exception:  # pragma: no cover - a package absent here is simply not pinned
+            out.append(pkg)
+    return out
+
+
+class IntentPyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of any :class:`TextClassifier`: a frame with ``text`` in, intent and
+    confidence out. In-process callers use :attr:`classifier` directly and skip the frame."""
+
+    classifier: TextClassifier | None = None
+
+    def load_context(self, context) -> None:
+        self.classifier = joblib.load(context.artifacts["classifier"])
+
+    def predict(self, context, model_input, params=None):
+        if isinstance(model_input, pd.DataFrame):
+            texts = model_input["text"].astype(str).tolist()
+        else:
+            texts = [str(t) for t in model_input]
+        preds = self.classifier.predict(texts)
+        return pd.DataFrame({"intent": [p.intent for p in preds],
+                             "confidence": [p.confidence for p in preds]})
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+class Registry:
+    """One registered model name in one MLflow tracking store."""
+
+    def __init__(self, tracking_uri: str, model_name: str, experiment: str = "driftloop",
+                 artifact_root: Path | None = None):
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.experiment = experiment
+        self.artifact_root = Path(artifact_root) if artifact_root else None
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._experiment_id: str | None = None
+
+    # -- tracking ---------------------------------------------------------------------------
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
+                try:
+                    self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+                except MlflowException:
+                    # another process created it between our read and our create
+                    self._experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    @contextmanager
+    def _uri(self) -> Iterator[None]:
+        with _GLOBAL_URI_LOCK:
+            previous = mlflow.get_tracking_uri() if os.environ.get("MLFLOW_TRACKING_URI") else None
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
+            try:
+                yield
+            finally:
+                if previous:
+                    mlflow.set_tracking_uri(previous)
+
+    def log_run(self, run_name: str, *, params: dict[str, Any] | None = None,
+                metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None,
+                artifacts: dict[str, Path] | None = None) -> str:
+        """One finished MLflow run (e.g. a monitor run with its report); returns the run id."""
+        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags or {})
+        run_id = run.info.run_id
+        try:
+            for key, value in (params or {}).items():
+                self.client.log_param(run_id, key, _param(value))
+            for key, value in (metrics or {}).items():
+                self.client.log_metric(run_id, key, float(value))
+            for artifact_path, path in (artifacts or {}).items():
+                if Path(path).is_dir():
+                    self.client.log_artifacts(run_id, str(path), artifact_path=artifact_path or None)
+                else:
+                    self.client.log_artifact(run_id, str(path), artifact_path=artifact_path or None)
+        except Exception:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def artifact_uri(self, run_id: str, path: str = "") -> str:
+        base = self.client.get_run(run_id).info.artifact_uri
+        return f"{base}/{path}" if path else base
+
+    def run_url(self, run_id: str, ui_base: str = "http://127.0.0.1:5000") -> str:
+        return f"{ui_base}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    # -- registry ---------------------------------------------------------------------------
+    def register_model(self, model: TextClassifier, *, tags: dict[str, str] | None = None,
+                       metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
+                       run_name: str = "train", input_example: Sequence[str] | None = None,
+                       artifacts: dict[str, Path] | None = None) -> ModelRef:
+        """Log the model in one run and create its version with all lineage tags at once.
+
+        The version is created last, in a single call carrying its tags: if anything before it
+        fails, nothing is registered, so there is never a half-built version.
+        """
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        example = list(input_example or ["where is my card?"])[:3]
+        frame = pd.DataFrame({"text": example})
+        preds = model.predict(example)
+        signature = infer_signature(frame, pd.DataFrame({"intent": [p.intent for p in preds],
+                                                        "confidence": [p.confidence for p in preds]}))
+        with self._uri(), tempfile.TemporaryDirectory() as tmp:
+            classifier_path = Path(tmp) / "classifier.joblib"
+            joblib.dump(model, classifier_path)
+            with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name, tags=tags) as run:
+                if params:
+                    mlflow.log_params({k: _param(v) for k, v in params.items()})
+                if metrics:
+                    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                for artifact_path, path in (artifacts or {}).items():
+                    if Path(path).is_dir():
+                        mlflow.log_artifacts(str(path), artifact_path=artifact_path or None)
+                    else:
+                        mlflow.log_artifact(str(path), artifact_path=artifact_path or None)
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=IntentPyfunc(),
+                    artifacts={"classifier": str(classifier_path)},
+                    signature=signature,
+                    input_example=frame,
+                    pip_requirements=_requirements(),
+                )
+            run_id = run.info.run_id
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(self.model_name)
+            except MlflowException:
+                pass  # created concurrently
+        version_tags = dict(tags)
+        version_tags.update({f"metric.{k}": f"{v:.6f}" for k, v in (metrics or {}).items()})
+        version = self.client.create_model_version(
+            self.model_name, source=info.model_uri, run_id=run_id, tags=version_tags,
+        )
+        return ModelRef(self.model_name, str(version.version))
+
+    def alias(self, name: str) -> ModelRef | None:
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, name)
+        except MlflowException:
+            return None
+        return ModelRef(self.model_name, str(mv.version))
+
+    def champion(self) -> ModelRef | None:
+        return self.alias(CHAMPION)
+
+    def challenger(self) -> ModelRef | None:
+        return self.alias(CHALLENGER)
+
+    def set_alias(self, name: str, ref: ModelRef) -> None:
+        self.client.set_registered_model_alias(self.model_name, name, ref.version)
+
+    def delete_alias(self, name: str) -> None:
+        try:
+            self.client.delete_registered_model_alias(self.model_name, name)
+        except MlflowException:
+            pass
+
+    def version_tags(self, ref: ModelRef) -> dict[str, str]:
+        return dict(self.client.get_model_version(ref.name, ref.version).tags)
+
+    def set_version_tag(self, ref: ModelRef, key: str, value: str) -> None:
+        self.client.set_model_version_tag(ref.name, ref.version, key, value)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version, newest first, with its aliases and tags (for ``driftloop status``)."""
+        try:
+            found = self.client.search_model_versions(f"name='{self.model_name}'")
+        except MlflowException:
+            return []
+        rows = []
+        for mv in sorted(found, key=lambda m: int(m.version), reverse=True):
+            rows.append({"version": str(mv.version), "aliases": list(mv.aliases or []),
+                         "run_id": mv.run_id, "created": mv.creation_timestamp, "tags": dict(mv.tags)})
+        return rows
+
+    def load(self, ref: ModelRef) -> TextClassifier:
+        with self._uri():
+            loaded = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}")
+        wrapper = loaded.unwrap_python_model()
+        if not isinstance(wrapper, IntentPyfunc) or wrapper.classifier is None:
+            raise RegistryError(f"{ref}: not a driftloop intent model")
+        return wrapper.classifier
+
+
+def _param(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."

@@ -1,0 +1,254 @@
+"""One typed settings object, loaded from ``configs/*.yaml`` and overridable from the environment.
+
+Sources, strongest first: keyword arguments, environment variables
+(``DRIFTLOOP__MONITOR__WINDOW_SIZE=300``), then the YAML files (``configs/base.yaml`` and any
+overlays named in ``DRIFTLOOP_CONFIG`` or passed to :func:`load_settings`, later files win).
+Every model is frozen and forbids unknown keys, so a typo fails at start with the key's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_DIR = Path("configs")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProjectSettings(_Section):
+    name: str = "driftloop"
+    # Everything the loop writes at run time lives here (MLflow db, logs, reports, data sets).
+    state_dir: Path = Path(".driftloop")
+
+
+class DataSettings(_Section):
+    name: str = "banking77"
+    train_path: Path = Path("data/raw/banking77/train.csv")
+    test_path: Path = Path("data/raw/banking77/test.csv")
+    text_field: str = "text"
+    label_field: str = "category"
+    # Labels withheld from the first model: they appear later in production (the drift scenario).
+    new_labels: tuple[str, ...] = ()
+    # Share of the test split kept as the held-out evaluation set (stratified, never trained on).
+    eval_fraction: float = Field(0.5, gt=0, lt=1)
+    # Share of the rest of the test split used as the production-like monitoring reference.
+    reference_fraction: float = Field(0.4, gt=0, lt=1)
+    seed: int = 42
+
+
+class ModelSettings(_Section):
+    family: str = "tfidf"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegistrySettings(_Section):
+    # None means the embedded default: SQLite under the state dir.
+    tracking_uri: str | None = None
+    experiment: str = "driftloop"
+    model_name: str = "intent-router"
+
+
+class PromotionPolicy(_Section):
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    # A candidate below this never serves, even as the first model.
+    min_score: float = Field(0.5, ge=0, le=1)
+    # How much worse than the champion on the shared evaluation set a candidate may be.
+    max_regression: float = Field(0.0, ge=0, le=1)
+    # How much better it must be to replace a champion (0: no regression beyond the tolerance).
+    min_improvement: float = Field(0.0, ge=0, le=1)
+
+
+class MonitorSettings(_Section):
+    # The newest N distinct predictions form the window.
+    window_size: int = Field(400, gt=0)
+    min_window: int = Field(150, gt=0)
+    # Thresholds are calibrated from the reference's own variation: random reference halves of
+    # window size are compared `calibration_rounds` times and the threshold is the worst value
+    # seen plus `margin` (never below the floor).
+    calibration_rounds: int = Field(12, gt=1)
+    margin: float = Field(0.02, ge=0)
+    text_auc_floor: float = Field(0.55, ge=0.5, le=1)
+    # Drift when at least this many of the signals fire.
+    min_signals: int = Field(2, ge=1)
+    low_confidence: float = Field(0.5, gt=0, lt=1)
+    seed: int = 7
+
+
+class RetrainPolicy(_Section):
+    cooldown_s: float = Field(600, ge=0)
+    min_new_labels: int = Field(100, ge=1)
+    label_wait_timeout_s: float = Field(180, ge=0)
+    label_poll_s: float = Field(1.0, gt=0)
+
+
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    reload_interval_s: float = Field(1.0, gt=0)
+    max_text_chars: int = Field(2000, gt=0)
+    max_batch: int = Field(256, gt=0)
+    # The prediction log is fsynced at least this often (bounds the loss on a machine crash;
+    # a crash of the server process itself loses nothing, each line is written at once).
+    fsync_interval_s: float = Field(1.0, gt=0)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_by_default(cls, value: str) -> str:
+        if value in {"0.0.0.0", "::"} and os.environ.get("DRIFTLOOP_ALLOW_PUBLIC_BIND") != "1":
+            raise ValueError("serving.host: binding every interface needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1")
+        return value
+
+
+class PrefectSettings(_Section):
+    # None: start (or reuse) a local Prefect server on 127.0.0.1:port, with its data under the
+    # state dir. Set a URL to use an existing server.
+    api_url: str | None = None
+    port: int = Field(4200, gt=0, lt=65536)
+
+
+class DemoSettings(_Section):
+    quiet_requests: int = Field(400, gt=0)
+    drift_requests: int = Field(500, gt=0)
+    after_requests: int = Field(400, gt=0)
+    new_share: float = Field(0.35, ge=0, le=1)
+    label_share: float = Field(0.8, ge=0, le=1)
+    label_delay_s: float = Field(0.5, ge=0)
+    concurrency: int = Field(8, gt=0)
+    seed: int = 1
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], files: list[Path]):
+        super().__init__(settings_cls)
+        self.files = files
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for path in self.files:
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except FileNotFoundError:
+                raise FileNotFoundError(f"config file not found: {path}") from None
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: not valid YAML: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: the top level must be a mapping of sections")
+            merged = _deep_merge(merged, loaded)
+        return merged
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="DRIFTLOOP__",
+        env_nested_delimiter="__",
+    )
+
+    project: ProjectSettings = ProjectSettings()
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    registry: RegistrySettings = RegistrySettings()
+    promotion: PromotionPolicy = PromotionPolicy()
+    monitor: MonitorSettings = MonitorSettings()
+    retrain: RetrainPolicy = RetrainPolicy()
+    serving: ServingSettings = ServingSettings()
+    prefect: PrefectSettings = PrefectSettings()
+    demo: DemoSettings = DemoSettings()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.monitor.min_window > self.monitor.window_size:
+            raise ValueError("monitor.min_window must not exceed monitor.window_size")
+        return self
+
+    # Derived locations: one place decides where each thing lives under the state dir.
+    @property
+    def state_dir(self) -> Path:
+        return self.project.state_dir
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.registry.tracking_uri:
+            return self.registry.tracking_uri
+        return f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.state_dir / "mlartifacts").resolve()
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.state_dir / "datasets"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
+
+    @property
+    def history_path(self) -> Path:
+        return self.state_dir / "champion_history.jsonl"
+
+    @property
+    def trigger_state_path(self) -> Path:
+        return self.state_dir / "retrain_triggers.jsonl"
+
+    def config_hash(self) -> str:
+        """A stable hash of the effective configuration, recorded on every model version."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def config_files(overlays: list[str] | None = None, config_dir: Path = DEFAULT_CONFIG_DIR) -> list[Path]:
+    """base.yaml, then each overlay (a name in ``configs/`` or a path), then ``DRIFTLOOP_CONFIG``."""
+    names = list(overlays or [])
+    env = os.environ.get("DRIFTLOOP_CONFIG", "")
+    names += [n for n in env.split(",") if n.strip()]
+    files = [config_dir / "base.yaml"] if (config_dir / "base.yaml").exists() else []
+    for name in names:
+        name = name.strip()
+        path = Path(name)
+        if not path.suffix:
+            path = config_dir / f"{name}.yaml"
+        files.append(path)
+    return files
+
+
+def load_settings(overlays: list[str] | None = None, config_dir: Path | str = DEFAULT_CONFIG_DIR,
+                  **overrides: Any) -> Settings:
+    """Build the settings once, at a flow's or command's entry."""
+    files = config_files(overlays, Path(config_dir))
+
+    class _FromFiles(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_unused):
+            return (init_settings, env_settings, _YamlSource(settings_cls, files))
+
+    return _FromFiles(**overrides)

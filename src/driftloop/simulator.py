@@ -1,0 +1,94 @@
+"""A traffic simulator: real HTTP requests to the serving app, and annotators posting labels.
+
+It knows the true label of every text it sends (that is what makes the accuracy figures
+possible), but the monitor never sees those labels except through ``/feedback``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from driftloop.dataset import LABEL, TEXT
+
+
+@dataclass(frozen=True)
+class Answer:
+    request_id: str
+    text: str
+    true_label: str
+    intent: str
+    confidence: float
+    model_version: str
+    status: int
+
+
+def mix(known: pd.DataFrame, new: pd.DataFrame, n: int, new_share: float, seed: int) -> pd.DataFrame:
+    """``n`` texts, ``new_share`` of them from the new labels, each drawn without replacement."""
+    rng = np.random.default_rng(seed)
+    n_new = int(round(n * new_share))
+    n_known = n - n_new
+    if n_new > len(new) or n_known > len(known):
+        raise ValueError(f"asked for {n_known} known + {n_new} new texts, pools hold {len(known)} + {len(new)}")
+    parts = [known.iloc[rng.choice(len(known), n_known, replace=False)]]
+    if n_new:
+        parts.append(new.iloc[rng.choice(len(new), n_new, replace=False)])
+    out = pd.concat(parts, ignore_index=True)
+    return out.iloc[rng.permutation(len(out))].reset_index(drop=True)
+
+
+async def _send_all(base_url: str, frame: pd.DataFrame, concurrency: int, timeout: float) -> list[Answer]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    answers: list[Answer | None] = [None] * len(frame)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(frame)):
+        queue.put_nowait(i)
+    texts, labels = frame[TEXT].tolist(), frame[LABEL].tolist()
+
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                try:
+                    resp = await client.post("/predict", json={"text": texts[i]})
+                    if resp.status_code == 200:
+                        body = resp.json()
+                        pred = body["predictions"][0]
+                        answers[i] = Answer(pred["request_id"], texts[i], labels[i], pred["intent"],
+                                            float(pred["confidence"]), str(body["model_version"]), 200)
+                    else:
+                        answers[i] = Answer("", texts[i], labels[i], "", 0.0, "", resp.status_code)
+                except httpx.HTTPError:
+                    answers[i] = Answer("", texts[i], labels[i], "", 0.0, "", 0)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return [a for a in answers if a is not None]
+
+
+def send(base_url: str, frame: pd.DataFrame, concurrency: int = 8, timeout: float = 10.0) -> list[Answer]:
+    """POST every text of ``frame`` to ``/predict``, ``concurrency`` at a time."""
+    return asyncio.run(_send_all(base_url, frame, concurrency, timeout))
+
+
+def annotate(base_url: str, answers: list[Answer], share: float, seed: int, token: str | None = None) -> int:
+    """Post the true label of ``share`` of the answered requests to ``/feedback``; returns the count."""
+    rng = np.random.default_rng(seed)
+    ok = [a for a in answers if a.status == 200]
+    chosen = [ok[i] for i in sorted(rng.choice(len(ok), int(round(len(ok) * share)), replace=False))] if ok else []
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    posted = 0
+    with httpx.Client(base_url=base_url, timeout=10.0, headers=headers) as client:
+        for a in chosen:
+            resp = client.post("/feedback", json={"request_id": a.request_id, "label": a.true_label})
+            resp.raise_for_status()
+            posted += 1
+    return posted
+
+
+def accuracy(answers: list[Answer]) -> float:
+    ok = [a for a in answers if a.status == 200]
+    return float(np.mean([a.intent == a.true_label for a in ok])) if ok else float("nan")

@@ -1,0 +1,152 @@
+"""Typed values passed between the loop's steps.
+
+Every step of the loop hands the next one a frozen value from this module, never a dict or a
+tuple, so a flow reads like a table of contents and a wrong field fails loudly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered model version (MLflow's name + version)."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model answers for one text."""
+
+    intent: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """A DVC-tracked data set: the md5 DVC computed and where the file was written."""
+
+    md5: str
+    path: str
+    size: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    """One failed check: which check, a message, and the offending rows (0-based data rows)."""
+
+    check: str
+    message: str
+    rows: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    source: str
+    rows: int
+    issues: tuple[ValidationIssue, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.source}: {self.rows} rows passed validation"
+        lines = [f"{self.source}: {len(self.issues)} validation problem(s) in {self.rows} rows"]
+        for issue in self.issues:
+            shown = ", ".join(str(r) for r in issue.rows[:10])
+            more = f" (+{len(issue.rows) - 10} more)" if len(issue.rows) > 10 else ""
+            where = f" rows [{shown}{more}]" if issue.rows else ""
+            lines.append(f"  - {issue.check}: {issue.message}{where}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Scores of one model on one evaluation set."""
+
+    accuracy: float
+    macro_f1: float
+    n: int
+    ece: float
+    per_intent_f1: dict[str, float] = field(default_factory=dict)
+    eval_md5: str = ""
+
+    def metrics(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "ece": self.ece}
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class SignalResult:
+    """One drift signal: its value, the threshold it was compared with, and the verdict."""
+
+    name: str
+    value: float
+    threshold: float
+    drifted: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """Evidently's verdict on one window, already typed.
+
+    ``window_id`` is a hash of the window's request ids: the same window always gets the same id,
+    which is what deduplicates retrain triggers.
+    """
+
+    window_id: str
+    window_start: datetime | None
+    window_end: datetime | None
+    n_reference: int
+    n_current: int
+    signals: tuple[SignalResult, ...]
+    drift_detected: bool
+    share_drifted: float
+    report_path: str = ""
+    accuracy: float | None = None
+    n_labelled: int = 0
+
+    def signal(self, name: str) -> SignalResult | None:
+        return next((s for s in self.signals if s.name == name), None)
+
+    def summary(self) -> str:
+        fired = [s.name for s in self.signals if s.drifted]
+        verdict = "DRIFT" if self.drift_detected else "no drift"
+        return f"{verdict}: {len(fired)}/{len(self.signals)} signals fired ({', '.join(fired) or 'none'})"
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    retrain: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One alias move in the champion history (append-only)."""
+
+    time: str
+    model: str
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    action: str
+    reason: str
+    actor: str
+    report: str = ""

@@ -1,0 +1,72 @@
+"""The DVC adapter: every training set the loop builds becomes a DVC-tracked version.
+
+The loop writes into a DVC repository of its own (``<state_dir>/datasets``, initialised without
+git) so that a scheduled run never dirties the user's git checkout. Each version is cached and
+pushed to the configured remote (a local folder by default, S3 at scale); its md5 is recorded on
+the model version, and :meth:`DatasetStore.restore` brings back the exact file from that md5
+through ``dvc pull`` alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from driftloop.dataset import write_labelled
+from driftloop.types import DataVersion
+
+# DVC repos are not safe for concurrent writers in one process (its lock is per process).
+_LOCK = threading.Lock()
+
+
+class DatasetStore:
+    def __init__(self, root: Path, remote_url: str | None = None):
+        self.root = Path(root).resolve()
+        self.remote_url = remote_url or str(self.root.parent / "dvc-remote")
+
+    def _repo(self):
+        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+        from dvc.repo import Repo
+
+        if not (self.root / ".dvc").exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            repo = Repo.init(str(self.root), no_scm=True)
+            with repo.config.edit() as conf:
+                conf["remote"] = {"store": {"url": self.remote_url}}
+                conf["core"]["remote"] = "store"
+                conf["core"]["analytics"] = False
+                conf["core"]["autostage"] = False
+            return repo
+        return Repo(str(self.root))
+
+    def commit(self, frame: pd.DataFrame, name: str) -> DataVersion:
+        """Write ``frame`` as ``<name>.csv``, ``dvc add`` and ``dvc push`` it; return its version."""
+        with _LOCK:
+            repo = self._repo()
+            path = write_labelled(frame, self.root / f"{name}.csv")
+            repo.add(str(path))
+            repo.push(targets=[str(path) + ".dvc"])
+            meta = yaml.safe_load((self.root / f"{name}.csv.dvc").read_text())["outs"][0]
+            return DataVersion(md5=meta["md5"], path=str(path), size=int(meta["size"]), rows=len(frame))
+
+    def restore(self, md5: str, dest: Path) -> Path:
+        """Bring back the exact file with this md5 (from the cache, else the remote) to ``dest``."""
+        with _LOCK:
+            repo = self._repo()
+            name = f"restore-{md5}.csv"
+            dvcfile = self.root / f"{name}.dvc"
+            dvcfile.write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": name}]}))
+            try:
+                repo.pull(targets=[str(dvcfile)])
+                dest = Path(dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.root / name, dest)
+            finally:
+                dvcfile.unlink(missing_ok=True)
+                (self.root / name).unlink(missing_ok=True)
+            return dest

@@ -1,0 +1,38 @@
+"""The adapters a run needs, built once from the settings at a flow's or command's entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from driftloop.history import ChampionHistory, TriggerLedger
+from driftloop.registry import Registry
+from driftloop.settings import Settings
+from driftloop.versioning import DatasetStore
+
+
+@dataclass(frozen=True)
+class Components:
+    registry: Registry
+    history: ChampionHistory
+    ledger: TriggerLedger
+    datasets: DatasetStore
+    log_root: Path
+    prepared_dir: Path
+    reports_dir: Path
+    retrain_dir: Path
+
+
+def build(settings: Settings) -> Components:
+    state = settings.state_dir
+    return Components(
+        registry=Registry(settings.tracking_uri, settings.registry.model_name, settings.registry.experiment,
+                          artifact_root=settings.artifact_root),
+        history=ChampionHistory(settings.history_path),
+        ledger=TriggerLedger(settings.trigger_state_path),
+        datasets=DatasetStore(settings.datasets_dir),
+        log_root=settings.log_dir,
+        prepared_dir=state / "prepared",
+        reports_dir=settings.reports_dir,
+        retrain_dir=state / "retrain",
+    )

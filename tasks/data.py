@@ -1,0 +1,70 @@
+"""Data tasks: prepare splits, validate, version with DVC, gather labelled production rows."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from driftloop import curation, dataset, predlog, validation
+from driftloop.settings import DataSettings, RetrainPolicy
+from driftloop.types import DataVersion, ValidationReport
+from driftloop.versioning import DatasetStore
+
+
+@task(cache_policy=NO_CACHE)
+def prepare(cfg: DataSettings, out_dir: Path) -> dict[str, Path]:
+    """Build the scenario's splits once; later runs reuse them (raw data is immutable)."""
+    names = ("train", "eval", "reference", "live_known", "live_new", "labels")
+    existing = {n: out_dir / (f"{n}.json" if n == "labels" else f"{n}.csv") for n in names}
+    if all(p.exists() for p in existing.values()):
+        return existing
+    return dataset.prepare(cfg, out_dir)
+
+
+@task(cache_policy=NO_CACHE)
+def validate_training_set(frame: pd.DataFrame, *, source: str, known_labels, eval_texts) -> ValidationReport:
+    report = validation.validate_training_set(frame, source=source, known_labels=known_labels,
+                                              eval_texts=eval_texts)
+    create_markdown_artifact(
+        f"## Validation of `{source}`\n\n```\n{report.summary()}\n```\n",
+        key="validation", description="validation gate")
+    return validation.require_valid(report)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def commit_dataset(store: DatasetStore, frame: pd.DataFrame, name: str) -> DataVersion:
+    return store.commit(frame, name)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def restore_dataset(store: DatasetStore, md5: str, dest: Path) -> Path:
+    return store.restore(md5, dest)
+
+
+@task(cache_policy=NO_CACHE)
+def wait_for_labels(log_root: Path, previous: pd.DataFrame, eval_texts: list[str], label_set: list[str],
+                    min_new: int, policy: RetrainPolicy) -> curation.LabelledRows:
+    """Poll the feedback log until ``min_new`` labelled production rows would add to training."""
+    logger = get_run_logger()
+    deadline = time.monotonic() + policy.label_wait_timeout_s
+    while True:
+        labelled = curation.labelled_rows(predlog.read_predictions(log_root), predlog.read_feedback(log_root),
+                                          label_set)
+        fresh = len(curation.new_rows(previous, labelled.rows, eval_texts))
+        if fresh >= min_new:
+            logger.info("%d new labelled rows (needed %d)", fresh, min_new)
+            if len(labelled.quarantined):
+                logger.warning("%d feedback rows carry labels outside the label set; kept in the log, "
+                               "not trained on: %s", len(labelled.quarantined),
+                               sorted(set(labelled.quarantined["label"]))[:5])
+            return labelled
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"only {fresh} new labelled rows after {policy.label_wait_timeout_s:.0f}s "
+                               f"(need {min_new}); the champion is unchanged")
+        logger.info("waiting for labels: %d/%d", fresh, min_new)
+        time.sleep(policy.label_poll_s)

@@ -1,0 +1,62 @@
+"""Model tasks: train, evaluate, register, move aliases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from driftloop import champion, evaluation, modelling
+from driftloop.history import ChampionHistory
+from driftloop.modelling import TextClassifier
+from driftloop.registry import Registry
+from driftloop.settings import ModelSettings
+from driftloop.types import EvalReport, HistoryEntry, ModelRef
+
+
+@task(cache_policy=NO_CACHE)
+def train(frame: pd.DataFrame, cfg: ModelSettings, seed: int = 0) -> TextClassifier:
+    logger = get_run_logger()
+    return modelling.get_family(cfg.family).fit(frame, dict(cfg.params), seed=seed, progress=logger.info)
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate(model: TextClassifier, eval_set: pd.DataFrame) -> tuple[EvalReport, pd.DataFrame]:
+    return evaluation.evaluate(model, eval_set)
+
+
+@task(cache_policy=NO_CACHE)
+def write_eval_artifacts(report: EvalReport, rows: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    return evaluation.write_eval_artifacts(report, rows, out_dir)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+def load_model(registry: Registry, ref: ModelRef) -> TextClassifier:
+    return registry.load(ref)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+def champion_ref(registry: Registry) -> ModelRef | None:
+    return registry.champion()
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+def register_model(registry: Registry, model: TextClassifier, *, tags: dict[str, str],
+                   metrics: dict[str, float], params: dict, run_name: str, input_example: list[str],
+                   artifacts: dict[str, Path]) -> ModelRef:
+    return registry.register_model(model, tags=tags, metrics=metrics, params=params, run_name=run_name,
+                                   input_example=input_example, artifacts=artifacts)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+def move_alias(registry: Registry, history: ChampionHistory, alias: str, ref: ModelRef, *, action: str,
+               reason: str, actor: str, report: str = "") -> HistoryEntry:
+    return champion.move_alias(registry, history, alias, ref, action=action, reason=reason, actor=actor,
+                               report=report)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+def version_tags(registry: Registry, ref: ModelRef) -> dict[str, str]:
+    return registry.version_tags(ref)

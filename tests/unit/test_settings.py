@@ -1,0 +1,66 @@
+import pytest
+from pydantic import ValidationError
+
+from driftloop.settings import load_settings
+
+
+def test_base_config_loads(repo_root):
+    s = load_settings()
+    assert s.registry.model_name == "intent-router"
+    assert len(s.data.new_labels) == 10
+    assert s.tracking_uri.startswith("sqlite:///")
+
+
+def test_env_overrides_yaml(monkeypatch):
+    monkeypatch.setenv("DRIFTLOOP__MONITOR__WINDOW_SIZE", "321")
+    assert load_settings().monitor.window_size == 321
+
+
+def test_overlay_file_wins_over_base(tmp_path):
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("monitor:\n  min_window: 42\n")
+    s = load_settings([str(overlay)])
+    assert s.monitor.min_window == 42 and s.monitor.window_size == 400
+
+
+@pytest.mark.parametrize("env,field", [
+    ({"DRIFTLOOP__MONITOR__WINDW": "3"}, "monitor.windw"),
+    ({"DRIFTLOOP__SERVING__PORT": "99999"}, "serving.port"),
+    ({"DRIFTLOOP__PROMOTION__METRIC": "auc"}, "promotion.metric"),
+])
+def test_wrong_key_or_value_names_the_key(monkeypatch, env, field):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValidationError) as err:
+        load_settings()
+    assert field in str(err.value)
+
+
+def test_unknown_yaml_key_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("retrain:\n  cooldown: 5\n")
+    with pytest.raises(ValidationError, match="retrain.cooldown"):
+        load_settings([str(bad)])
+
+
+def test_missing_overlay_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_settings([str(tmp_path / "nope.yaml")])
+
+
+def test_public_bind_refused(monkeypatch):
+    monkeypatch.setenv("DRIFTLOOP__SERVING__HOST", "0.0.0.0")
+    with pytest.raises(ValidationError, match="serving.host"):
+        load_settings()
+
+
+def test_settings_are_frozen():
+    s = load_settings()
+    with pytest.raises(ValidationError):
+        s.monitor.window_size = 5
+
+
+def test_config_hash_changes_with_config(monkeypatch):
+    a = load_settings().config_hash()
+    monkeypatch.setenv("DRIFTLOOP__MODEL__FAMILY", "other")
+    assert load_settings().config_hash() != a
