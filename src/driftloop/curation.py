@@ -10,11 +10,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from driftloop.dataset import LABEL, TEXT
-
-
-def normalise(texts: pd.Series) -> pd.Series:
-    return texts.astype(str).str.strip().str.lower().str.split().str.join(" ")
+from driftloop.dataset import LABEL, TEXT, normalise
 
 
 def select_window(predictions: pd.DataFrame, model_version: str | None, size: int) -> pd.DataFrame:

@@ -24,6 +24,11 @@ class DataError(ValueError):
     """A data file that cannot be read as a labelled text set; the message names file and field."""
 
 
+def normalise(texts: pd.Series) -> pd.Series:
+    """Case- and whitespace-insensitive form of texts: the same question typed twice is one."""
+    return texts.astype(str).str.strip().str.lower().str.split().str.join(" ")
+
+
 def read_labelled(path: Path | str, text_field: str = TEXT, label_field: str = LABEL) -> pd.DataFrame:
     """Read a CSV, JSON (a list of records) or JSON Lines file into a ``text``/``label`` frame.
 
@@ -116,15 +121,18 @@ def build_splits(cfg: DataSettings) -> ScenarioSplits:
     if unknown:
         raise DataError(f"data.new_labels: {unknown} are not labels of {cfg.train_path}")
     new = set(cfg.new_labels)
-    # A text that is in both raw splits would leak; keep it on the training side only.
-    test = test[~test[TEXT].str.strip().str.lower().isin(set(train[TEXT].str.strip().str.lower()))]
-    test = test.drop_duplicates(TEXT).reset_index(drop=True)
+    # Raw data stays as published; the working splits drop repeated texts, and a text in both
+    # raw splits would leak, so it stays on the training side only.
+    train = train.loc[~normalise(train[TEXT]).duplicated()].reset_index(drop=True)
+    test = test.loc[~normalise(test[TEXT]).isin(set(normalise(train[TEXT])))]
+    test = test.loc[~normalise(test[TEXT]).duplicated()].reset_index(drop=True)
     eval_set, rest = _stratified_take(test, cfg.eval_fraction, cfg.seed)
     rest_known = rest[~rest[LABEL].isin(new)].reset_index(drop=True)
     reference, live_known = _stratified_take(rest_known, cfg.reference_fraction, cfg.seed + 1)
     live_new = pd.concat(
         [rest[rest[LABEL].isin(new)], train[train[LABEL].isin(new)]], ignore_index=True
-    ).drop_duplicates(TEXT).reset_index(drop=True)
+    )
+    live_new = live_new.loc[~normalise(live_new[TEXT]).duplicated()].reset_index(drop=True)
     v1_train = train[~train[LABEL].isin(new)].reset_index(drop=True)
     return ScenarioSplits(
         train=v1_train,

@@ -99,14 +99,14 @@ class Registry:
     @contextmanager
     def _uri(self) -> Iterator[None]:
         with _GLOBAL_URI_LOCK:
-            previous = mlflow.get_tracking_uri() if os.environ.get("MLFLOW_TRACKING_URI") else None
+            previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
             mlflow.set_tracking_uri(self.tracking_uri)
             mlflow.set_registry_uri(self.tracking_uri)
             try:
                 yield
             finally:
-                if previous:
-                    mlflow.set_tracking_uri(previous)
+                mlflow.set_tracking_uri(previous[0])
+                mlflow.set_registry_uri(previous[1])
 
     def log_run(self, run_name: str, *, params: dict[str, Any] | None = None,
                 metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None,
@@ -175,18 +175,20 @@ class Registry:
                     pip_requirements=_requirements(),
                 )
             run_id = run.info.run_id
-        try:
-            self.client.get_registered_model(self.model_name)
-        except MlflowException:
             try:
-                self.client.create_registered_model(self.model_name)
+                self.client.get_registered_model(self.model_name)
             except MlflowException:
-                pass  # created concurrently
-        version_tags = dict(tags)
-        version_tags.update({f"metric.{k}": f"{v:.6f}" for k, v in (metrics or {}).items()})
-        version = self.client.create_model_version(
-            self.model_name, source=info.model_uri, run_id=run_id, tags=version_tags,
-        )
+                try:
+                    self.client.create_registered_model(self.model_name)
+                except MlflowException:
+                    pass  # created concurrently
+            version_tags = dict(tags)
+            version_tags.update({f"metric.{k}": f"{v:.6f}" for k, v in (metrics or {}).items()})
+            # Inside _uri(): MLflow resolves a models:/m-... source through the global tracking
+            # URI, not this client's.
+            version = self.client.create_model_version(
+                self.model_name, source=info.model_uri, run_id=run_id, tags=version_tags,
+            )
         return ModelRef(self.model_name, str(version.version))
 
     def alias(self, name: str) -> ModelRef | None:

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from driftloop.dataset import LABEL, TEXT
+from driftloop.dataset import LABEL, TEXT, normalise
 from driftloop.types import ValidationIssue, ValidationReport
 
 
@@ -14,10 +14,6 @@ class ValidationError(ValueError):
     def __init__(self, report: ValidationReport):
         super().__init__(report.summary())
         self.report = report
-
-
-def _norm(texts: pd.Series) -> pd.Series:
-    return texts.astype(str).str.strip().str.lower().str.split().str.join(" ")
 
 
 def validate_training_set(frame: pd.DataFrame, *, source: str, known_labels: Iterable[str] | None = None,
@@ -57,13 +53,13 @@ def validate_training_set(frame: pd.DataFrame, *, source: str, known_labels: Ite
         if unknown.any():
             names = sorted(set(labels[unknown]))[:5]
             issues.append(ValidationIssue("unknown_label", f"label(s) not in the label set: {names}", rows(unknown)))
-    normed = _norm(texts)
+    normed = normalise(texts)
     dup = normed.duplicated(keep="first") & ~empty
     if dup.any():
         conflicting = normed[dup].isin(set(normed[dup & ~labels.duplicated(keep=False)]))
         kind = "duplicate texts" + (" (some with conflicting labels)" if conflicting.any() else "")
         issues.append(ValidationIssue("duplicate", kind, rows(dup)))
-    eval_norm = set(_norm(pd.Series(list(eval_texts), dtype=str)))
+    eval_norm = set(normalise(pd.Series(list(eval_texts), dtype=str)))
     if eval_norm:
         overlap = normed.isin(eval_norm) & ~empty
         if overlap.any():
