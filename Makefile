@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench ui-prefect ui-mlflow clean lock
+.PHONY: install demo test test-fast bench repro ui-prefect ui-mlflow clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/loop.py
+
+repro: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
 
 ui-prefect: install
 	$(BIN)/driftloop ui prefect

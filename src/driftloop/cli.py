@@ -19,7 +19,10 @@ app = typer.Typer(help="driftloop: the closed retraining loop (train → evaluat
 data_app = typer.Typer(help="Data sets: prepare splits, restore a model's exact training set.", no_args_is_help=True)
 ui_app = typer.Typer(help="Open the Prefect or MLflow UI on 127.0.0.1.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+pipeline_app = typer.Typer(help="The DVC pipeline's stages (plain library calls, no orchestration).",
+                           no_args_is_help=True)
 app.add_typer(ui_app, name="ui")
+app.add_typer(pipeline_app, name="pipeline")
 console = Console()
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config overlay(s) from configs/ (name or path); repeatable.")
@@ -200,6 +203,45 @@ def data_restore(version: str = typer.Option(..., help="Model version whose trai
     dest = out or Path(f"restored-v{version}-{md5[:8]}.csv")
     parts.datasets.restore(md5, dest)
     console.print(f"restored the training set of v{version} (md5 {md5}) to {dest}")
+
+
+@pipeline_app.command("train")
+def pipeline_train(train_set: Path = typer.Option(Path("data/prepared/train.csv")),
+                   out: Path = typer.Option(Path("models/model.joblib")),
+                   config: Optional[list[str]] = ConfigOpt) -> None:
+    """DVC stage: validate and train on a prepared training set, save the model."""
+    import joblib
+
+    from driftloop import dataset, modelling, validation
+
+    settings = _settings(config)
+    frame = dataset.read_labelled(train_set)
+    validation.require_valid(validation.validate_training_set(frame, source=str(train_set)))
+    model = modelling.get_family(settings.model.family).fit(frame, dict(settings.model.params),
+                                                             seed=settings.data.seed, progress=console.print)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, out)
+    console.print(f"saved {out}")
+
+
+@pipeline_app.command("evaluate")
+def pipeline_evaluate(model_path: Path = typer.Option(Path("models/model.joblib"), "--model"),
+                      eval_set: Path = typer.Option(Path("data/prepared/eval.csv"), "--eval"),
+                      out: Path = typer.Option(Path("metrics"))) -> None:
+    """DVC stage: score the model on the held-out set; metrics for ``dvc metrics show``."""
+    import joblib
+
+    from driftloop import dataset, evaluation
+
+    model = joblib.load(model_path)
+    frame = dataset.read_labelled(eval_set)
+    report, rows = evaluation.evaluate(model, frame)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(
+        {"accuracy": round(report.accuracy, 4), "macro_f1": round(report.macro_f1, 4),
+         "ece": round(report.ece, 4), "n": report.n}, indent=2))
+    evaluation.write_eval_artifacts(report, rows, out / "plots")
+    console.print(f"accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}  ECE {report.ece:.4f}")
 
 
 @ui_app.command("prefect")
