@@ -68,11 +68,15 @@ def reset_state(settings: Settings) -> None:
 def quiet_prefect_console() -> None:
     """Prefect logs still reach the API (the UI); the terminal shows the demo's timeline."""
     import logging
+    import warnings
 
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
             if type(handler).__name__ == "PrefectConsoleHandler":
                 handler.setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    warnings.filterwarnings("ignore", module="mlflow")
 
 
 class ServingProcess:

@@ -72,9 +72,9 @@ class MonitorSettings(_Section):
     # The newest N distinct predictions form the window.
     window_size: int = Field(400, gt=0)
     min_window: int = Field(150, gt=0)
-    # Thresholds are calibrated from the reference's own variation: random reference halves of
-    # window size are compared `calibration_rounds` times and the threshold is the worst value
-    # seen plus `margin` (never below the floor).
+    # Thresholds are calibrated from the reference's own variation (drift.calibrate): window-sized
+    # samples of the reference are compared with it `calibration_rounds` times and the threshold
+    # is the worst value seen plus `margin` (text AUC never below `text_auc_floor`).
     calibration_rounds: int = Field(12, gt=1)
     margin: float = Field(0.02, ge=0)
     text_auc_floor: float = Field(0.55, ge=0.5, le=1)
