@@ -1,0 +1,47 @@
+"""The whole demo scenario, over real HTTP and real flows, at a smaller scale: the loop closes."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from rich.console import Console
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_loop_closes(state, monkeypatch):
+    from driftloop.demo import run_demo
+    from driftloop.prefect_server import PrefectServer
+    from driftloop.settings import load_settings
+
+    monkeypatch.setenv("DRIFTLOOP__SERVING__PORT", str(free_port()))
+    monkeypatch.setenv("DRIFTLOOP__DEMO__QUIET_REQUESTS", "400")
+    monkeypatch.setenv("DRIFTLOOP__DEMO__DRIFT_REQUESTS", "450")
+    monkeypatch.setenv("DRIFTLOOP__DEMO__AFTER_REQUESTS", "200")
+    settings = load_settings()
+    console = Console(record=True, width=120)
+    from prefect.settings import PREFECT_API_URL
+
+    out = run_demo(settings, [], console, PrefectServer(PREFECT_API_URL.value(), None))
+
+    text = console.export_text()
+    assert "no drift" in text                          # the quiet phase stayed quiet
+    assert out["v1"].decision.promote
+    v2 = out["v2"]
+    assert v2.decision.promote and v2.candidate.version == "2"
+    assert v2.report.accuracy > out["v1"].report.accuracy
+    acc = out["accuracy"].set_index("model_version")["accuracy"]
+    assert acc["2"] > acc["1"] + 0.1                    # accuracy on drifted traffic improved
+    assert out["failed"] == 0                           # no failed request, the swap included
+    from driftloop.history import ChampionHistory
+
+    moves = [(e.alias, e.to_version) for e in ChampionHistory(settings.history_path).entries()
+             if e.alias == "champion"]
+    assert moves == [("champion", "1"), ("champion", "2")]
