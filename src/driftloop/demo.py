@@ -156,8 +156,11 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
     demo = settings.demo
 
     tl.step(f"[bold]1. version 1[/bold]: training without the {len(settings.data.new_labels)} new intents …")
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
     with console.status("training flow: validate → train → evaluate → register → promote"):
         v1 = training(reason="initial model (new intents not launched yet)", trigger="demo", config=config)
+    stages["training flow (v1)"] = time.perf_counter() - t
     tl.step(f"   {v1.candidate}: eval accuracy {v1.report.accuracy:.3f} (the eval set already holds the new "
             f"intents), macro-F1 {v1.report.macro_f1:.3f} → {'champion' if v1.decision.promote else 'rejected'}")
 
@@ -165,22 +168,30 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
               for n in ("live_known", "live_new")}
     serving = ServingProcess(settings, config)
     try:
+        t = time.perf_counter()
         serving.wait_ready()
+        stages["serving start"] = time.perf_counter() - t
         tl.step(f"   serving {serving.url} answers with v{serving.version()}")
 
         tl.step(f"[bold]2. quiet traffic[/bold]: {demo.quiet_requests} requests of known intents …")
         quiet = simulator.mix(splits["live_known"], splits["live_new"], demo.quiet_requests, 0.0, demo.seed)
+        t = time.perf_counter()
         answers = simulator.send(serving.url, quiet, demo.concurrency)
+        stages["quiet traffic"] = time.perf_counter() - t
         failed = sum(a.status != 200 for a in answers)
+        t = time.perf_counter()
         with console.status("monitoring flow on the quiet window"):
             out = monitoring(config=config)
+        stages["monitoring flow (quiet)"] = time.perf_counter() - t
         tl.step(f"   monitor: {out.drift.summary() if out.drift else '-'} → "
                 f"[{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
 
         tl.step(f"[bold]3. drift[/bold]: {demo.drift_requests} requests, {demo.new_share:.0%} of them new intents …")
         drifted = simulator.mix(splits["live_known"], splits["live_new"], demo.drift_requests, demo.new_share,
                                 demo.seed + 1)
+        t = time.perf_counter()
         drift_answers = simulator.send(serving.url, drifted, demo.concurrency)
+        stages["drift traffic"] = time.perf_counter() - t
         failed += sum(a.status != 200 for a in drift_answers)
 
         def annotators() -> None:
@@ -190,8 +201,11 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
 
         labelling = threading.Thread(target=annotators, daemon=True)
         labelling.start()
+        t = time.perf_counter()
         with console.status("monitoring flow on the drifted window (a retrain run starts if it fires)"):
             out = monitoring(config=config)
+        retrained_at = time.time()
+        stages["monitoring flow (drift) + retraining flow"] = time.perf_counter() - t
         labelling.join()
         if out.drift:
             for s in out.drift.signals:
@@ -211,6 +225,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
 
         switched = serving.wait_version(v2.candidate.version)
         swap_s = switched - confirmed
+        stages["drift confirmed -> v2 serving"] = swap_s
         tl.step(f"[bold]5. rollout[/bold]: serving answers with v{v2.candidate.version} "
                 f"{swap_s:.1f}s after drift was confirmed (no restart)")
         after = simulator.mix(splits["live_known"], splits["live_new"], demo.after_requests, demo.new_share,
@@ -239,4 +254,5 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
                   f"history         driftloop history   ({settings.history_path})\n"
                   f"training sets   {parts.datasets.root} (DVC); driftloop data restore --version N")
     tl.step("done")
-    return {"v1": v1, "v2": v2, "accuracy": acc, "swap_s": swap_s, "failed": failed}
+    return {"v1": v1, "v2": v2, "accuracy": acc, "swap_s": swap_s, "failed": failed, "stages": stages,
+            "confirmed_at": confirmed, "retrained_at": retrained_at, "serving_at": switched, "drift": out.drift}
