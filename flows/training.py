@@ -81,6 +81,8 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     if decision.promote:
         model.move_alias(parts.registry, parts.history, CHAMPION, ref, action="promote",
                          reason=f"{reason}; {decision.reason}", actor=f"prefect:{run_id}")
+        model.clear_alias(parts.registry, parts.history, CHALLENGER, reason=f"{ref} became champion",
+                          actor=f"prefect:{run_id}")
 
     create_table_artifact(
         [{"model": "candidate " + str(ref), **{k: round(v, 4) for k, v in report.metrics().items()}}]

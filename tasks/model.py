@@ -60,3 +60,9 @@ def move_alias(registry: Registry, history: ChampionHistory, alias: str, ref: Mo
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
 def version_tags(registry: Registry, ref: ModelRef) -> dict[str, str]:
     return registry.version_tags(ref)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+def clear_alias(registry: Registry, history: ChampionHistory, alias: str, *, reason: str,
+                actor: str) -> HistoryEntry | None:
+    return champion.clear_alias(registry, history, alias, reason=reason, actor=actor)

@@ -28,6 +28,19 @@ def move_alias(registry: Registry, history: ChampionHistory, alias: str, ref: Mo
     ))
 
 
+def clear_alias(registry: Registry, history: ChampionHistory, alias: str, *, reason: str,
+                actor: str) -> HistoryEntry | None:
+    """Remove ``alias`` (e.g. ``challenger`` once it became champion) and record it."""
+    previous = registry.alias(alias)
+    if previous is None:
+        return None
+    registry.delete_alias(alias)
+    return history.append(HistoryEntry(
+        time=now_iso(), model=previous.name, alias=alias, from_version=previous.version, to_version=None,
+        action="clear", reason=reason, actor=actor,
+    ))
+
+
 def rollback(registry: Registry, history: ChampionHistory, *, reason: str, actor: str,
              report: str = "") -> HistoryEntry | None:
     """Return ``champion`` to the last good version in the history (not a guess)."""

@@ -141,13 +141,22 @@ def status(config: Optional[list[str]] = ConfigOpt) -> None:
     versions = parts.registry.versions()
     table = Table(title=f"{settings.registry.model_name} ({settings.tracking_uri})")
     for col in ("version", "aliases", "accuracy", "macro-F1", "data md5", "trigger", "decision"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for v in versions:
         tags = v["tags"]
         table.add_row(v["version"], ", ".join(v["aliases"]), tags.get("metric.accuracy", "")[:6],
                       tags.get("metric.macro_f1", "")[:6], tags.get("data.md5", "")[:10],
                       tags.get("trigger", ""), tags.get("decision", ""))
     console.print(table if versions else "no model registered yet")
+    runs = parts.registry.recent_runs()
+    if runs:
+        recent = Table(title="last runs (MLflow; the Prefect flow run id links them to the Prefect UI)")
+        for col in ("started", "run", "kind", "status", "prefect flow run"):
+            recent.add_column(col, overflow="fold")
+        for r in runs:
+            started = datetime.fromtimestamp(r["start"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            recent.add_row(started, r["name"], r["kind"], r["status"], r["flow_run"])
+        console.print(recent)
     triggers = parts.ledger.records()
     if triggers:
         console.print(f"last retrain trigger: window {triggers[-1].window_id[:12]} at {triggers[-1].time.isoformat()}")

@@ -223,13 +223,29 @@ class Registry:
         """Every version, newest first, with its aliases and tags (for ``driftloop status``)."""
         try:
             found = self.client.search_model_versions(f"name='{self.model_name}'")
+            # search results carry no aliases; the registered model has the alias map
+            alias_map = self.client.get_registered_model(self.model_name).aliases or {}
         except MlflowException:
             return []
+        by_version: dict[str, list[str]] = {}
+        for alias, version in alias_map.items():
+            by_version.setdefault(str(version), []).append(alias)
         rows = []
         for mv in sorted(found, key=lambda m: int(m.version), reverse=True):
-            rows.append({"version": str(mv.version), "aliases": list(mv.aliases or []),
+            rows.append({"version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
                          "run_id": mv.run_id, "created": mv.creation_timestamp, "tags": dict(mv.tags)})
         return rows
+
+    def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The newest tracking runs (training and monitoring), for ``driftloop status``."""
+        try:
+            runs = self.client.search_runs([self.experiment_id()], order_by=["attributes.start_time DESC"],
+                                           max_results=limit)
+        except MlflowException:
+            return []
+        return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+                 "start": r.info.start_time, "kind": r.data.tags.get("driftloop.kind", ""),
+                 "flow_run": r.data.tags.get("prefect.flow_run_id", "")} for r in runs]
 
     def load(self, ref: ModelRef) -> TextClassifier:
         with self._uri():

@@ -26,7 +26,8 @@ def test_first_training_promotes_with_lineage(settings, tmp_path):
     assert 0.75 < out.report.accuracy < 0.9
     entries = parts.history.entries()
     assert [(e.alias, e.action, e.to_version) for e in entries] == [
-        ("challenger", "register", "1"), ("champion", "promote", "1")]
+        ("challenger", "register", "1"), ("champion", "promote", "1"), ("challenger", "clear", None)]
+    assert parts.registry.challenger() is None
     # the exact training set comes back from its DVC hash alone
     restored = parts.datasets.restore(tags["data.md5"], tmp_path / "restored.csv")
     assert hashlib.md5(restored.read_bytes()).hexdigest() == tags["data.md5"]
@@ -47,6 +48,7 @@ def test_worse_candidate_is_not_promoted(settings, tmp_path, monkeypatch):
     assert parts.registry.champion() == first.candidate
     assert parts.registry.challenger() == second.candidate
     assert parts.history.entries()[-1].action == "register"
+    assert [v["aliases"] for v in parts.registry.versions()] == [["challenger"], ["champion"]]
 
 
 def test_validation_failure_leaves_champion_unchanged(settings, tmp_path):
@@ -88,3 +90,22 @@ def test_other_dataset_by_configuration_alone(state, tmp_path, banking_train, mo
     out = training(reason="other data set", trigger="test", config=[str(overlay)])
     assert out.decision.promote and out.candidate.name == "other-router"
     assert out.report.n > 0
+
+
+def test_cli_status_history_and_restore(settings, tmp_path):
+    """What a data scientist types: status, history, and restoring v1's exact training set."""
+    from typer.testing import CliRunner
+
+    from driftloop.cli import app
+
+    out = training(reason="first", trigger="test")
+    runner = CliRunner()
+    status = runner.invoke(app, ["status"])
+    assert status.exit_code == 0, status.output
+    assert "champion" in status.output and "train-test" in status.output
+    history = runner.invoke(app, ["history", "--json"])
+    assert history.exit_code == 0 and '"action": "promote"' in history.output
+    dest = tmp_path / "v1.csv"
+    restored = runner.invoke(app, ["data", "restore", "--version", out.candidate.version, "--out", str(dest)])
+    assert restored.exit_code == 0, restored.output
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == out.data_md5

@@ -1,0 +1,66 @@
+import pandas as pd
+
+from driftloop import curation
+from driftloop.history import ChampionHistory, TriggerLedger
+from driftloop.types import HistoryEntry
+
+
+def move(frm, to, action="promote", alias="champion"):
+    return HistoryEntry("t", "m", alias, frm, to, action, "r", "a")
+
+
+def test_history_is_append_only_and_skips_torn_line(tmp_path):
+    h = ChampionHistory(tmp_path / "h.jsonl")
+    h.append(move(None, "1"))
+    h.append(move("1", "2"))
+    with open(h.path, "a") as f:
+        f.write('{"time": "t", "mod')  # a crash mid-write
+    assert [e.to_version for e in h.entries()] == ["1", "2"]
+
+
+def test_last_good_skips_current_and_rolled_back_versions(tmp_path):
+    h = ChampionHistory(tmp_path / "h.jsonl")
+    for e in [move(None, "1"), move("1", "2"), move("2", "1", action="rollback"), move("1", "3"),
+              move(None, "3", alias="challenger")]:
+        h.append(e)
+    assert h.last_good(exclude="3") == "1"      # 2 was rolled back from: never a target again
+    assert h.last_good(exclude="1") == "3"
+    assert ChampionHistory(tmp_path / "none.jsonl").last_good() is None
+
+
+def test_ledger_round_trip(tmp_path):
+    ledger = TriggerLedger(tmp_path / "l.jsonl")
+    ledger.record("w1", "drift")
+    assert [r.window_id for r in ledger.records()] == ["w1"]
+
+
+def preds(rows):
+    return pd.DataFrame(rows, columns=["request_id", "time", "text", "intent", "model_version"])
+
+
+def test_window_keeps_newest_distinct_texts_of_the_champion():
+    p = preds([
+        ("a", "2026-01-01T00:00:01", "Hello  there", "x", "1"),
+        ("b", "2026-01-01T00:00:02", "hello there", "x", "1"),   # same text: keep the newest only
+        ("c", "2026-01-01T00:00:03", "other", "y", "2"),         # another model's answer
+        ("d", "2026-01-01T00:00:04", "third", "y", "1"),
+    ])
+    w = curation.select_window(p, "1", size=10)
+    assert list(w["request_id"]) == ["b", "d"]
+    assert list(curation.select_window(p, "1", size=1)["request_id"]) == ["d"]
+
+
+def test_labelled_rows_last_label_wins_and_quarantines_unknown():
+    p = preds([("a", "t", "text a", "x", "1"), ("b", "t", "text b", "x", "1")])
+    fb = pd.DataFrame([("a", "2026-01-01T00:00:01", "x"), ("a", "2026-01-01T00:00:02", "y"),
+                       ("b", "2026-01-01T00:00:01", "bogus")], columns=["request_id", "time", "label"])
+    out = curation.labelled_rows(p, fb, ["x", "y"])
+    assert out.rows.to_dict("records") == [{"text": "text a", "label": "y"}]
+    assert list(out.quarantined["label"]) == ["bogus"]
+
+
+def test_merge_adds_only_new_rows_and_never_eval_texts():
+    prev = pd.DataFrame({"text": ["one", "two"], "label": ["a", "b"]})
+    lab = pd.DataFrame({"text": ["ONE", "three", "in eval"], "label": ["a", "c", "c"]})
+    merged = curation.merge_training_set(prev, lab, ["In Eval"])
+    assert merged["text"].tolist() == ["one", "two", "three"]
