@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -30,6 +31,7 @@ CHALLENGER = "challenger"
 # mlflow keeps the tracking URI in a process global; calls that rely on it (start_run,
 # log_model, load_model) are serialised so two registries in one process cannot cross.
 _GLOBAL_URI_LOCK = threading.RLock()
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def _requirements() -> list[str]:
@@ -46,23 +48,28 @@ def _requirements() -> list[str]:
     return out
 
 
-class IntentPyfunc(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of any :class:`TextClassifier`: a frame with ``text`` in, intent and
-    confidence out. In-process callers use :attr:`classifier` directly and skip the frame."""
+# MLflow warns at class creation that predict has no type hints; the signature is given
+# explicitly at logging time instead (a frame with a text column in, intent and confidence out).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=UserWarning)
 
-    classifier: TextClassifier | None = None
+    class IntentPyfunc(mlflow.pyfunc.PythonModel):
+        """The pyfunc face of any :class:`TextClassifier`: a frame with ``text`` in, intent and
+        confidence out. In-process callers use :attr:`classifier` directly and skip the frame."""
 
-    def load_context(self, context) -> None:
-        self.classifier = joblib.load(context.artifacts["classifier"])
+        classifier: TextClassifier | None = None
 
-    def predict(self, context, model_input, params=None):
-        if isinstance(model_input, pd.DataFrame):
-            texts = model_input["text"].astype(str).tolist()
-        else:
-            texts = [str(t) for t in model_input]
-        preds = self.classifier.predict(texts)
-        return pd.DataFrame({"intent": [p.intent for p in preds],
-                             "confidence": [p.confidence for p in preds]})
+        def load_context(self, context) -> None:
+            self.classifier = joblib.load(context.artifacts["classifier"])
+
+        def predict(self, context, model_input, params=None):
+            if isinstance(model_input, pd.DataFrame):
+                texts = model_input["text"].astype(str).tolist()
+            else:
+                texts = [str(t) for t in model_input]
+            preds = self.classifier.predict(texts)
+            return pd.DataFrame({"intent": [p.intent for p in preds],
+                                 "confidence": [p.confidence for p in preds]})
 
 
 class RegistryError(RuntimeError):
@@ -99,6 +106,9 @@ class Registry:
     @contextmanager
     def _uri(self) -> Iterator[None]:
         with _GLOBAL_URI_LOCK:
+            # set_tracking_uri also writes MLFLOW_*_URI into os.environ (for subprocesses);
+            # restore both the globals and the environment exactly as they were.
+            saved_env = {k: os.environ.get(k) for k in _URI_ENV}
             previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
             mlflow.set_tracking_uri(self.tracking_uri)
             mlflow.set_registry_uri(self.tracking_uri)
@@ -107,6 +117,11 @@ class Registry:
             finally:
                 mlflow.set_tracking_uri(previous[0])
                 mlflow.set_registry_uri(previous[1])
+                for key, value in saved_env.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
 
     def log_run(self, run_name: str, *, params: dict[str, Any] | None = None,
                 metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None,
@@ -166,14 +181,7 @@ class Registry:
                         mlflow.log_artifacts(str(path), artifact_path=artifact_path or None)
                     else:
                         mlflow.log_artifact(str(path), artifact_path=artifact_path or None)
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=IntentPyfunc(),
-                    artifacts={"classifier": str(classifier_path)},
-                    signature=signature,
-                    input_example=frame,
-                    pip_requirements=_requirements(),
-                )
+                info = self._log_pyfunc(classifier_path, signature, frame)
             run_id = run.info.run_id
             try:
                 self.client.get_registered_model(self.model_name)
@@ -191,11 +199,26 @@ class Registry:
             )
         return ModelRef(self.model_name, str(version.version))
 
+    @staticmethod
+    def _log_pyfunc(classifier_path: Path, signature, example: pd.DataFrame):
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=IntentPyfunc(),
+            artifacts={"classifier": str(classifier_path)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
+
     def alias(self, name: str) -> ModelRef | None:
+        """The version ``name`` points at; None when the model or the alias does not exist.
+        Any other failure (the store is unreachable, say) raises: an outage is not "no model"."""
         try:
             mv = self.client.get_model_version_by_alias(self.model_name, name)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and "not found" in str(exc):
+                return None
+            raise
         return ModelRef(self.model_name, str(mv.version))
 
     def champion(self) -> ModelRef | None:

@@ -1,0 +1,205 @@
+"""Serving's pure parts: request parsing, request ids, and the model holder on a fake source
+(the HTTP behaviour is in tests/integration/test_serving.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from driftloop.serving import (
+    MAX_BACKOFF_S,
+    BadRequest,
+    ModelHolder,
+    ServingMetrics,
+    new_request_id,
+    parse_feedback,
+    parse_predict,
+)
+from driftloop.settings import ServingSettings
+from driftloop.types import ModelRef, Prediction
+
+CFG = ServingSettings(max_text_chars=10, max_batch=3)
+
+
+class FakeModel:
+    family = "fake"
+    labels = ("a", "b")
+
+    def __init__(self, version: str):
+        self.version = version
+        self.predicted = 0
+
+    def predict_proba(self, texts):
+        raise NotImplementedError
+
+    def predict(self, texts):
+        self.predicted += len(texts)
+        return [Prediction("a", 0.9) for _ in texts]
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+
+class FakeSource:
+    """A registry stand-in: a movable champion, loads recorded, chosen versions failing."""
+
+    def __init__(self):
+        self.ref: ModelRef | None = None
+        self.loads: list[str] = []
+        self.broken: set[str] = set()
+
+    def champion(self):
+        return self.ref
+
+    def load(self, ref):
+        self.loads.append(ref.version)
+        if ref.version in self.broken:
+            raise RuntimeError(f"cannot load v{ref.version}")
+        return FakeModel(ref.version)
+
+
+def ref(version: str) -> ModelRef:
+    return ModelRef("m", version)
+
+
+@pytest.fixture
+def holder():
+    source = FakeSource()
+    return ModelHolder(source, ServingMetrics(), interval_s=0.5), source
+
+
+def value(holder: ModelHolder, name: str, **labels) -> float:
+    return holder.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_nothing_serves_until_there_is_a_champion(holder):
+    h, source = holder
+    assert h.poll() is False and h.current is None and h.version_or_none() == "none"
+    source.ref = ref("1")
+    assert h.poll() is True
+    assert h.current.ref == ref("1") and h.version_or_none() == "1"
+    assert h.current.model.predicted > 0, "warmed up before it serves"
+
+
+def test_an_unmoved_champion_is_not_reloaded(holder):
+    h, source = holder
+    source.ref = ref("1")
+    h.poll()
+    assert h.poll() is False and h.poll() is False
+    assert source.loads == ["1"]
+
+
+def test_a_failed_load_keeps_the_old_model_counts_and_backs_off(holder):
+    h, source = holder
+    source.ref = ref("1")
+    h.poll_safely()
+    source.ref, source.broken = ref("2"), {"2"}
+    delays = []
+    for _ in range(9):
+        assert h.poll_safely() is False
+        delays.append(h.next_delay())
+    assert h.current.ref == ref("1")
+    assert value(h, "driftloop_errors_total", kind="reload") == 9
+    assert delays[:3] == [1.0, 2.0, 4.0]
+    assert max(delays) == MAX_BACKOFF_S
+    source.broken = set()
+    assert h.poll_safely() is True
+    assert h.current.ref == ref("2") and h.next_delay() == 0.5
+
+
+def test_a_missing_champion_keeps_the_current_model(holder):
+    h, source = holder
+    source.ref = ref("1")
+    h.poll()
+    source.ref = None
+    assert h.poll() is False and h.current.ref == ref("1")
+
+
+def test_a_rollback_to_the_previous_version_needs_no_load(holder):
+    h, source = holder
+    for version in ["1", "2", "1"]:
+        source.ref = ref(version)
+        assert h.poll() is True
+    assert source.loads == ["1", "2"]
+    assert h.current.ref == ref("1")
+
+
+def test_the_info_gauge_names_only_the_serving_version(holder):
+    h, source = holder
+    for version in ["1", "2"]:
+        source.ref = ref(version)
+        h.poll()
+    assert value(h, "driftloop_model_info", model_name="m", model_version="2") == 1
+    assert h.metrics.registry.get_sample_value("driftloop_model_info",
+                                                {"model_name": "m", "model_version": "1"}) is None
+    assert value(h, "driftloop_model_swaps_total") == 2
+
+
+def test_request_ids_are_uuid4_hex():
+    ids = {new_request_id() for _ in range(5000)}
+    assert len(ids) == 5000
+    for rid in list(ids)[:200]:
+        parsed = uuid.UUID(hex=rid)
+        assert rid == parsed.hex and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+@pytest.mark.parametrize("payload,texts", [
+    ({"text": "hello"}, ["hello"]),
+    ({"texts": ["a", "b", "c"]}, ["a", "b", "c"]),
+    ({"text": "x" * 10}, ["x" * 10]),
+])
+def test_good_predict_bodies_give_their_texts(payload, texts):
+    assert parse_predict(json.dumps(payload).encode(), CFG) == texts
+
+
+@pytest.mark.parametrize("body,status,field", [
+    (b'{"text": "x" }', None, None),
+    (json.dumps({"text": "x" * 11}).encode(), 422, "text"),
+    (json.dumps({"texts": ["a"] * 4}).encode(), 422, "texts"),
+    (json.dumps({"texts": ["a", "", "b"]}).encode(), 422, "texts[1]"),
+    (b"\xff", 400, "body"),
+    (b"{", 400, "body"),
+    (b"", 400, "body"),
+])
+def test_bad_predict_bodies_name_the_field(body, status, field):
+    if status is None:
+        assert parse_predict(body, CFG) == ["x"]
+        return
+    with pytest.raises(BadRequest) as caught:
+        parse_predict(body, CFG)
+    assert caught.value.status == status
+    assert caught.value.problems[0][0] == field
+    assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_a_batch_of_bad_texts_reports_at_most_ten():
+    cfg = ServingSettings(max_batch=50)
+    with pytest.raises(BadRequest) as caught:
+        parse_predict(json.dumps({"texts": [""] * 40}).encode(), cfg)
+    assert len(caught.value.problems) == 10
+
+
+def test_feedback_is_stripped_and_checked():
+    assert parse_feedback(b'{"request_id": " r1 ", "label": " new_intent "}') == ("r1", "new_intent")
+    with pytest.raises(BadRequest, match="label: missing"):
+        parse_feedback(b'{"request_id": "r1"}')
+
+
+def test_fastapi_validation_errors_are_rewritten_to_name_the_field(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from driftloop.serving import create_app
+
+    app = create_app(ServingSettings(), FakeSource(), tmp_path)
+
+    @app.get("/typed")
+    async def typed(n: int) -> dict:  # any typed parameter goes through FastAPI's validation
+        return {"n": n}
+
+    response = TestClient(app).get("/typed", params={"n": "abc"})  # no lifespan: no threads
+    assert response.status_code == 422
+    body = response.json()
+    assert body["detail"].startswith("n: ")
+    assert body["errors"][0]["field"] == "n"
