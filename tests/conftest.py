@@ -42,3 +42,28 @@ def tiny_frame(banking_train) -> pd.DataFrame:
     """6 intents × 12 rows of real BANKING77 text: trains in a fraction of a second."""
     labels = sorted(banking_train["label"].unique())[:6]
     return banking_train[banking_train["label"].isin(labels)].groupby("label").head(12).reset_index(drop=True)
+
+
+# Real flows run under Prefect's test harness (one temporary server for the whole session) with
+# MLflow on SQLite in a temp folder per test.
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def state(tmp_path_factory, monkeypatch, prefect_harness):
+    """A fresh driftloop state dir for one test (registry, logs, data versions, history)."""
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("DRIFTLOOP__PROJECT__STATE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def settings(state):
+    from driftloop.settings import load_settings
+
+    return load_settings()
