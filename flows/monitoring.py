@@ -49,7 +49,7 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
     calibration = monitor.calibrate(reference, len(window), settings.monitor, champion, parts.reports_dir)
     result = monitor.detect_drift(reference, window, settings.monitor, calibration,
                                   parts.reports_dir / f"drift-{run_id}.html")
-    report = monitor.publish_drift(parts.registry, result, champion, run_id)
+    report = monitor.publish_drift(parts.registry, result, champion, run_id, settings.registry.ui_url)
     decision = monitor.should_retrain(result, settings.monitor, settings.retrain, parts.ledger)
     logger.info("%s -> %s: %s", result.summary(), "retrain" if decision.retrain else "no retrain",
                 decision.reason)

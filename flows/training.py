@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from driftloop import dataset, wiring
@@ -95,5 +95,7 @@ def training(training_set: str | None = None, reason: str = "initial training", 
         f"- evaluation set md5 `{report.eval_md5}` ({report.n} rows)\n"
         f"- restore the training set: `driftloop data restore --version {ref.version}`\n",
         key="promotion", description=decision.reason)
+    create_link_artifact(parts.registry.version_url(ref, settings.registry.ui_url),
+                         link_text=f"{ref} in the MLflow registry", key="model-version")
     return TrainingOutcome(ref, report, champion_report, decision, version.md5,
                            ref if decision.promote else current)

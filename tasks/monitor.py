@@ -60,7 +60,8 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSet
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
-def publish_drift(registry: Registry, result: DriftResult, model: ModelRef, flow_run: str) -> str:
+def publish_drift(registry: Registry, result: DriftResult, model: ModelRef, flow_run: str,
+                  mlflow_ui: str) -> str:
     """The report as an MLflow artifact of a monitoring run, linked from the Prefect flow run."""
     metrics = {f"{s.name}.value": s.value for s in result.signals}
     metrics |= {f"{s.name}.threshold": s.threshold for s in result.signals}
@@ -83,8 +84,8 @@ def publish_drift(registry: Registry, result: DriftResult, model: ModelRef, flow
         f"| signal | value | threshold | drifted |\n|---|---|---|---|\n{rows}\n\n"
         f"live accuracy: {acc}\n\nEvidently report: `{report_uri or result.report_path}` "
         f"(MLflow run `{run_id}`)\n", key="drift-summary", description=result.summary())
-    if report_uri:
-        create_link_artifact(report_uri, link_text="Evidently drift report", key="drift-report")
+    create_link_artifact(f"{registry.run_url(run_id, mlflow_ui)}/artifacts",
+                         link_text="Evidently drift report (MLflow run artifacts)", key="drift-report")
     return report_uri
 
 

@@ -38,7 +38,7 @@ def _requirements() -> list[str]:
     """Exact pins of what the pyfunc needs: inference would drag in torch and pytest."""
     from importlib.metadata import version
 
-    pkgs = ["scikit-learn", "numpy", "scipy", "pandas", "joblib", f"mlflow-skinny"]
+    pkgs = ["scikit-learn", "numpy", "scipy", "pandas", "joblib", "mlflow-skinny"]
     out = []
     for pkg in pkgs:
         try:
@@ -149,8 +149,12 @@ class Registry:
         base = self.client.get_run(run_id).info.artifact_uri
         return f"{base}/{path}" if path else base
 
-    def run_url(self, run_id: str, ui_base: str = "http://127.0.0.1:5000") -> str:
-        return f"{ui_base}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+    def run_url(self, run_id: str, ui_base: str) -> str:
+        return f"{ui_base.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    @staticmethod
+    def version_url(ref: ModelRef, ui_base: str) -> str:
+        return f"{ui_base.rstrip('/')}/#/models/{ref.name}/versions/{ref.version}"
 
     # -- registry ---------------------------------------------------------------------------
     def register_model(self, model: TextClassifier, *, tags: dict[str, str] | None = None,

@@ -56,6 +56,8 @@ class RegistrySettings(_Section):
     tracking_uri: str | None = None
     experiment: str = "driftloop"
     model_name: str = "intent-router"
+    # Where users open the MLflow UI (`make ui-mlflow`); Prefect artifacts link runs there.
+    ui_url: str = "http://127.0.0.1:5000"
 
 
 class PromotionPolicy(_Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -41,6 +42,17 @@ def retrain_runs() -> int:
     return asyncio.run(count())
 
 
+def artifacts(key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    return asyncio.run(read())
+
+
 @pytest.fixture
 def champion_parts(settings):
     training(reason="v1", trigger="test")
@@ -57,8 +69,13 @@ def test_quiet_window_does_not_trigger(champion_parts):
     assert not out.drift.drift_detected and not out.decision.retrain
     assert parts.ledger.records() == []
     assert retrain_runs() == before
-    # the report exists as an MLflow artifact of a monitor run
+    # the report is an MLflow artifact of a monitor run, linked from the Prefect flow run
     assert out.report.endswith(".html")
+    assert Path(out.report.removeprefix("file://")).exists()
+    summaries = [a for a in artifacts("drift-summary") if "no drift" in (a.description or "").lower()]
+    assert summaries and "| text_drift |" in summaries[-1].data
+    links = artifacts("drift-report")
+    assert links and "/#/experiments/" in links[-1].data
 
 
 def test_drift_triggers_exactly_once(champion_parts, monkeypatch):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pandas as pd
 import pytest
 
 from driftloop import wiring
