@@ -76,7 +76,7 @@ def quiet_prefect_console() -> None:
                 handler.setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    warnings.filterwarnings("ignore", module="mlflow")
+    warnings.filterwarnings("ignore", message=".*type hint")
 
 
 class ServingProcess:
@@ -183,8 +183,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         with console.status("monitoring flow on the quiet window"):
             out = monitoring(config=config)
         stages["monitoring flow (quiet)"] = time.perf_counter() - t
-        tl.step(f"   monitor: {out.drift.summary() if out.drift else '-'} → "
-                f"[{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
+        tl.step(f"   monitor → [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
 
         tl.step(f"[bold]3. drift[/bold]: {demo.drift_requests} requests, {demo.new_share:.0%} of them new intents …")
         drifted = simulator.mix(splits["live_known"], splits["live_new"], demo.drift_requests, demo.new_share,
@@ -211,7 +210,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
             for s in out.drift.signals:
                 tl.step(f"   {s.name:16s} {s.value:.4f} vs threshold {s.threshold:.4f} "
                         f"{'[red]drift[/red]' if s.drifted else 'ok'}")
-        tl.step(f"   monitor: [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
+        tl.step(f"   monitor → [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
         if out.retrain is None:
             console.print("[red]the loop did not close: no retrain run completed[/red]")
             raise SystemExit(1)
