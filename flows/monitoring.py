@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -25,7 +26,11 @@ class MonitorOutcome:
     retrain: TrainingOutcome | None = None
 
 
-@flow(name="monitoring", log_prints=True)
+def _run_name() -> str:
+    return f"monitor {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+
+
+@flow(name="monitoring", flow_run_name=_run_name, log_prints=True)
 def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) -> MonitorOutcome:
     """Check the newest window of production traffic and start a retrain run when it drifted."""
     settings = load_settings(config)

@@ -29,7 +29,7 @@ class TrainingOutcome:
     champion: ModelRef | None
 
 
-@flow(name="training", log_prints=True)
+@flow(name="training", flow_run_name="train ({trigger}): {reason}", log_prints=True)
 def training(training_set: str | None = None, reason: str = "initial training", trigger: str = "manual",
              config: list[str] | None = None) -> TrainingOutcome:
     """Train a candidate on ``training_set`` (a CSV/JSON with text and label columns; default: the

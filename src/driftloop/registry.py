@@ -48,28 +48,26 @@ def _requirements() -> list[str]:
     return out
 
 
-# MLflow warns at class creation that predict has no type hints; the signature is given
-# explicitly at logging time instead (a frame with a text column in, intent and confidence out).
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", category=UserWarning)
+class IntentPyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of any :class:`TextClassifier`: a frame with ``text`` in, intent and
+    confidence out. In-process callers use :attr:`classifier` directly and skip the frame."""
 
-    class IntentPyfunc(mlflow.pyfunc.PythonModel):
-        """The pyfunc face of any :class:`TextClassifier`: a frame with ``text`` in, intent and
-        confidence out. In-process callers use :attr:`classifier` directly and skip the frame."""
+    classifier: TextClassifier | None = None
+    # MLflow validates predict's type hints; a frame with a text column in, intent and
+    # confidence out is declared by the explicit signature at logging time instead.
+    _skip_type_hint_validation = True
 
-        classifier: TextClassifier | None = None
+    def load_context(self, context) -> None:
+        self.classifier = joblib.load(context.artifacts["classifier"])
 
-        def load_context(self, context) -> None:
-            self.classifier = joblib.load(context.artifacts["classifier"])
-
-        def predict(self, context, model_input, params=None):
-            if isinstance(model_input, pd.DataFrame):
-                texts = model_input["text"].astype(str).tolist()
-            else:
-                texts = [str(t) for t in model_input]
-            preds = self.classifier.predict(texts)
-            return pd.DataFrame({"intent": [p.intent for p in preds],
-                                 "confidence": [p.confidence for p in preds]})
+    def predict(self, context, model_input, params=None):
+        if isinstance(model_input, pd.DataFrame):
+            texts = model_input["text"].astype(str).tolist()
+        else:
+            texts = [str(t) for t in model_input]
+        preds = self.classifier.predict(texts)
+        return pd.DataFrame({"intent": [p.intent for p in preds],
+                             "confidence": [p.confidence for p in preds]})
 
 
 class RegistryError(RuntimeError):
