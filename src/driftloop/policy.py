@@ -50,13 +50,19 @@ class TriggerRecord:
 
 def should_retrain(drift: DriftResult, monitor: MonitorSettings, policy: RetrainPolicy,
                    history: list[TriggerRecord], now: datetime) -> RetrainDecision:
-    """Retrain on a confirmed drift of a big enough window, at most once per window, never
-    within the cooldown of the previous trigger."""
+    """Retrain on a confirmed drift, or on live accuracy below the floor, of a big enough
+    window; at most once per window, never within the cooldown of the previous trigger."""
     if drift.n_current < monitor.min_window:
         return RetrainDecision(False, f"window has {drift.n_current} distinct predictions, "
                                       f"fewer than monitor.min_window={monitor.min_window}")
-    if not drift.drift_detected:
+    quality_low = (policy.min_live_accuracy is not None and drift.accuracy is not None
+                   and drift.n_labelled >= policy.min_labelled and drift.accuracy < policy.min_live_accuracy)
+    if not drift.drift_detected and not quality_low:
         return RetrainDecision(False, f"no drift ({drift.summary()})")
+    why = f"drift confirmed: {drift.summary()}" if drift.drift_detected else "live quality dropped"
+    if quality_low:
+        why += (f"; live accuracy {drift.accuracy:.3f} on {drift.n_labelled} labelled rows "
+                f"< {policy.min_live_accuracy:.3f}")
     if any(rec.window_id == drift.window_id for rec in history):
         return RetrainDecision(False, f"window {drift.window_id[:12]} already triggered a retrain")
     if history:
@@ -65,4 +71,4 @@ def should_retrain(drift: DriftResult, monitor: MonitorSettings, policy: Retrain
         if wait > timedelta(0):
             return RetrainDecision(False, f"in cooldown: last trigger {last.isoformat()}, "
                                           f"{wait.total_seconds():.0f}s left")
-    return RetrainDecision(True, f"drift confirmed: {drift.summary()}")
+    return RetrainDecision(True, why)

@@ -88,6 +88,10 @@ class MonitorSettings(_Section):
 
 class RetrainPolicy(_Section):
     cooldown_s: float = Field(600, ge=0)
+    # Live quality: retrain when the accuracy on labelled window rows falls below this (null:
+    # off), once at least `min_labelled` rows of the window carry a label.
+    min_live_accuracy: float | None = Field(None, ge=0, le=1)
+    min_labelled: int = Field(50, ge=1)
     min_new_labels: int = Field(100, ge=1)
     label_wait_timeout_s: float = Field(180, ge=0)
     label_poll_s: float = Field(1.0, gt=0)

@@ -56,9 +56,10 @@ MON = MonitorSettings(min_window=100, window_size=400)
 RET = RetrainPolicy(cooldown_s=600)
 
 
-def drift(detected=True, n=300, wid="w1") -> DriftResult:
+def drift(detected=True, n=300, wid="w1", accuracy=None, n_labelled=0) -> DriftResult:
     sig = SignalResult("text_drift", 0.7, 0.6, detected)
-    return DriftResult(wid, None, None, 500, n, (sig,), detected, 1.0 if detected else 0.0)
+    return DriftResult(wid, None, None, 500, n, (sig,), detected, 1.0 if detected else 0.0,
+                       accuracy=accuracy, n_labelled=n_labelled)
 
 
 def test_retrain_on_confirmed_drift():
@@ -85,3 +86,24 @@ def test_same_window_never_triggers_twice():
 def test_cooldown_boundary(ago, expected):
     hist = [TriggerRecord("w0", NOW - timedelta(seconds=ago))]
     assert should_retrain(drift(wid="w2"), MON, RET, hist, NOW).retrain is expected
+
+
+QUALITY = RetrainPolicy(cooldown_s=600, min_live_accuracy=0.75, min_labelled=50)
+
+
+@pytest.mark.parametrize("accuracy,n_labelled,expected", [
+    (0.74, 50, True),     # below the floor with enough labels: retrain without drift
+    (0.75, 50, False),    # at the floor
+    (0.10, 49, False),    # too few labels to judge
+    (None, 0, False),     # no labels at all
+])
+def test_live_quality_trigger(accuracy, n_labelled, expected):
+    d = should_retrain(drift(detected=False, accuracy=accuracy, n_labelled=n_labelled), MON, QUALITY, [], NOW)
+    assert d.retrain is expected
+    if expected:
+        assert "live accuracy 0.740" in d.reason
+
+
+def test_live_quality_trigger_is_off_by_default():
+    d = should_retrain(drift(detected=False, accuracy=0.1, n_labelled=500), MON, RET, [], NOW)
+    assert not d.retrain
