@@ -94,17 +94,7 @@ class ServingProcess:
                                      start_new_session=True)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serving exited with {self.proc.returncode}; see {self._log.name}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"serving not ready after {timeout_s:.0f}s; see {self._log.name}")
+        simulator.wait_ready(self.url, timeout_s, self.proc, hint=f"; see {self._log.name}")
 
     def version(self) -> str | None:
         return httpx.get(f"{self.url}/health", timeout=2).json().get("model_version")

@@ -7,6 +7,8 @@ possible), but the monitor never sees those labels except through ``/feedback``.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 from dataclasses import dataclass
 
 import httpx
@@ -25,6 +27,21 @@ class Answer:
     confidence: float
     model_version: str
     status: int
+
+
+def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen | None = None, hint: str = "") -> None:
+    """Poll ``url``/ready until it answers 200; fail early if ``proc`` (the server) exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}{hint}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s{hint}")
 
 
 def mix(known: pd.DataFrame, new: pd.DataFrame, n: int, new_share: float, seed: int) -> pd.DataFrame:

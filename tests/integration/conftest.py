@@ -13,15 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pandas as pd
 import pytest
 import uvicorn
 
-from driftloop.dataset import read_labelled
+from driftloop.simulator import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN_CSV = ROOT / "data/raw/banking77/train.csv"
 TINY_PARAMS = {"char_min_df": 1}
 
 
@@ -95,24 +93,6 @@ def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
         raise TimeoutError(f"serve_app.py printed nothing in {timeout_s}s (exit code {proc.poll()})")
     return box[0].strip()
 
-
-def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")
-
-
-@pytest.fixture(scope="session")
-def banking_train() -> pd.DataFrame:
-    return read_labelled(TRAIN_CSV, "text", "category")
 
 
 def tiny_frame(train: pd.DataFrame, labels: list[str], per_label: int = 8) -> pd.DataFrame:

@@ -18,13 +18,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop.modelling import TextClassifier, TfidfFamily
-from driftloop.predlog import SKIPPED_LINES, join_feedback, read_feedback, read_predictions
+from driftloop.predlog import (
+    SKIPPED_LINES,
+    join_feedback,
+    read_feedback,
+    read_predictions,
+)
 from driftloop.registry import CHAMPION, Registry
 from driftloop.serving import INLINE_TEXTS, create_app
 from driftloop.settings import ServingSettings
+from driftloop.simulator import wait_ready
 from driftloop.types import ModelRef
 
-from .conftest import TINY_PARAMS, serve_in_subprocess, serve_in_thread, tiny_frame, wait_ready
+from .conftest import TINY_PARAMS, serve_in_subprocess, serve_in_thread, tiny_frame
 
 LABELS_V1 = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 NEW_LABEL = "apple_pay_or_google_pay"
