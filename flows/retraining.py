@@ -48,4 +48,4 @@ def retraining(reason: str, requested_by: str = "manual", window_id: str = "", r
         f"- drift report: {report or '-'}\n- previous training set: {len(previous)} rows\n"
         f"- new labelled production rows: {added} (quarantined: {len(labelled.quarantined)})\n",
         key="retrain-request", description=reason)
-    return training(training_set=str(out), reason=reason, trigger=requested_by, config=config)
+    return training(training_set=str(out), reason=reason, trigger=requested_by, report=report, config=config)

@@ -31,9 +31,10 @@ class TrainingOutcome:
 
 @flow(name="training", flow_run_name="train ({trigger}): {reason}", log_prints=True)
 def training(training_set: str | None = None, reason: str = "initial training", trigger: str = "manual",
-             config: list[str] | None = None) -> TrainingOutcome:
+             report: str = "", config: list[str] | None = None) -> TrainingOutcome:
     """Train a candidate on ``training_set`` (a CSV/JSON with text and label columns; default: the
-    prepared first training set) and promote it if it beats the champion on the shared eval set."""
+    prepared first training set) and promote it if it beats the champion on the shared eval set.
+    ``report`` is the evidence that asked for this run (a drift report), kept in the history."""
     settings = load_settings(config)
     parts = wiring.build(settings)
     logger = get_run_logger()
@@ -49,26 +50,26 @@ def training(training_set: str | None = None, reason: str = "initial training", 
                                eval_texts=list(eval_set[TEXT]))
     version = data.commit_dataset(parts.datasets, frame, "training")
     candidate_model = model.train(frame, settings.model, seed=settings.data.seed)
-    report, rows = model.evaluate(candidate_model, eval_set)
+    scores, rows = model.evaluate(candidate_model, eval_set)
 
     current = model.champion_ref(parts.registry)
     champion_report = None
     if current is not None:
         champion_report, _ = model.evaluate(model.load_model(parts.registry, current), eval_set)
-    decision = decide_promotion(report, champion_report, settings.promotion)
+    decision = decide_promotion(scores, champion_report, settings.promotion)
     logger.info("promotion decision: %s (%s)", "promote" if decision.promote else "keep champion",
                 decision.reason)
 
     eval_dir = parts.reports_dir / f"eval-{run_id}"
-    model.write_eval_artifacts(report, rows, eval_dir)
+    model.write_eval_artifacts(scores, rows, eval_dir)
     tags = {
         "data.md5": version.md5, "data.rows": str(version.rows), "data.labels": str(frame[LABEL].nunique()),
-        "eval.md5": report.eval_md5, "git.commit": git_commit(), "config.hash": settings.config_hash(),
+        "eval.md5": scores.eval_md5, "git.commit": git_commit(), "config.hash": settings.config_hash(),
         "prefect.flow_run_id": run_id, "trigger": trigger, "reason": reason[:500],
-        "model.family": settings.model.family, "driftloop.kind": "train",
+        "model.family": settings.model.family, "driftloop.kind": "train", "report": report[:500],
         "decision": "promote" if decision.promote else "reject", "decision.reason": decision.reason[:500],
     }
-    metrics = report.metrics() | ({f"champion.{k}": v for k, v in champion_report.metrics().items()}
+    metrics = scores.metrics() | ({f"champion.{k}": v for k, v in champion_report.metrics().items()}
                                   if champion_report else {})
     ref = model.register_model(
         parts.registry, candidate_model, tags=tags, metrics=metrics,
@@ -77,25 +78,25 @@ def training(training_set: str | None = None, reason: str = "initial training", 
         artifacts={"evaluation": eval_dir},
     )
     model.move_alias(parts.registry, parts.history, CHALLENGER, ref, action="register",
-                     reason=f"{reason}; {decision.reason}", actor=f"prefect:{run_id}")
+                     reason=f"{reason}; {decision.reason}", actor=f"prefect:{run_id}", report=report)
     if decision.promote:
         model.move_alias(parts.registry, parts.history, CHAMPION, ref, action="promote",
-                         reason=f"{reason}; {decision.reason}", actor=f"prefect:{run_id}")
+                         reason=f"{reason}; {decision.reason}", actor=f"prefect:{run_id}", report=report)
         model.clear_alias(parts.registry, parts.history, CHALLENGER, reason=f"{ref} became champion",
                           actor=f"prefect:{run_id}")
 
     create_table_artifact(
-        [{"model": "candidate " + str(ref), **{k: round(v, 4) for k, v in report.metrics().items()}}]
+        [{"model": "candidate " + str(ref), **{k: round(v, 4) for k, v in scores.metrics().items()}}]
         + ([{"model": "champion " + str(current), **{k: round(v, 4) for k, v in champion_report.metrics().items()}}]
            if champion_report else []),
         key="candidate-vs-champion", description="shared evaluation set")
     create_markdown_artifact(
         f"## {'Promoted' if decision.promote else 'Not promoted'}: {ref}\n\n{decision.reason}\n\n"
         f"- reason: {reason}\n- training set: {version.rows} rows, DVC md5 `{version.md5}`\n"
-        f"- evaluation set md5 `{report.eval_md5}` ({report.n} rows)\n"
+        f"- evaluation set md5 `{scores.eval_md5}` ({scores.n} rows)\n"
         f"- restore the training set: `driftloop data restore --version {ref.version}`\n",
         key="promotion", description=decision.reason)
     create_link_artifact(parts.registry.version_url(ref, settings.registry.ui_url),
                          link_text=f"{ref} in the MLflow registry", key="model-version")
-    return TrainingOutcome(ref, report, champion_report, decision, version.md5,
+    return TrainingOutcome(ref, scores, champion_report, decision, version.md5,
                            ref if decision.promote else current)

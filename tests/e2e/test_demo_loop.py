@@ -42,6 +42,7 @@ def test_loop_closes(state, monkeypatch):
     assert out["failed"] == 0                           # no failed request, the swap included
     from driftloop.history import ChampionHistory
 
-    moves = [(e.alias, e.to_version) for e in ChampionHistory(settings.history_path).entries()
-             if e.alias == "champion"]
-    assert moves == [("champion", "1"), ("champion", "2")]
+    moves = [e for e in ChampionHistory(settings.history_path).entries() if e.alias == "champion"]
+    assert [(e.action, e.to_version) for e in moves] == [("promote", "1"), ("promote", "2")]
+    # the promotion of v2 names its reason and the drift report that justified it
+    assert "drift confirmed" in moves[1].reason and moves[1].report.endswith(".html")
