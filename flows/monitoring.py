@@ -50,8 +50,13 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
 
     splits = data.prepare(settings.data, parts.prepared_dir)
     champion_model = model.load_model(parts.registry, champion)
-    reference = monitor.predict_reference(champion_model, dataset.read_labelled(splits["reference"], TEXT, LABEL))
-    calibration = monitor.calibrate(reference, len(window), settings.monitor, champion, parts.reports_dir)
+    # The champion's own reference (refreshed by the retrain that made it), else the prepared one.
+    md5 = model.version_tags(parts.registry, champion).get("reference.md5")
+    source = (data.restore_dataset(parts.datasets, md5, parts.reports_dir / f"reference-{md5}.csv")
+              if md5 else splits["reference"])
+    reference = monitor.predict_reference(champion_model, dataset.read_labelled(source, TEXT, LABEL))
+    calibration = monitor.calibrate(reference, len(window), settings.monitor, champion, parts.reports_dir,
+                                    reference_is_sample=md5 is not None)
     result = monitor.detect_drift(reference, window, settings.monitor, calibration,
                                   parts.reports_dir / f"drift-{run_id}.html")
     report = monitor.publish_drift(parts.registry, result, champion, run_id, settings.registry.ui_url)

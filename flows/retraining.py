@@ -10,7 +10,7 @@ from driftloop import curation, dataset, wiring
 from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import load_settings
 from flows.training import TrainingOutcome, training
-from tasks import data, model
+from tasks import data, model, monitor
 
 
 @flow(name="retraining", flow_run_name="retrain ({requested_by}): {reason}", log_prints=True)
@@ -42,10 +42,21 @@ def retraining(reason: str, requested_by: str = "manual", window_id: str = "", r
     merged = curation.merge_training_set(previous, labelled.rows, eval_texts)
     out = parts.retrain_dir / f"training-{run_id}.csv"
     dataset.write_labelled(merged, out)
+    reference_set = None
+    if settings.retrain.refresh_reference and current is not None:
+        recent = monitor.load_window(parts.log_root, current.version, settings.retrain.reference_size)
+        reference = curation.production_reference(recent, merged[TEXT], eval_texts)
+        if len(reference) >= 2 * settings.monitor.min_window:
+            reference_set = str(dataset.write_labelled(reference, parts.retrain_dir / f"reference-{run_id}.csv"))
+        else:
+            logger.warning("only %d unlabelled production texts to refresh the reference (need %d); "
+                           "the new model keeps the previous reference", len(reference), 2 * settings.monitor.min_window)
     added = len(merged) - len(previous)
     create_markdown_artifact(
         f"## Retrain requested by {requested_by}\n\n- reason: {reason}\n- window: `{window_id or '-'}`\n"
         f"- drift report: {report or '-'}\n- previous training set: {len(previous)} rows\n"
-        f"- new labelled production rows: {added} (quarantined: {len(labelled.quarantined)})\n",
+        f"- new labelled production rows: {added} (quarantined: {len(labelled.quarantined)})\n"
+        f"- monitoring reference: {'refreshed from ' + reference_set if reference_set else 'unchanged'}\n",
         key="retrain-request", description=reason)
-    return training(training_set=str(out), reason=reason, trigger=requested_by, report=report, config=config)
+    return training(training_set=str(out), reason=reason, trigger=requested_by, report=report,
+                    reference_set=reference_set, config=config)

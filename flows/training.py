@@ -31,10 +31,13 @@ class TrainingOutcome:
 
 @flow(name="training", flow_run_name="train ({trigger}): {reason}", log_prints=True)
 def training(training_set: str | None = None, reason: str = "initial training", trigger: str = "manual",
-             report: str = "", config: list[str] | None = None) -> TrainingOutcome:
+             report: str = "", reference_set: str | None = None,
+             config: list[str] | None = None) -> TrainingOutcome:
     """Train a candidate on ``training_set`` (a CSV/JSON with text and label columns; default: the
     prepared first training set) and promote it if it beats the champion on the shared eval set.
-    ``report`` is the evidence that asked for this run (a drift report), kept in the history."""
+    ``report`` is the evidence that asked for this run (a drift report), kept in the history.
+    ``reference_set`` (texts) becomes this model's monitoring reference; without it the model
+    inherits the champion's."""
     settings = load_settings(config)
     parts = wiring.build(settings)
     logger = get_run_logger()
@@ -53,6 +56,14 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     scores, rows = model.evaluate(candidate_model, eval_set)
 
     current = model.champion_ref(parts.registry)
+    reference_tags: dict[str, str] = {}
+    if reference_set:
+        ref_version = data.commit_dataset(parts.datasets, dataset.read_labelled(reference_set, TEXT, LABEL),
+                                          "reference")
+        reference_tags = {"reference.md5": ref_version.md5, "reference.rows": str(ref_version.rows)}
+    elif current is not None:
+        inherited = model.version_tags(parts.registry, current)
+        reference_tags = {k: v for k, v in inherited.items() if k.startswith("reference.")}
     champion_report = None
     if current is not None:
         champion_report, _ = model.evaluate(model.load_model(parts.registry, current), eval_set)
@@ -68,6 +79,7 @@ def training(training_set: str | None = None, reason: str = "initial training", 
         "prefect.flow_run_id": run_id, "trigger": trigger, "reason": reason[:500],
         "model.family": settings.model.family, "driftloop.kind": "train", "report": report[:500],
         "decision": "promote" if decision.promote else "reject", "decision.reason": decision.reason[:500],
+        **reference_tags,
     }
     metrics = scores.metrics() | ({f"champion.{k}": v for k, v in champion_report.metrics().items()}
                                   if champion_report else {})

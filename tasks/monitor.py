@@ -38,14 +38,14 @@ def predict_reference(model: TextClassifier, reference: pd.DataFrame) -> pd.Data
 
 @task(cache_policy=NO_CACHE)
 def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings, model: ModelRef,
-              cache_dir: Path) -> drift.Calibration:
+              cache_dir: Path, reference_is_sample: bool = False) -> drift.Calibration:
     """Thresholds from the reference's own variation, cached per (reference, model, window size)."""
     digest = hashlib.sha256(("\n".join(reference[TEXT]) + cfg.model_dump_json()).encode()).hexdigest()[:16]
-    key = f"calibration-{digest}-v{model.version}-n{window_n}.json"
+    key = f"calibration-{digest}-v{model.version}-n{window_n}{'-sample' if reference_is_sample else ''}.json"
     path = cache_dir / key
     if path.exists():
         return drift.Calibration.from_json(path.read_text())
-    calibration = drift.calibrate(reference, window_n, cfg)
+    calibration = drift.calibrate(reference, window_n, cfg, reference_is_sample=reference_is_sample)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(calibration.to_json())
     return calibration

@@ -62,3 +62,17 @@ def merge_training_set(previous: pd.DataFrame, labelled: pd.DataFrame,
     """Previous training set plus the new labelled rows, no duplicates, nothing from eval."""
     added = new_rows(previous, labelled, eval_texts)
     return pd.concat([previous[[TEXT, LABEL]], added[[TEXT, LABEL]]], ignore_index=True)
+
+
+def production_reference(window: pd.DataFrame, training_texts: Iterable[str],
+                         eval_texts: Iterable[str]) -> pd.DataFrame:
+    """The monitoring reference after a retrain: recent production texts the new model never
+    trained on (nor is scored on). Labelled rows went into training, so these are the window's
+    unlabelled texts; they carry today's mix of intents, which is what "no drift" now means."""
+    seen = set(normalise(pd.Series(list(training_texts), dtype=str))) | set(
+        normalise(pd.Series(list(eval_texts), dtype=str)))
+    if window.empty:
+        return pd.DataFrame({TEXT: pd.Series(dtype=str), LABEL: pd.Series(dtype=str)})
+    fresh = window.loc[~normalise(window[TEXT]).isin(seen), [TEXT]]
+    fresh = fresh.loc[~normalise(fresh[TEXT]).duplicated()]
+    return fresh.assign(**{LABEL: ""}).reset_index(drop=True)

@@ -6,6 +6,8 @@
    retrain run; annotators post labels meanwhile.
 4. The retrain run trains v2 on the champion's set + the labelled rows, gates and promotes it.
 5. The serving app swaps to v2 without a restart; accuracy before/after comes from the logs.
+6. The monitor watches v2 against recent production texts v2 never trained on: the new normal
+   must not look like drift (or the loop would retrain every cooldown).
 
 The demo starts clean: each run removes the previous run's loop state (registry, logs, data
 versions, history) but keeps the Prefect server's run history, so every demo run stays
@@ -217,13 +219,23 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         stages["drift confirmed -> v2 serving"] = swap_s
         tl.step(f"[bold]5. rollout[/bold]: serving answers with v{v2.candidate.version} "
                 f"{swap_s:.1f}s after drift was confirmed (no restart)")
-        after = simulator.mix(splits["live_known"], splits["live_new"], demo.after_requests, demo.new_share,
-                              demo.seed + 2)
-        after = after[~after[TEXT].isin(set(drifted[TEXT]))]
+        # Fresh texts only (v2 trained on the labelled drifted ones), in the same mix as before.
+        used = set(drifted[TEXT])
+        after = simulator.mix(splits["live_known"][~splits["live_known"][TEXT].isin(used)],
+                              splits["live_new"][~splits["live_new"][TEXT].isin(used)],
+                              demo.after_requests, demo.new_share, demo.seed + 2)
         after_answers = simulator.send(serving.url, after, demo.concurrency)
         failed += sum(a.status != 200 for a in after_answers)
         simulator.annotate(serving.url, after_answers, demo.label_share, demo.seed + 3)
-        time.sleep(0.2)
+        t = time.perf_counter()
+        with console.status("monitoring flow on the new champion's traffic"):
+            steady = monitoring(config=config)
+        stages["monitoring flow (steady state)"] = time.perf_counter() - t
+        if steady.drift:
+            tl.step("   " + ", ".join(f"{s.name} {s.value:.3f}/{s.threshold:.3f}" for s in steady.drift.signals))
+        tl.step(f"[bold]6. steady state[/bold]: v{v2.candidate.version} is monitored against recent production "
+                f"texts it never trained on → [{'red' if steady.decision.retrain else 'green'}]"
+                f"{steady.decision.reason}[/]")
     finally:
         serving.stop()
 
@@ -244,4 +256,4 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
                   f"training sets   {parts.datasets.root} (DVC); driftloop data restore --version N")
     tl.step("done")
     return {"v1": v1, "v2": v2, "accuracy": acc, "swap_s": swap_s, "failed": failed, "stages": stages,
-            "confirmed_at": confirmed, "retrained_at": retrained_at, "serving_at": switched, "drift": out.drift}
+            "confirmed_at": confirmed, "retrained_at": retrained_at, "serving_at": switched, "steady": steady, "drift": out.drift}

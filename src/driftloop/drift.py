@@ -250,7 +250,8 @@ def _auc_spread(n_reference: int, n_current: int) -> float:
     return float(np.sqrt((a + b + 1) / (12 * a * b)))
 
 
-def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings) -> Calibration:
+def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
+              reference_is_sample: bool = False) -> Calibration:
     """Thresholds from the reference's own variation, deterministic for ``cfg.seed``.
 
     Each of ``calibration_rounds`` rounds measures every signal on a no-drift pair drawn from
@@ -271,6 +272,11 @@ def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings) -> C
       rows, against 0.09-0.16 for 400 fresh known-intent texts and 0.19-0.24 for windows with 35%
       unseen intents; halves would have made the intent signal unable to fire. Texts play no
       part in these two signals, so repeated rows do no harm.
+      That holds for a label-stratified reference, whose intent mix is exact. A reference that is
+      itself a random sample of production (``reference_is_sample``, e.g. the one a retrain
+      refreshes from recent traffic) carries its own sampling noise, so each round compares a
+      bootstrap replica of the reference with the window: without it, a steady-state window of
+      400 against a 400-text production reference scored 0.25 against a threshold of 0.22.
     """
     ref = _distinct(reference)
     if len(ref) < 2 * cfg.min_window:
@@ -285,7 +291,8 @@ def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings) -> C
         aucs = _text_aucs(ref.iloc[order[k:]], ref.iloc[order[:k]])
         seen[TEXT_DRIFT].append(0.5 + (float(np.mean(aucs)) - 0.5) * text_scale)
         window = ref.iloc[rng.integers(0, len(ref), size=window_n)]
-        intent_js, confidence_drop = _prediction_signals(ref, window)
+        base = ref.iloc[rng.integers(0, len(ref), size=len(ref))] if reference_is_sample else ref
+        intent_js, confidence_drop = _prediction_signals(base, window)
         seen[INTENT_DRIFT].append(intent_js)
         seen[CONFIDENCE_DROP].append(confidence_drop)
     floors = {

@@ -95,6 +95,12 @@ class RetrainPolicy(_Section):
     min_new_labels: int = Field(100, ge=1)
     label_wait_timeout_s: float = Field(180, ge=0)
     label_poll_s: float = Field(1.0, gt=0)
+    # After a drift-triggered retrain, monitor the new champion against recent production texts
+    # it never trained on (unlabelled ones among the newest `reference_size` distinct texts the
+    # old champion answered), when there are at least 2 x monitor.min_window of them (what
+    # calibration needs); otherwise it inherits the previous reference.
+    refresh_reference: bool = True
+    reference_size: int = Field(800, gt=0)
 
 
 class ServingSettings(_Section):
@@ -124,10 +130,10 @@ class PrefectSettings(_Section):
 
 class DemoSettings(_Section):
     quiet_requests: int = Field(400, gt=0)
-    drift_requests: int = Field(500, gt=0)
+    drift_requests: int = Field(800, gt=0)
     after_requests: int = Field(400, gt=0)
     new_share: float = Field(0.35, ge=0, le=1)
-    label_share: float = Field(0.8, ge=0, le=1)
+    label_share: float = Field(0.5, ge=0, le=1)
     label_delay_s: float = Field(0.5, ge=0)
     concurrency: int = Field(8, gt=0)
     seed: int = 1

@@ -23,8 +23,8 @@ def test_loop_closes(state, monkeypatch):
 
     monkeypatch.setenv("DRIFTLOOP__SERVING__PORT", str(free_port()))
     monkeypatch.setenv("DRIFTLOOP__DEMO__QUIET_REQUESTS", "400")
-    monkeypatch.setenv("DRIFTLOOP__DEMO__DRIFT_REQUESTS", "450")
-    monkeypatch.setenv("DRIFTLOOP__DEMO__AFTER_REQUESTS", "200")
+    monkeypatch.setenv("DRIFTLOOP__DEMO__DRIFT_REQUESTS", "800")
+    monkeypatch.setenv("DRIFTLOOP__DEMO__AFTER_REQUESTS", "400")
     settings = load_settings()
     console = Console(record=True, width=120)
     from prefect.settings import PREFECT_API_URL
@@ -40,6 +40,10 @@ def test_loop_closes(state, monkeypatch):
     acc = out["accuracy"].set_index("model_version")["accuracy"]
     assert acc["2"] > acc["1"] + 0.1                    # accuracy on drifted traffic improved
     assert out["failed"] == 0                           # no failed request, the swap included
+    # steady state: v2 is judged against its refreshed reference, and the new normal is not drift
+    steady = out["steady"]
+    assert steady.drift is not None and steady.champion.version == "2"
+    assert not steady.drift.drift_detected and not steady.decision.retrain
     from driftloop.history import ChampionHistory
 
     moves = [e for e in ChampionHistory(settings.history_path).entries() if e.alias == "champion"]

@@ -218,3 +218,10 @@ def test_only_the_drift_module_imports_evidently():
             for line in path.read_text().splitlines())
     ]
     assert offenders == []
+
+
+def test_a_sampled_reference_widens_the_prediction_thresholds(traffic, calibration):
+    """A reference that is itself a random production sample has sampling noise of its own."""
+    sampled = drift.calibrate(traffic.reference, WINDOW, traffic.cfg, reference_is_sample=True)
+    assert sampled.threshold(drift.INTENT_DRIFT) > calibration.threshold(drift.INTENT_DRIFT)
+    assert sampled.threshold(drift.TEXT_DRIFT) == calibration.threshold(drift.TEXT_DRIFT)

@@ -64,3 +64,10 @@ def test_merge_adds_only_new_rows_and_never_eval_texts():
     lab = pd.DataFrame({"text": ["ONE", "three", "in eval"], "label": ["a", "c", "c"]})
     merged = curation.merge_training_set(prev, lab, ["In Eval"])
     assert merged["text"].tolist() == ["one", "two", "three"]
+
+
+def test_production_reference_is_unseen_recent_texts():
+    window = pd.DataFrame({"text": ["trained one", "fresh a", "FRESH  a", "eval text", "fresh b"]})
+    ref = curation.production_reference(window, ["Trained one"], ["eval text"])
+    assert ref["text"].tolist() == ["fresh a", "fresh b"] and set(ref["label"]) == {""}
+    assert curation.production_reference(window.iloc[:0], [], []).empty
