@@ -291,7 +291,9 @@ def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
         aucs = _text_aucs(ref.iloc[order[k:]], ref.iloc[order[:k]])
         seen[TEXT_DRIFT].append(0.5 + (float(np.mean(aucs)) - 0.5) * text_scale)
         window = ref.iloc[rng.integers(0, len(ref), size=window_n)]
-        base = ref.iloc[rng.integers(0, len(ref), size=len(ref))] if reference_is_sample else ref
+        # drawn either way, so the flag changes nothing else in the random sequence
+        replica = rng.integers(0, len(ref), size=len(ref))
+        base = ref.iloc[replica] if reference_is_sample else ref
         intent_js, confidence_drop = _prediction_signals(base, window)
         seen[INTENT_DRIFT].append(intent_js)
         seen[CONFIDENCE_DROP].append(confidence_drop)

@@ -77,7 +77,7 @@ class MonitorSettings(_Section):
     # Thresholds are calibrated from the reference's own variation (drift.calibrate): window-sized
     # samples of the reference are compared with it `calibration_rounds` times and the threshold
     # is the worst value seen plus `margin` (text AUC never below `text_auc_floor`).
-    calibration_rounds: int = Field(12, gt=1)
+    calibration_rounds: int = Field(20, gt=1)
     margin: float = Field(0.02, ge=0)
     text_auc_floor: float = Field(0.55, ge=0.5, le=1)
     # Drift when at least this many of the signals fire.
