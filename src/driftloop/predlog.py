@@ -186,7 +186,36 @@ class _Clock:
         return ns / 1e9, f"{self._prefix}.{micro:06d}+00:00"
 
 
-class PredictionLog:
+class _AppendOnlyLog:
+    """One append-only, date-partitioned JSON Lines log under ``root/<kind>/``."""
+
+    _kind = ""
+
+    def __init__(self, root: Path, fsync_interval_s: float = 1.0, *,
+                 clock: Callable[[], int] = time.time_ns):
+        """``clock`` gives epoch nanoseconds; another clock is for tests and replays."""
+        self.root = Path(root)
+        self._out = _PartitionedAppender(self.root / self._kind, fsync_interval_s)
+        self._clock = _Clock(clock)
+
+    @property
+    def path(self) -> Path | None:
+        return self._out.path
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def close(self) -> None:
+        self._out.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PredictionLog(_AppendOnlyLog):
     """Append-only log of every prediction served.
 
     Durability: each call is one ``os.write`` on an ``O_APPEND`` file, with no buffering in this
@@ -199,16 +228,7 @@ class PredictionLog:
     Thread-safe; a write costs a few microseconds (formatting plus one syscall).
     """
 
-    def __init__(self, root: Path, fsync_interval_s: float = 1.0, *,
-                 clock: Callable[[], int] = time.time_ns):
-        """``clock`` gives epoch nanoseconds; another clock is for tests and replays."""
-        self.root = Path(root)
-        self._out = _PartitionedAppender(self.root / PREDICTIONS, fsync_interval_s)
-        self._clock = _Clock(clock)
-
-    @property
-    def path(self) -> Path | None:
-        return self._out.path
+    _kind = PREDICTIONS
 
     def write(self, request_id: str, text: str, prediction: Prediction, model_version: str,
               latency_ms: float, tokens: int) -> None:
@@ -236,52 +256,22 @@ class PredictionLog:
         ]
         self._out.append("".join(lines).encode("ascii"), now)
 
-    def flush(self) -> None:
-        self._out.flush()
-
-    def close(self) -> None:
-        self._out.close()
-
-    def __enter__(self) -> "PredictionLog":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
-class FeedbackLog:
+class FeedbackLog(_AppendOnlyLog):
     """Append-only log of ground-truth labels sent back for served requests.
 
     The same durability as :class:`PredictionLog`. A label may name an intent the model does not
     know: that is how new intents reach the next training set.
     """
 
-    def __init__(self, root: Path, fsync_interval_s: float = 1.0, *,
-                 clock: Callable[[], int] = time.time_ns):
-        self.root = Path(root)
-        self._out = _PartitionedAppender(self.root / FEEDBACK, fsync_interval_s)
-        self._clock = _Clock(clock)
-
-    @property
-    def path(self) -> Path | None:
-        return self._out.path
+    _kind = FEEDBACK
 
     def write(self, request_id: str, label: str) -> None:
         now, stamp = self._clock.now()
         line = f'{{"request_id":{_q(request_id)},"time":"{stamp}","label":{_q(label)}}}\n'
         self._out.append(line.encode("ascii"), now)
 
-    def flush(self) -> None:
-        self._out.flush()
-
-    def close(self) -> None:
-        self._out.close()
-
-    def __enter__(self) -> "FeedbackLog":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # -- readers ------------------------------------------------------------------------------------
