@@ -58,6 +58,14 @@ def plain_retrain(settings, parts) -> dict[str, float]:
     timed("validate", lambda: validation.require_valid(validation.validate_training_set(
         merged, source="bench", known_labels=labels, eval_texts=list(eval_set[TEXT]))))
     timed("version (DVC add + push)", parts.datasets.commit, merged, "bench-training")
+
+    def refresh_reference():
+        recent = curation.select_window(predlog.read_predictions(parts.log_root), v1.version,
+                                        settings.retrain.reference_size)
+        reference = curation.production_reference(recent, merged[TEXT], eval_set[TEXT])
+        return parts.datasets.commit(reference, "bench-reference")
+
+    timed("reference refresh (logs + DVC)", refresh_reference)
     model = timed("train", modelling.get_family(settings.model.family).fit, merged, dict(settings.model.params),
                   seed=settings.data.seed)
     report, rows = timed("evaluate candidate", evaluation.evaluate, model, eval_set)
