@@ -253,6 +253,16 @@ def pipeline_evaluate(model_path: Path = typer.Option(Path("models/model.joblib"
     console.print(f"accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}  ECE {report.ece:.4f}")
 
 
+@app.command("stop-server")
+def stop_server(config: Optional[list[str]] = ConfigOpt) -> None:
+    """Stop the local Prefect server that train/monitor/retrain started (it keeps running for the UI)."""
+    from driftloop import prefect_server
+
+    settings = _settings(config)
+    stopped = prefect_server.stop_recorded(settings.state_dir / "prefect")
+    console.print("stopped the local Prefect server" if stopped else "no local Prefect server was running")
+
+
 @ui_app.command("prefect")
 def ui_prefect(config: Optional[list[str]] = ConfigOpt) -> None:
     """Start the Prefect server and UI on 127.0.0.1 with this project's run history (Ctrl-C stops)."""

@@ -109,3 +109,19 @@ def use_server(server: PrefectServer, home: Path) -> None:
     """Point this process's Prefect client at ``server``; call before importing prefect."""
     os.environ.update(prefect_env(home))
     os.environ["PREFECT_API_URL"] = server.api_url
+
+
+def stop_recorded(home: Path) -> bool:
+    """Stop the server whose pid ``ensure_server`` recorded under ``home``; False if none runs."""
+    pid_file = home / "server.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.killpg(pid, 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        pid_file.unlink(missing_ok=True)
+        return False
+    stop_server(PrefectServer("", pid))
+    pid_file.unlink(missing_ok=True)
+    return True
