@@ -182,7 +182,14 @@ class Registry:
                         mlflow.log_artifacts(str(path), artifact_path=artifact_path or None)
                     else:
                         mlflow.log_artifact(str(path), artifact_path=artifact_path or None)
-                info = self._log_pyfunc(classifier_path, signature, frame)
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=IntentPyfunc(),
+                    artifacts={"classifier": str(classifier_path)},
+                    signature=signature,
+                    input_example=frame,
+                    pip_requirements=_requirements(),
+                )
             run_id = run.info.run_id
             try:
                 self.client.get_registered_model(self.model_name)
@@ -199,17 +206,6 @@ class Registry:
                 self.model_name, source=info.model_uri, run_id=run_id, tags=version_tags,
             )
         return ModelRef(self.model_name, str(version.version))
-
-    @staticmethod
-    def _log_pyfunc(classifier_path: Path, signature, example: pd.DataFrame):
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=IntentPyfunc(),
-            artifacts={"classifier": str(classifier_path)},
-            signature=signature,
-            input_example=example,
-            pip_requirements=_requirements(),
-        )
 
     def alias(self, name: str) -> ModelRef | None:
         """The version ``name`` points at; None when the model or the alias does not exist.
