@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from driftloop import curation, dataset, wiring
+from driftloop import curation, dataset, drift, wiring
 from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import load_settings
 from flows.training import TrainingOutcome, training
@@ -46,11 +46,12 @@ def retraining(reason: str, requested_by: str = "manual", window_id: str = "", r
     if settings.retrain.refresh_reference and current is not None:
         recent = monitor.load_window(parts.log_root, current.version, settings.retrain.reference_size)
         reference = curation.production_reference(recent, merged[TEXT], eval_texts)
-        if len(reference) >= 2 * settings.monitor.min_window:
+        needed = drift.min_reference_size(settings.monitor)
+        if len(reference) >= needed:
             reference_set = str(dataset.write_labelled(reference, parts.retrain_dir / f"reference-{run_id}.csv"))
         else:
             logger.warning("only %d unlabelled production texts to refresh the reference (need %d); "
-                           "the new model keeps the previous reference", len(reference), 2 * settings.monitor.min_window)
+                           "the new model keeps the previous reference", len(reference), needed)
     added = len(merged) - len(previous)
     create_markdown_artifact(
         f"## Retrain requested by {requested_by}\n\n- reason: {reason}\n- window: `{window_id or '-'}`\n"

@@ -250,6 +250,11 @@ def _auc_spread(n_reference: int, n_current: int) -> float:
     return float(np.sqrt((a + b + 1) / (12 * a * b)))
 
 
+def min_reference_size(cfg: MonitorSettings) -> int:
+    """Distinct reference texts calibration needs: two sides of at least ``min_window`` each."""
+    return 2 * cfg.min_window
+
+
 def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
               reference_is_sample: bool = False) -> Calibration:
     """Thresholds from the reference's own variation, deterministic for ``cfg.seed``.
@@ -279,9 +284,9 @@ def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
       400 against a 400-text production reference scored 0.25 against a threshold of 0.22.
     """
     ref = _distinct(reference)
-    if len(ref) < 2 * cfg.min_window:
+    if len(ref) < min_reference_size(cfg):
         raise ValueError(f"reference has {len(ref)} distinct texts; calibration needs 2 x min_window "
-                         f"= {2 * cfg.min_window}")
+                         f"= {min_reference_size(cfg)}")
     k = min(window_n, len(ref) // 2)
     text_scale = _auc_spread(len(ref), window_n) / _auc_spread(len(ref) - k, k)
     rng = np.random.default_rng(cfg.seed)
