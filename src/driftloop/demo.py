@@ -23,8 +23,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pandas as pd
@@ -47,15 +49,20 @@ class Timeline:
 
     def __post_init__(self) -> None:
         self.started = time.perf_counter()
-        self.marks: dict[str, float] = {}
+        self.stages: dict[str, float] = {}
 
     def step(self, message: str) -> None:
         now = time.perf_counter() - self.started
         self.console.print(f"[dim]{now:6.1f}s[/dim]  {message}")
 
-    def mark(self, name: str) -> float:
-        self.marks[name] = time.perf_counter()
-        return self.marks[name]
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Record how long the block took under ``name`` in :attr:`stages`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = time.perf_counter() - started
 
 
 def reset_state(settings: Settings) -> None:
@@ -148,11 +155,9 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
     demo = settings.demo
 
     tl.step(f"[bold]1. version 1[/bold]: training without the {len(settings.data.new_labels)} new intents …")
-    stages: dict[str, float] = {}
-    t = time.perf_counter()
-    with console.status("training flow: validate → train → evaluate → register → promote"):
+    with (tl.timed("training flow (v1)"),
+          console.status("training flow: validate → train → evaluate → register → promote")):
         v1 = training(reason="initial model (new intents not launched yet)", trigger="demo", config=config)
-    stages["training flow (v1)"] = time.perf_counter() - t
     tl.step(f"   {v1.candidate}: eval accuracy {v1.report.accuracy:.3f} (the eval set already holds the new "
             f"intents), macro-F1 {v1.report.macro_f1:.3f} → {'champion' if v1.decision.promote else 'rejected'}")
 
@@ -160,29 +165,24 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
               for n in ("live_known", "live_new")}
     serving = ServingProcess(settings, config)
     try:
-        t = time.perf_counter()
-        serving.wait_ready()
-        stages["serving start"] = time.perf_counter() - t
+        with tl.timed("serving start"):
+            serving.wait_ready()
         tl.step(f"   serving {serving.url} answers with v{serving.version()}")
 
         tl.step(f"[bold]2. quiet traffic[/bold]: {demo.quiet_requests} requests of known intents …")
         quiet = simulator.mix(splits["live_known"], splits["live_new"], demo.quiet_requests, 0.0, demo.seed)
-        t = time.perf_counter()
-        answers = simulator.send(serving.url, quiet, demo.concurrency)
-        stages["quiet traffic"] = time.perf_counter() - t
+        with tl.timed("quiet traffic"):
+            answers = simulator.send(serving.url, quiet, demo.concurrency)
         failed = sum(a.status != 200 for a in answers)
-        t = time.perf_counter()
-        with console.status("monitoring flow on the quiet window"):
+        with tl.timed("monitoring flow (quiet)"), console.status("monitoring flow on the quiet window"):
             out = monitoring(config=config)
-        stages["monitoring flow (quiet)"] = time.perf_counter() - t
         tl.step(f"   monitor → [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
 
         tl.step(f"[bold]3. drift[/bold]: {demo.drift_requests} requests, {demo.new_share:.0%} of them new intents …")
         drifted = simulator.mix(splits["live_known"], splits["live_new"], demo.drift_requests, demo.new_share,
                                 demo.seed + 1)
-        t = time.perf_counter()
-        drift_answers = simulator.send(serving.url, drifted, demo.concurrency)
-        stages["drift traffic"] = time.perf_counter() - t
+        with tl.timed("drift traffic"):
+            drift_answers = simulator.send(serving.url, drifted, demo.concurrency)
         failed += sum(a.status != 200 for a in drift_answers)
 
         def annotators() -> None:
@@ -192,11 +192,10 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
 
         labelling = threading.Thread(target=annotators, daemon=True)
         labelling.start()
-        t = time.perf_counter()
-        with console.status("monitoring flow on the drifted window (a retrain run starts if it fires)"):
+        with (tl.timed("monitoring flow (drift) + retraining flow"),
+              console.status("monitoring flow on the drifted window (a retrain run starts if it fires)")):
             out = monitoring(config=config)
         retrained_at = time.time()
-        stages["monitoring flow (drift) + retraining flow"] = time.perf_counter() - t
         labelling.join()
         if out.drift:
             for s in out.drift.signals:
@@ -216,7 +215,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
 
         switched = serving.wait_version(v2.candidate.version)
         swap_s = switched - confirmed
-        stages["drift confirmed -> v2 serving"] = swap_s
+        tl.stages["drift confirmed -> v2 serving"] = swap_s
         tl.step(f"[bold]5. rollout[/bold]: serving answers with v{v2.candidate.version} "
                 f"{swap_s:.1f}s after drift was confirmed (no restart)")
         # Fresh texts only (v2 trained on the labelled drifted ones), in the same mix as before.
@@ -227,10 +226,9 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         after_answers = simulator.send(serving.url, after, demo.concurrency)
         failed += sum(a.status != 200 for a in after_answers)
         simulator.annotate(serving.url, after_answers, demo.label_share, demo.seed + 3)
-        t = time.perf_counter()
-        with console.status("monitoring flow on the new champion's traffic"):
+        with (tl.timed("monitoring flow (steady state)"),
+              console.status("monitoring flow on the new champion's traffic")):
             steady = monitoring(config=config)
-        stages["monitoring flow (steady state)"] = time.perf_counter() - t
         if steady.drift:
             tl.step("   " + ", ".join(f"{s.name} {s.value:.3f}/{s.threshold:.3f}" for s in steady.drift.signals))
         tl.step(f"[bold]6. steady state[/bold]: v{v2.candidate.version} is monitored against recent production "
@@ -255,5 +253,6 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
                   f"history         driftloop history   ({settings.history_path})\n"
                   f"training sets   {parts.datasets.root} (DVC); driftloop data restore --version N")
     tl.step("done")
-    return {"v1": v1, "v2": v2, "accuracy": acc, "swap_s": swap_s, "failed": failed, "stages": stages,
-            "confirmed_at": confirmed, "retrained_at": retrained_at, "serving_at": switched, "steady": steady, "drift": out.drift}
+    return {"v1": v1, "v2": v2, "accuracy": acc, "swap_s": swap_s, "failed": failed, "stages": tl.stages,
+            "confirmed_at": confirmed, "retrained_at": retrained_at, "serving_at": switched, "steady": steady,
+            "drift": out.drift}
