@@ -23,11 +23,33 @@ install: $(STAMP)
 demo: install
 	$(BIN)/driftloop demo
 
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install system-deps
 	$(BIN)/python -m pytest -m "not slow"
+
+# prometheus/promtool and wrk (Debian packages) for the integration tests, installed only when
+# missing. A policy-rc.d that denies starts is in place during the install (unless one already
+# is): the package would otherwise start prometheus as a service listening on 0.0.0.0:9090.
+# --no-install-recommends leaves prometheus-node-exporter out.
+.PHONY: system-deps
+SYSTEM_TOOLS := prometheus promtool wrk
+system-deps:
+	@missing=; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	[ -n "$$missing" ] || exit 0; \
+	echo "system-deps: installing prometheus wrk (missing:$$missing)"; \
+	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	policy=/usr/sbin/policy-rc.d; own_policy=; \
+	if [ ! -e $$policy ]; then \
+	  printf '#!/bin/sh\nexit 101\n' | $$sudo tee $$policy >/dev/null && $$sudo chmod 755 $$policy && own_policy=1; \
+	fi; \
+	$$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus wrk; \
+	rc=$$?; \
+	[ -z "$$own_policy" ] || $$sudo rm -f $$policy; \
+	if [ $$rc = 0 ] && [ -d /run/systemd/system ]; then $$sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true; fi; \
+	exit $$rc
 
 bench: install
 	$(BIN)/python bench/loop.py

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -15,11 +17,14 @@ from tasks import data, model, monitor
 
 @flow(name="retraining", flow_run_name="retrain ({requested_by}): {reason}", log_prints=True)
 def retraining(reason: str, requested_by: str = "manual", window_id: str = "", report: str = "",
-               min_new_labels: int | None = None, config: list[str] | None = None) -> TrainingOutcome:
+               min_new_labels: int | None = None, roll_out: bool = True,
+               config: list[str] | None = None) -> TrainingOutcome:
     """Retrain on the champion's exact training set plus every labelled production row.
 
     ``min_new_labels`` defaults to the retrain policy; a manual run may pass 0 to retrain on what
-    is there now."""
+    is there now. With ``rollout.enabled``, a candidate that passes the offline gate becomes the
+    challenger and, when ``roll_out``, a rollout flow run carries it to users (a retrain opened
+    by a rollback leaves it registered for the next rollout instead)."""
     settings = load_settings(config)
     parts = wiring.build(settings)
     logger = get_run_logger()
@@ -59,5 +64,13 @@ def retraining(reason: str, requested_by: str = "manual", window_id: str = "", r
         f"- new labelled production rows: {added} (quarantined: {len(labelled.quarantined)})\n"
         f"- monitoring reference: {'refreshed from ' + reference_set if reference_set else 'unchanged'}\n",
         key="retrain-request", description=reason)
-    return training(training_set=str(out), reason=reason, trigger=requested_by, report=report,
-                    reference_set=reference_set, config=config)
+    outcome = training(training_set=str(out), reason=reason, trigger=requested_by, report=report,
+                       reference_set=reference_set, config=config)
+    if settings.rollout.enabled and roll_out and outcome.decision.promote and outcome.champion != outcome.candidate:
+        from flows.rollout import rollout
+
+        done = rollout(challenger=outcome.candidate.version, requested_by=requested_by, reason=reason,
+                       config=config)
+        logger.info("rollout of %s: %s (%s)", outcome.candidate, done.result, done.reason)
+        outcome = replace(outcome, champion=done.champion, rollout=done)
+    return outcome

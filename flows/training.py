@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -27,6 +28,7 @@ class TrainingOutcome:
     decision: PromotionDecision
     data_md5: str
     champion: ModelRef | None
+    rollout: Any = None   # the rollout flow's outcome, when one carried the candidate
 
 
 @flow(name="training", flow_run_name="train ({trigger}): {reason}", log_prints=True)
@@ -91,7 +93,12 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     )
     model.move_alias(parts.registry, parts.history, CHALLENGER, ref, action="register",
                      reason=f"{reason}; {decision.reason}", actor=f"prefect:{run_id}", report=report)
-    if decision.promote:
+    # With a rollout policy, a candidate that passed the offline gate reaches users only through
+    # the rollout flow (the first model has nothing to be compared with and is promoted at once).
+    staged = settings.rollout.enabled and current is not None
+    if decision.promote and staged:
+        logger.info("%s is the challenger; the rollout flow decides on live traffic", ref)
+    if decision.promote and not staged:
         model.move_alias(parts.registry, parts.history, CHAMPION, ref, action="promote",
                          reason=f"{reason}; {decision.reason}", actor=f"prefect:{run_id}", report=report)
         model.clear_alias(parts.registry, parts.history, CHALLENGER, reason=f"{ref} became champion",
@@ -103,7 +110,8 @@ def training(training_set: str | None = None, reason: str = "initial training", 
            if champion_report else []),
         key="candidate-vs-champion", description="shared evaluation set")
     create_markdown_artifact(
-        f"## {'Promoted' if decision.promote else 'Not promoted'}: {ref}\n\n{decision.reason}\n\n"
+        f"## {('Challenger, to be rolled out' if staged else 'Promoted') if decision.promote else 'Not promoted'}: "
+        f"{ref}\n\n{decision.reason}\n\n"
         f"- reason: {reason}\n- training set: {version.rows} rows, DVC md5 `{version.md5}`\n"
         f"- evaluation set md5 `{scores.eval_md5}` ({scores.n} rows)\n"
         f"- restore the training set: `driftloop data restore --version {ref.version}`\n",
@@ -111,4 +119,4 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     create_link_artifact(parts.registry.version_url(ref, settings.registry.ui_url),
                          link_text=f"{ref} in the MLflow registry", key="model-version")
     return TrainingOutcome(ref, scores, champion_report, decision, version.md5,
-                           ref if decision.promote else current)
+                           ref if decision.promote and not staged else current)

@@ -23,14 +23,14 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from driftloop.types import Prediction
+from driftloop.types import SLOT_CHAMPION, SLOT_SHADOW, Prediction
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
 PREDICTION_COLUMNS = ("request_id", "time", "text", "intent", "confidence", "model_version",
-                      "latency_ms", "tokens")
+                      "latency_ms", "tokens", "slot", "error")
 FEEDBACK_COLUMNS = ("request_id", "time", "label")
 # Readers put the number of unreadable lines they skipped here, in ``frame.attrs``.
 SKIPPED_LINES = "skipped_lines"
@@ -231,24 +231,22 @@ class PredictionLog(_AppendOnlyLog):
     _kind = PREDICTIONS
 
     def write(self, request_id: str, text: str, prediction: Prediction, model_version: str,
-              latency_ms: float, tokens: int) -> None:
-        now, stamp = self._clock.now()
-        line = (f'{{"request_id":{_q(request_id)},"time":"{stamp}","text":{_q(text)},'
-                f'"intent":{_q(prediction.intent)},"confidence":{float(prediction.confidence)!r},'
-                f'"model_version":{_q(model_version)},"latency_ms":{float(latency_ms):.3f},'
-                f'"tokens":{int(tokens)}}}\n')
-        self._out.append(line.encode("ascii"), now)
+              latency_ms: float, tokens: int, slot: str = SLOT_CHAMPION) -> None:
+        self.write_batch([request_id], [text], [prediction], model_version, latency_ms, [tokens], slot)
 
     def write_batch(self, request_ids: Sequence[str], texts: Sequence[str],
                     predictions: Sequence[Prediction], model_version: str, latency_ms: float,
-                    tokens: Sequence[int]) -> None:
-        """One request's predictions, written together (one syscall, one timestamp)."""
+                    tokens: Sequence[int], slot: str = SLOT_CHAMPION) -> None:
+        """One request's predictions, written together (one syscall, one timestamp).
+
+        ``slot`` says which part of a rollout answered (champion, canary, or shadow: the
+        challenger's mirrored answer to a request the champion answered, same request id)."""
         if not (len(request_ids) == len(texts) == len(predictions) == len(tokens)):
             raise ValueError("request_ids, texts, predictions and tokens must have one entry per text")
         now, stamp = self._clock.now()
-        # Formatted by hand (same layout as write): a dict through json.dumps costs several times
-        # more per line.
-        tail = f',"model_version":{_q(model_version)},"latency_ms":{float(latency_ms):.3f},"tokens":'
+        # Formatted by hand: a dict through json.dumps costs several times more per line.
+        tail = (f',"model_version":{_q(model_version)},"latency_ms":{float(latency_ms):.3f},'
+                f'"slot":{_q(slot)},"tokens":')
         lines = [
             f'{{"request_id":{_q(rid)},"time":"{stamp}","text":{_q(text)},"intent":{_q(p.intent)},'
             f'"confidence":{float(p.confidence)!r}{tail}{int(n)}}}\n'
@@ -256,6 +254,19 @@ class PredictionLog(_AppendOnlyLog):
         ]
         self._out.append("".join(lines).encode("ascii"), now)
 
+    def write_errors(self, request_ids: Sequence[str], texts: Sequence[str], model_version: str,
+                     latency_ms: float, slot: str, error: str) -> None:
+        """Predictions a model failed to make: no intent, the error's message. Readers leave them
+        out unless asked (the rollout analysis counts them against the model that failed)."""
+        if len(request_ids) != len(texts):
+            raise ValueError("request_ids and texts must have one entry per text")
+        now, stamp = self._clock.now()
+        tail = (f',"intent":null,"confidence":null,"model_version":{_q(model_version)},'
+                f'"latency_ms":{float(latency_ms):.3f},"slot":{_q(slot)},"tokens":0,'
+                f'"error":{_q(error[:500] or "error")}}}\n')
+        lines = [f'{{"request_id":{_q(rid)},"time":"{stamp}","text":{_q(text)}{tail}'
+                 for rid, text in zip(request_ids, texts)]
+        self._out.append("".join(lines).encode("ascii"), now)
 
 
 class FeedbackLog(_AppendOnlyLog):
@@ -343,16 +354,27 @@ def _frame(directory: Path, columns: tuple[str, ...], since: datetime | None) ->
     return frame
 
 
-def read_predictions(root: Path, since: datetime | None = None) -> pd.DataFrame:
+def read_predictions(root: Path, since: datetime | None = None, *,
+                     include_shadow: bool = False, include_errors: bool = False) -> pd.DataFrame:
     """Every logged prediction (at or after ``since``, if given; naive means UTC), oldest first.
 
-    Columns are :data:`PREDICTION_COLUMNS`, ``time`` as UTC timestamps. Lines that cannot be read
-    (a truncated last line after a crash) are skipped; their number is in
-    ``frame.attrs["skipped_lines"]``.
+    By default only the answers users got: shadow predictions (a challenger's mirrored answers,
+    which share the request id of the champion's) and failed predictions are left out; the
+    rollout analysis asks for them. Columns are :data:`PREDICTION_COLUMNS`, ``time`` as UTC
+    timestamps, ``slot`` "champion" and ``error`` "" on lines written before those existed.
+    Lines that cannot be read (a truncated last line after a crash) are skipped; their number is
+    in ``frame.attrs["skipped_lines"]``.
     """
     frame = _frame(Path(root) / PREDICTIONS, PREDICTION_COLUMNS, since)
     skipped = frame.attrs[SKIPPED_LINES]
+    frame["slot"] = frame["slot"].fillna(SLOT_CHAMPION).astype(str)
+    frame["error"] = frame["error"].fillna("").astype(str)
+    if not include_shadow:
+        frame = frame[frame["slot"] != SLOT_SHADOW]
+    if not include_errors:
+        frame = frame[frame["error"] == ""]
     frame = frame.astype({"confidence": "float64", "latency_ms": "float64", "tokens": "int64"})
+    frame = frame.reset_index(drop=True)
     frame.attrs[SKIPPED_LINES] = skipped
     return frame
 

@@ -6,6 +6,7 @@ version serves; stages are deprecated and never used.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -22,10 +23,13 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from driftloop.modelling import TextClassifier
-from driftloop.types import ModelRef
+from driftloop.types import ModelRef, RolloutState, Routing
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# The registered model's tag holding the desired traffic split (a RolloutState as JSON): kept
+# with the aliases, so every replica reads both in one call and converges to the same routing.
+ROLLOUT_TAG = "driftloop.rollout"
 
 # mlflow keeps the tracking URI in a process global; calls that rely on it (start_run,
 # log_model, load_model) are serialised so two registries in one process cannot cross.
@@ -224,6 +228,26 @@ class Registry:
     def challenger(self) -> ModelRef | None:
         return self.alias(CHALLENGER)
 
+    def routing(self) -> Routing:
+        """The champion and the rollout state in one registry call (what replicas poll)."""
+        try:
+            model = self.client.get_registered_model(self.model_name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return Routing(None)
+            raise
+        version = (model.aliases or {}).get(CHAMPION)
+        champion = ModelRef(self.model_name, str(version)) if version is not None else None
+        return Routing(champion, _rollout_state(model.tags or {}))
+
+    def rollout_state(self) -> RolloutState:
+        return self.routing().state
+
+    def set_rollout_state(self, state: RolloutState) -> None:
+        """Publish the desired traffic split; replicas pick it up on their next poll."""
+        payload = {k: v for k, v in state.__dict__.items()}
+        self.client.set_registered_model_tag(self.model_name, ROLLOUT_TAG, json.dumps(payload, sort_keys=True))
+
     def set_alias(self, name: str, ref: ModelRef) -> None:
         self.client.set_registered_model_alias(self.model_name, name, ref.version)
 
@@ -274,6 +298,17 @@ class Registry:
         if not isinstance(wrapper, IntentPyfunc) or wrapper.classifier is None:
             raise RegistryError(f"{ref}: not a driftloop intent model")
         return wrapper.classifier
+
+
+def _rollout_state(tags: dict[str, str]) -> RolloutState:
+    raw = tags.get(ROLLOUT_TAG)
+    if not raw:
+        return RolloutState()
+    try:
+        return RolloutState(**json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        # A hand-edited or foreign tag: refuse loudly rather than route on a guess.
+        raise RegistryError(f"registered model tag {ROLLOUT_TAG!r} is not a valid rollout state: {exc}") from None
 
 
 def _param(value: Any) -> str:

@@ -16,8 +16,12 @@ import asyncio
 import json
 import logging
 import os
+import queue
+import random
 import threading
 import time
+import zlib
+from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,18 @@ from starlette.concurrency import run_in_threadpool
 from driftloop.modelling import TextClassifier
 from driftloop.predlog import FeedbackLog, PredictionLog
 from driftloop.settings import ServingSettings
-from driftloop.types import ModelRef
+from driftloop.types import (
+    MODE_AB,
+    MODE_BLUEGREEN,
+    MODE_CANARY,
+    MODE_SHADOW,
+    SLOT_CANARY,
+    SLOT_CHAMPION,
+    SLOT_SHADOW,
+    ModelRef,
+    Prediction,
+    Routing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +69,9 @@ _q = json.dumps
 
 
 class ModelSource(Protocol):
-    """Where the serving version comes from: the registry, or a fake in unit tests."""
+    """Where the serving versions come from: the registry, or a fake in unit tests."""
 
-    def champion(self) -> ModelRef | None: ...
+    def routing(self) -> Routing: ...
 
     def load(self, ref: ModelRef) -> TextClassifier: ...
 
@@ -121,86 +136,152 @@ class BadRequest(Exception):
 
 class ServingMetrics:
     """The app's Prometheus series, in a registry of its own (two apps in one process, as in the
-    tests, never share counts)."""
+    tests, never share counts). Everything a model answers is labelled by its version and slot
+    (champion, canary, shadow), so a rollout can be watched per slot."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.requests = Counter("driftloop_requests", "HTTP requests by endpoint, status and model version",
-                                ["endpoint", "status", "model_version"], registry=r)
+        vs = ["model_version", "slot"]
+        self.requests = Counter("driftloop_requests", "HTTP requests by endpoint, status, model version and slot",
+                                ["endpoint", "status", *vs], registry=r)
         self.latency = Histogram("driftloop_predict_latency_seconds",
-                                 "Time to answer /predict inside the app, by model version",
-                                 ["model_version"], registry=r,
+                                 "Time to answer /predict inside the app (shadow: the challenger's "
+                                 "own prediction time), by model version and slot", vs, registry=r,
                                  buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
                                           0.25, 0.5, 1.0, 2.5))
-        self.predictions = Counter("driftloop_predictions", "Predictions by intent and model version",
-                                   ["intent", "model_version"], registry=r)
+        self.predictions = Counter("driftloop_predictions", "Predictions by intent, model version and slot",
+                                   ["intent", *vs], registry=r)
         self.confidence = Histogram("driftloop_prediction_confidence",
-                                    "Confidence of the predicted intent, by model version",
-                                    ["model_version"], registry=r,
-                                    buckets=tuple(round(0.1 * i, 1) for i in range(1, 11)))
+                                    "Confidence of the predicted intent, by model version and slot", vs,
+                                    registry=r, buckets=tuple(round(0.1 * i, 1) for i in range(1, 11)))
+        self.low_confidence = Counter("driftloop_low_confidence",
+                                      "Predictions below the low-confidence threshold", vs, registry=r)
         self.tokens = Histogram("driftloop_request_tokens", "Tokens per /predict request (all its texts)",
-                                ["model_version"], registry=r,
+                                vs, registry=r,
                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
         self.errors = Counter("driftloop_errors", "Errors by kind", ["kind"], registry=r)
+        self.predict_errors = Counter("driftloop_predict_errors",
+                                      "Texts a model failed to predict, by model version and slot", vs,
+                                      registry=r)
         self.feedback = Counter("driftloop_feedback", "Feedback labels received", registry=r)
-        self.model_info = Gauge("driftloop_model_info", "The model version serving now (value 1)",
-                                ["model_name", "model_version"], registry=r)
-        self.swaps = Counter("driftloop_model_swaps", "Model versions swapped in", registry=r)
+        self.feedback_labels = Counter("driftloop_feedback_labels",
+                                       "Feedback labels matched to the answer they judge",
+                                       [*vs, "correct"], registry=r)
+        self.model_info = Gauge("driftloop_model_info", "The model versions loaded for traffic (value 1)",
+                                ["model_name", "model_version", "slot"], registry=r)
+        self.traffic_weight = Gauge("driftloop_traffic_weight",
+                                    "Share of user traffic each slot answers (shadow: share mirrored)",
+                                    ["slot", "model_version"], registry=r)
+        self.rollout_info = Gauge("driftloop_rollout_info", "The rollout state this replica routes by",
+                                  ["rollout_id", "mode", "stage", "challenger"], registry=r)
+        self.shadow_comparisons = Counter("driftloop_shadow_comparisons",
+                                          "Shadow predictions compared with the champion's answer",
+                                          ["model_version", "agree"], registry=r)
+        self.shadow_dropped = Counter("driftloop_shadow_dropped",
+                                      "Requests not mirrored because the shadow queue was full", registry=r)
+        self.drift_share = Gauge("driftloop_drift_share", "Share of drift signals that fired in the "
+                                 "latest monitoring run", registry=r)
+        self.drift_detected = Gauge("driftloop_drift_detected", "1 when the latest monitoring run "
+                                    "confirmed drift", registry=r)
+        self.swaps = Counter("driftloop_model_swaps", "Routing changes applied (champion or rollout)",
+                             registry=r)
 
-    def bind(self, ref: ModelRef) -> "_Bound":
-        return _Bound(self, ref.version)
+    def bind(self, ref: ModelRef, slot: str, low_confidence: float) -> "_Bound":
+        return _Bound(self, ref.version, slot, low_confidence)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _Bound:
-    """The children of one model version's series, looked up once instead of per request."""
+    """The children of one (model version, slot)'s series, looked up once instead of per request."""
 
-    def __init__(self, metrics: ServingMetrics, version: str):
+    def __init__(self, metrics: ServingMetrics, version: str, slot: str, low_confidence: float):
         self.version = version
+        self.slot = slot
         self.version_json = _q(version)
-        self.ok = metrics.requests.labels("predict", "200", version)
-        self.latency = metrics.latency.labels(version)
-        self.confidence = metrics.confidence.labels(version)
-        self.tokens = metrics.tokens.labels(version)
+        self.low_threshold = low_confidence
+        self.ok = metrics.requests.labels("predict", "200", version, slot)
+        self.latency = metrics.latency.labels(version, slot)
+        self.confidence = metrics.confidence.labels(version, slot)
+        self.low = metrics.low_confidence.labels(version, slot)
+        self.tokens = metrics.tokens.labels(version, slot)
+        self.failed = metrics.predict_errors.labels(version, slot)
         self._predictions = metrics.predictions
         self._by_intent: dict[str, Any] = {}
 
-    def predicted(self, intent: str) -> None:
-        child = self._by_intent.get(intent)
-        if child is None:
-            child = self._by_intent[intent] = self._predictions.labels(intent, self.version)
-        child.inc()
+    def observe(self, predictions: list[Prediction], tokens: list[int], elapsed_s: float) -> None:
+        self.latency.observe(elapsed_s)
+        self.tokens.observe(sum(tokens))
+        for p in predictions:
+            child = self._by_intent.get(p.intent)
+            if child is None:
+                child = self._by_intent[p.intent] = self._predictions.labels(p.intent, self.version, self.slot)
+            child.inc()
+            self.confidence.observe(p.confidence)
+            if p.confidence < self.low_threshold:
+                self.low.inc()
 
 
 @dataclass(frozen=True)
-class _Serving:
-    """What one request needs, swapped as one reference so a request never sees a mix."""
+class _Slot:
+    """One loaded model in one slot, with its metric children."""
 
     loaded: LoadedModel
     bound: _Bound
 
 
+_HASH_SPACE = 1 << 32
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything routing needs, swapped as one reference so a request never sees a mix."""
+
+    routing: Routing
+    champion: _Slot
+    canary: _Slot | None      # the challenger answering a share of callers (canary, A/B)
+    shadow: _Slot | None      # the challenger answering a mirrored copy of every request
+    standby: LoadedModel | None  # blue-green: loaded and warm, no traffic yet
+    complete: bool            # False while the challenger could not be loaded (retried)
+
+    def pick_canary(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether this request goes to the canary: sticky per ``X-Caller-Id`` (the key hashed
+        with the rollout id, so a caller keeps its side for the rollout's whole life, and stays
+        on the canary as the weight grows), a fair coin weighted by the share otherwise."""
+        weight = self.routing.state.weight
+        for name, value in headers:
+            if name == b"x-caller-id" and value:
+                salt = self.routing.state.rollout_id.encode()
+                return zlib.crc32(salt + b"\x00" + value) < weight * _HASH_SPACE
+        return random.random() < weight
+
+
 # -- the model holder and its reloader -----------------------------------------------------------
 
 class ModelHolder:
-    """Holds the serving model and keeps it at the source's champion.
+    """Holds the serving models and keeps them at the source's desired routing.
 
-    ``poll`` asks the source for the champion and, when it moved, loads and warms the new model,
-    then swaps one attribute: requests read it once, so each is answered wholly by one version.
-    A background thread polls every ``interval_s``; after a failure it backs off (doubling, up to
-    :data:`MAX_BACKOFF_S`) and the old model keeps serving.
+    ``poll`` reads the champion and the rollout state (one registry call), loads and warms any
+    version it has not got yet, then swaps one attribute: requests read it once, so each is
+    answered wholly by one snapshot. The champion, the challenger and the previous champion stay
+    loaded, so promoting or rolling back is a swap without a load. A background thread polls
+    every ``interval_s``; after a failure it backs off (doubling, up to :data:`MAX_BACKOFF_S`)
+    and the current snapshot keeps serving. A challenger that cannot be loaded never stops the
+    champion: it serves alone until the challenger loads.
     """
 
-    def __init__(self, source: ModelSource, metrics: ServingMetrics, interval_s: float):
+    def __init__(self, source: ModelSource, metrics: ServingMetrics, interval_s: float,
+                 low_confidence: float = 0.5):
         self.source = source
         self.metrics = metrics
         self.interval_s = interval_s
-        self.serving: _Serving | None = None
-        self._previous: _Serving | None = None  # kept so a rollback swaps back without a load
+        self.low_confidence = low_confidence
+        self.serving: _Snapshot | None = None
+        self._models: dict[ModelRef, LoadedModel] = {}
         self._failures = 0
+        self._challenger_failures = 0
         self._warned_no_champion = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -208,45 +289,110 @@ class ModelHolder:
 
     @property
     def current(self) -> LoadedModel | None:
+        """The champion being served."""
         serving = self.serving
-        return serving.loaded if serving else None
+        return serving.champion.loaded if serving else None
 
     def version_or_none(self) -> str:
-        """The serving version, or "none" (the metrics' label before a model is loaded)."""
+        """The champion's version, or "none" (the metrics' label before a model is loaded)."""
         serving = self.serving
-        return serving.bound.version if serving else "none"
+        return serving.champion.bound.version if serving else "none"
+
+    def _model(self, ref: ModelRef) -> LoadedModel:
+        loaded = self._models.get(ref)
+        if loaded is None:
+            started = time.perf_counter()
+            model = self.source.load(ref)
+            # Warm-up: builds the model's lazy state here rather than on a request.
+            model.predict(["warm up"])
+            model.count_tokens("warm up")
+            loaded = LoadedModel(ref, model, time.time())
+            log.info("loaded %s in %.2fs", ref, time.perf_counter() - started)
+        return loaded
 
     def poll(self) -> bool:
-        """One check of the champion; True when a new version was swapped in. Raises on errors."""
+        """One check of the desired routing; True when a new snapshot was swapped in. Raises on
+        errors reading the source or loading the champion."""
         with self._poll_lock:
-            ref = self.source.champion()
-            serving = self.serving
-            if ref is None:
-                if serving is not None and not self._warned_no_champion:
-                    log.warning("the source has no champion; %s keeps serving", serving.loaded.ref)
+            routing = self.source.routing()
+            old = self.serving
+            if routing.champion is None:
+                if old is not None and not self._warned_no_champion:
+                    log.warning("the source has no champion; %s keeps serving", old.champion.loaded.ref)
                     self._warned_no_champion = True
                 return False
             self._warned_no_champion = False
-            if serving is not None and serving.loaded.ref == ref:
+            if old is not None and old.complete and old.routing == routing:
                 return False
-            if self._previous is not None and self._previous.loaded.ref == ref:
-                new = self._previous
-            else:
-                started = time.perf_counter()
-                model = self.source.load(ref)
-                # Warm-up: builds the model's lazy state here rather than on a request.
-                model.predict(["warm up"])
-                model.count_tokens("warm up")
-                new = _Serving(LoadedModel(ref, model, time.time()), self.metrics.bind(ref))
-                log.info("loaded %s in %.2fs", ref, time.perf_counter() - started)
+            champion = self._model(routing.champion)
+            challenger = None
+            complete = True
+            if routing.challenger is not None and routing.challenger != routing.champion:
+                try:
+                    challenger = self._model(routing.challenger)
+                    self._challenger_failures = 0
+                except Exception as exc:
+                    complete = False
+                    self._challenger_failures += 1
+                    self.metrics.errors.labels("load_challenger").inc()
+                    if self._challenger_failures == 1:
+                        log.exception("loading challenger %s failed; the champion serves alone",
+                                      routing.challenger)
+                    else:
+                        log.warning("loading challenger %s failed again: %s", routing.challenger, exc)
+            if old is not None and not old.complete and not complete and old.routing == routing:
+                return False
+            new = self._snapshot(routing, champion, challenger, complete)
+            keep = {champion.ref}
+            if challenger is not None:
+                keep.add(challenger.ref)
+            if old is not None:
+                keep.add(old.champion.loaded.ref)  # an instant switch back
+            self._models = {r: m for r, m in {**self._models, champion.ref: champion,
+                                              **({challenger.ref: challenger} if challenger else {})}.items()
+                            if r in keep}
             self.serving = new
-            self._previous = serving
-            if serving is not None:
-                self.metrics.model_info.remove(serving.loaded.ref.name, serving.loaded.ref.version)
-            self.metrics.model_info.labels(ref.name, ref.version).set(1)
-            self.metrics.swaps.inc()
-            log.info("now serving %s (was %s)", ref, serving.loaded.ref if serving else None)
+            self._publish(old, new)
+            if old is None or old.champion.loaded.ref != champion.ref:
+                log.info("now serving %s (was %s)", champion.ref, old.champion.loaded.ref if old else None)
+            if old is None or old.routing.state != routing.state:
+                log.info("routing: %s", routing.state)
             return True
+
+    def _snapshot(self, routing: Routing, champion: LoadedModel, challenger: LoadedModel | None,
+                  complete: bool) -> _Snapshot:
+        def slot(loaded: LoadedModel, name: str) -> _Slot:
+            return _Slot(loaded, self.metrics.bind(loaded.ref, name, self.low_confidence))
+
+        mode = routing.state.mode
+        canary = shadow = standby = None
+        if challenger is not None:
+            if mode in (MODE_CANARY, MODE_AB) and routing.state.weight > 0:
+                canary = slot(challenger, SLOT_CANARY)
+            elif mode == MODE_SHADOW:
+                shadow = slot(challenger, SLOT_SHADOW)
+            elif mode == MODE_BLUEGREEN:
+                standby = challenger
+        return _Snapshot(routing, slot(champion, SLOT_CHAMPION), canary, shadow, standby, complete)
+
+    def _publish(self, old: _Snapshot | None, new: _Snapshot) -> None:
+        m = self.metrics
+        m.model_info.clear()
+        m.traffic_weight.clear()
+        m.rollout_info.clear()
+        name, version = new.champion.loaded.ref.name, new.champion.loaded.ref.version
+        m.model_info.labels(name, version, SLOT_CHAMPION).set(1)
+        weight = new.routing.state.weight if new.canary else 0.0
+        m.traffic_weight.labels(SLOT_CHAMPION, version).set(1.0 - weight)
+        for part in (new.canary, new.shadow):
+            if part is not None:
+                m.model_info.labels(name, part.bound.version, part.bound.slot).set(1)
+                m.traffic_weight.labels(part.bound.slot, part.bound.version).set(
+                    weight if part is new.canary else 1.0)
+        state = new.routing.state
+        m.rollout_info.labels(state.rollout_id or "-", state.mode, state.stage or "-",
+                              state.challenger or "-").set(1)
+        m.swaps.inc()
 
     def poll_safely(self) -> bool:
         """``poll``, with errors logged and counted instead of raised."""
@@ -256,7 +402,8 @@ class ModelHolder:
             self._failures += 1
             self.metrics.errors.labels("reload").inc()
             if self._failures == 1:
-                log.exception("polling or loading the champion failed; the current model keeps serving")
+                log.exception("polling the registry or loading the champion failed; the current "
+                              "model keeps serving")
             else:
                 log.warning("polling or loading the champion failed again (%d in a row): %s",
                             self._failures, exc)
@@ -271,7 +418,7 @@ class ModelHolder:
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="champion-poller", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="routing-poller", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -283,6 +430,107 @@ class ModelHolder:
     def _loop(self) -> None:
         while not self._stop.wait(self.next_delay()):
             self.poll_safely()
+
+
+class ShadowRunner:
+    """Answers mirrored requests with the shadow model in a thread of its own, after the user's
+    response is on its way: the request path only pays for a queue put. When the queue is full
+    (the shadow model is slower than the traffic) requests are not mirrored, and counted."""
+
+    def __init__(self, log_write: Callable[..., None], metrics: ServingMetrics, max_queue: int = 2048):
+        self._write = log_write
+        self._metrics = metrics
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+
+    def submit(self, shadow: _Slot, ids: list[str], texts: list[str], answers: list[Prediction]) -> None:
+        try:
+            self._queue.put_nowait((shadow, ids, texts, answers))
+        except queue.Full:
+            self._metrics.shadow_dropped.inc()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="shadow", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Answer what is queued, then stop (no mirrored request is lost on a clean shutdown)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        comparisons = self._metrics.shadow_comparisons
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            shadow, ids, texts, answers = item
+            bound = shadow.bound
+            model = shadow.loaded.model
+            started = time.perf_counter()
+            try:
+                predictions = model.predict(texts)
+                tokens = [model.count_tokens(t) for t in texts]
+            except Exception as exc:
+                elapsed = time.perf_counter() - started
+                bound.failed.inc(len(texts))
+                self._log(ids, texts, None, bound.version, elapsed * 1000.0, None, SLOT_SHADOW,
+                          f"{type(exc).__name__}: {exc}")
+                continue
+            elapsed = time.perf_counter() - started
+            self._log(ids, texts, predictions, bound.version, elapsed * 1000.0, tokens, SLOT_SHADOW, "")
+            bound.ok.inc()
+            bound.observe(predictions, tokens, elapsed)
+            for mine, theirs in zip(predictions, answers):
+                comparisons.labels(bound.version, "true" if mine.intent == theirs.intent else "false").inc()
+
+    def _log(self, *line: Any) -> None:
+        try:
+            self._write(*line)
+        except Exception:
+            log.exception("writing shadow predictions to the log failed")
+            self._metrics.errors.labels("log_write").inc()
+
+
+class _Answers:
+    """The newest answers by request id, so a feedback label can be scored against the answer
+    it judges (``driftloop_feedback_labels_total``) without reading the log."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._by_id: dict[str, tuple[str, str, str]] = {}
+        self._order: deque[str] = deque()
+
+    def add(self, ids: list[str], version: str, slot: str, predictions: list[Prediction]) -> None:
+        by_id, order = self._by_id, self._order
+        for rid, p in zip(ids, predictions):
+            by_id[rid] = (version, slot, p.intent)
+            order.append(rid)
+        while len(order) > self.capacity:
+            by_id.pop(order.popleft(), None)
+
+    def get(self, request_id: str) -> tuple[str, str, str] | None:
+        return self._by_id.get(request_id)
+
+
+def _read_monitor_status(path: Path | None, seen: list[float]) -> dict[str, Any] | None:
+    """The latest monitoring run's verdict, when its file changed since ``seen[0]``."""
+    if path is None:
+        return None
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    if seen and seen[0] == mtime:
+        return None
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    seen[:] = [mtime]
+    return status if isinstance(status, dict) else None
 
 
 # -- request parsing -----------------------------------------------------------------------------
@@ -448,27 +696,41 @@ class ServingApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path) -> ServingApp:
-    """The serving app. Nothing happens until it starts: the logs are opened, the champion is
-    loaded and the poller started in its lifespan (a missing or failing champion leaves it
-    running but not ready)."""
+def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
+               low_confidence: float = 0.5, monitor_status: Path | None = None) -> ServingApp:
+    """The serving app. Nothing happens until it starts: the logs are opened, the champion (and
+    a rollout's challenger) loaded and the poller started in its lifespan (a missing or failing
+    champion leaves it running but not ready). ``monitor_status`` is the file the monitoring
+    flow writes its latest verdict to (exported as the drift gauges)."""
     metrics = ServingMetrics()
-    holder = ModelHolder(source, metrics, cfg.reload_interval_s)
+    holder = ModelHolder(source, metrics, cfg.reload_interval_s, low_confidence)
+    answers = _Answers(cfg.feedback_memory)
     # Bodies beyond this cannot be valid: every text escaped at its longest (12 bytes a char,
     # a surrogate pair written as \uXXXX\uXXXX), plus room for the keys.
     body_limit = cfg.max_batch * (cfg.max_text_chars * 12 + 8) + 1024
     logs: dict[str, Any] = {}
+    status_seen: list[float] = []
+
+    def write_shadow(ids, texts, predictions, version, latency_ms, tokens, slot, error) -> None:
+        if error:
+            logs["predictions"].write_errors(ids, texts, version, latency_ms, slot, error)
+        else:
+            logs["predictions"].write_batch(ids, texts, predictions, version, latency_ms, tokens, slot)
+
+    shadow_runner = ShadowRunner(write_shadow, metrics, cfg.shadow_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logs["predictions"] = PredictionLog(log_root, cfg.fsync_interval_s)
         logs["feedback"] = FeedbackLog(log_root, cfg.fsync_interval_s)
+        shadow_runner.start()
         await asyncio.to_thread(holder.poll_safely)
         holder.start()
         try:
             yield
         finally:
             holder.stop()
+            shadow_runner.stop()
             logs["predictions"].close()
             logs["feedback"].close()
 
@@ -476,11 +738,13 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path) -> Ser
                   description="The registry's champion model, with feedback, health and metrics.")
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.shadow = shadow_runner
     requests_total = metrics.requests
     errors_total = metrics.errors
 
     def reject(endpoint: str, version: str, exc: BadRequest) -> tuple[int, bytes]:
-        requests_total.labels(endpoint, str(exc.status), version).inc()
+        requests_total.labels(endpoint, str(exc.status), version, SLOT_CHAMPION if endpoint == "predict"
+                              else "none").inc()
         errors_total.labels(exc.kind).inc()
         return exc.status, exc.body()
 
@@ -506,48 +770,66 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path) -> Ser
     feedback_body = {"requestBody": {"required": True, "content": {
         _JSON: {"schema": FeedbackRequest.model_json_schema()}}}}
 
-    async def answer_predict(body: bytes, started: float) -> tuple[int, bytes]:
+    def predict_with(part: _Slot, texts: list[str]) -> tuple[list[Prediction], list[int]]:
+        model = part.loaded.model
+        return model.predict(texts), [model.count_tokens(t) for t in texts]
+
+    async def answer_predict(body: bytes, started: float, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
         """Status and JSON body of one /predict call, shared by the fast path and the route."""
-        serving = holder.serving  # read once: the whole request uses this version
-        if serving is None:
+        snap = holder.serving  # read once: the whole request uses this routing
+        if snap is None:
             return reject("predict", "none", BadRequest(
                 503, "not_ready", [("model", "no model loaded yet; retry when /ready says 200")]))
-        loaded, bound = serving.loaded, serving.bound
         try:
             texts = parse_predict(body, cfg)
         except BadRequest as exc:
-            return reject("predict", bound.version, exc)
-        model = loaded.model
-        try:
-            if len(texts) <= INLINE_TEXTS:
-                predictions = model.predict(texts)
-                tokens = [model.count_tokens(t) for t in texts]
-            else:
-                predictions, tokens = await run_in_threadpool(
-                    lambda: (model.predict(texts), [model.count_tokens(t) for t in texts]))
-        except Exception:
-            log.exception("%s failed to predict a batch of %d", loaded.ref, len(texts))
-            requests_total.labels("predict", "500", bound.version).inc()
-            errors_total.labels("predict").inc()
-            return 500, b'{"detail": "the model failed on this input"}'
-        elapsed = time.perf_counter() - started
+            return reject("predict", snap.champion.bound.version, exc)
+        part = snap.canary if snap.canary is not None and snap.pick_canary(headers) else snap.champion
+        inline = len(texts) <= INLINE_TEXTS
         ids = [new_request_id() for _ in texts]
+        while True:
+            try:
+                if inline:
+                    predictions, tokens = predict_with(part, texts)
+                else:
+                    predictions, tokens = await run_in_threadpool(predict_with, part, texts)
+                break
+            except Exception as exc:
+                bound = part.bound
+                log.exception("%s (%s) failed to predict a batch of %d", part.loaded.ref, bound.slot, len(texts))
+                bound.failed.inc(len(texts))
+                errors_total.labels("predict").inc()
+                try:
+                    logs["predictions"].write_errors(ids, texts, bound.version,
+                                                     (time.perf_counter() - started) * 1000.0, bound.slot,
+                                                     f"{type(exc).__name__}: {exc}")
+                except OSError:
+                    log.exception("writing the prediction log failed")
+                    errors_total.labels("log_write").inc()
+                if part is snap.champion:
+                    requests_total.labels("predict", "500", bound.version, bound.slot).inc()
+                    return 500, b'{"detail": "the model failed on this input"}'
+                # A failing canary costs the caller nothing: the champion answers instead (the
+                # failure is logged against the canary, which is what the rollout analysis reads).
+                part = snap.champion
+                ids = [new_request_id() for _ in texts]
+        elapsed = time.perf_counter() - started
+        bound = part.bound
         try:
-            logs["predictions"].write_batch(ids, texts, predictions, bound.version, elapsed * 1000.0, tokens)
+            logs["predictions"].write_batch(ids, texts, predictions, bound.version, elapsed * 1000.0, tokens,
+                                            bound.slot)
         except OSError:
             # Answering matters more than the record; the counter makes the gap visible.
             log.exception("writing the prediction log failed")
             errors_total.labels("log_write").inc()
+        if snap.shadow is not None:
+            shadow_runner.submit(snap.shadow, ids, texts, predictions)
+        answers.add(ids, bound.version, bound.slot, predictions)
         bound.ok.inc()
-        bound.latency.observe(elapsed)
-        bound.tokens.observe(sum(tokens))
-        items = []
-        for rid, p in zip(ids, predictions):
-            bound.predicted(p.intent)
-            bound.confidence.observe(p.confidence)
-            # By hand, as in the prediction log: json.dumps of the nested dicts costs more.
-            items.append(f'{{"request_id":"{rid}","intent":{_q(p.intent)},'
-                         f'"confidence":{float(p.confidence)!r}}}')
+        bound.observe(predictions, tokens, elapsed)
+        # By hand, as in the prediction log: json.dumps of the nested dicts costs more.
+        items = [f'{{"request_id":"{rid}","intent":{_q(p.intent)},"confidence":{float(p.confidence)!r}}}'
+                 for rid, p in zip(ids, predictions)]
         return 200, f'{{"model_version":{bound.version_json},"predictions":[{",".join(items)}]}}'.encode()
 
     async def fast_predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -559,7 +841,7 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path) -> Ser
         except BadRequest as exc:
             status, payload = reject("predict", holder.version_or_none(), exc)
         else:
-            status, payload = await answer_predict(body, started)
+            status, payload = await answer_predict(body, started, scope["headers"])
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
@@ -578,7 +860,7 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path) -> Ser
         except BadRequest as exc:
             status, payload = reject("predict", holder.version_or_none(), exc)
         else:
-            status, payload = await answer_predict(body, started)
+            status, payload = await answer_predict(body, started, request.scope["headers"])
         return Response(payload, status, media_type=_JSON)
 
     app.fast_predict = fast_predict
@@ -601,10 +883,13 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path) -> Ser
         except OSError:
             log.exception("writing the feedback log failed")
             errors_total.labels("log_write").inc()
-            requests_total.labels("feedback", "500", version).inc()
+            requests_total.labels("feedback", "500", version, "none").inc()
             return Response(json.dumps({"detail": "could not record the feedback"}), 500, media_type=_JSON)
         metrics.feedback.inc()
-        requests_total.labels("feedback", "202", version).inc()
+        answered = answers.get(request_id)
+        if answered is not None:
+            metrics.feedback_labels.labels(answered[0], answered[1], "true" if answered[2] == label else "false").inc()
+        requests_total.labels("feedback", "202", version, "none").inc()
         return Response(json.dumps({"status": "accepted", "request_id": request_id}), 202,
                         media_type=_JSON)
 
@@ -613,7 +898,7 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path) -> Ser
         """Liveness: always 200 while the process answers, with the serving version or null."""
         current = holder.current
         version = current.ref.version if current else None
-        requests_total.labels("health", "200", version or "none").inc()
+        requests_total.labels("health", "200", version or "none", "none").inc()
         return Response(json.dumps({"status": "ok", "model_version": version}), media_type=_JSON)
 
     @app.get("/ready", responses={503: {"description": "no model loaded yet"}})
@@ -621,26 +906,53 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path) -> Ser
         """Readiness: 200 once a model is loaded, 503 before."""
         current = holder.current
         if current is None:
-            requests_total.labels("ready", "503", "none").inc()
+            requests_total.labels("ready", "503", "none", "none").inc()
             return Response(json.dumps({"status": "not ready", "detail": "no model loaded yet"}), 503,
                             media_type=_JSON)
-        requests_total.labels("ready", "200", current.ref.version).inc()
+        requests_total.labels("ready", "200", current.ref.version, "none").inc()
         return Response(json.dumps({"status": "ready", "model": current.ref.name,
                                     "model_version": current.ref.version}), media_type=_JSON)
+
+    @app.get("/routing")
+    async def routing() -> Response:
+        """The routing this replica applies now: champion, challenger and the rollout state it
+        converged to (``complete`` is false while the challenger could not be loaded)."""
+        snap = holder.serving
+        if snap is None:
+            return Response(json.dumps({"champion": None, "loaded": [], "state": None}), 503, media_type=_JSON)
+        state = snap.routing.state
+        slots = {SLOT_CHAMPION: snap.champion.bound.version}
+        if snap.canary is not None:
+            slots[SLOT_CANARY] = snap.canary.bound.version
+        if snap.shadow is not None:
+            slots[SLOT_SHADOW] = snap.shadow.bound.version
+        return Response(json.dumps({
+            "champion": snap.champion.bound.version, "slots": slots,
+            "standby": snap.standby.ref.version if snap.standby else None,
+            "complete": snap.complete,
+            "state": {"rollout_id": state.rollout_id, "mode": state.mode, "challenger": state.challenger,
+                      "weight": state.weight, "stage": state.stage, "since": state.since},
+        }), media_type=_JSON)
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         """Prometheus text format."""
         current = holder.current
-        requests_total.labels("metrics", "200", current.ref.version if current else "none").inc()
+        requests_total.labels("metrics", "200", current.ref.version if current else "none", "none").inc()
+        status = _read_monitor_status(monitor_status, status_seen)
+        if status is not None:
+            metrics.drift_share.set(float(status.get("share_drifted", 0.0)))
+            metrics.drift_detected.set(1.0 if status.get("drift_detected") else 0.0)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
 
-def run_server(cfg: ServingSettings, source: ModelSource, log_root: Path) -> None:
+def run_server(cfg: ServingSettings, source: ModelSource, log_root: Path, *, low_confidence: float = 0.5,
+               monitor_status: Path | None = None) -> None:
     """Serve until interrupted: one uvicorn worker on ``cfg.host:cfg.port`` (the CLI's entry)."""
     import uvicorn
 
-    uvicorn.run(create_app(cfg, source, log_root), host=cfg.host, port=cfg.port, workers=1,
+    app = create_app(cfg, source, log_root, low_confidence=low_confidence, monitor_status=monitor_status)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1,
                 log_level="warning", access_log=False)

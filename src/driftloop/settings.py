@@ -103,6 +103,105 @@ class RetrainPolicy(_Section):
     reference_size: int = Field(800, gt=0)
 
 
+class StageSpec(_Section):
+    """One step of a progressive rollout."""
+
+    name: str
+    # shadow: the challenger answers a mirrored copy of live traffic, users only see the champion;
+    # canary: a sticky share `weight` of callers is answered by the challenger.
+    kind: Literal["shadow", "canary"]
+    weight: float = Field(0.0, ge=0, le=1)
+    # Predictions per arm (champion, challenger) before the stage may decide.
+    min_samples: int = Field(200, gt=0)
+    # Without enough samples by then, the stage rolls the challenger back (a rollout never hangs).
+    max_duration_s: float = Field(600, gt=0)
+
+    @model_validator(mode="after")
+    def _weight_fits_kind(self) -> "StageSpec":
+        if self.kind == "canary" and not 0 < self.weight < 1:
+            raise ValueError(f"rollout stage {self.name!r}: a canary weight must be between 0 and 1 "
+                             f"(exclusive), got {self.weight}")
+        if self.kind == "shadow" and self.weight != 0:
+            raise ValueError(f"rollout stage {self.name!r}: a shadow stage sends no users to the "
+                             f"challenger; leave weight at 0")
+        return self
+
+
+class GuardSettings(_Section):
+    """How much worse than the champion a challenger may look on live traffic before it is
+    withdrawn. Each limit is tested statistically at level `alpha`: a challenger is rolled back
+    only when the data show it is worse by more than the tolerance, not on one noisy number."""
+
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    max_error_rate_increase: float = Field(0.005, ge=0, le=1)
+    # p95 latency: worse when challenger p95 > champion p95 * max_p95_ratio + latency_slack_ms
+    # and a one-sided Mann-Whitney U test says its latencies are stochastically larger.
+    max_p95_ratio: float = Field(1.5, ge=1)
+    latency_slack_ms: float = Field(2.0, ge=0)
+    max_low_confidence_increase: float = Field(0.05, ge=0, le=1)
+    # Shadow stage: share of requests where the challenger gives the champion's answer.
+    min_agreement: float = Field(0.5, ge=0, le=1)
+    max_accuracy_drop: float = Field(0.02, ge=0, le=1)
+    # Labelled feedback rows per arm before accuracy is tested at all.
+    min_labelled: int = Field(30, gt=0)
+
+
+class ABSettings(_Section):
+    """A fixed split until a statistical decision on accuracy from feedback labels."""
+
+    weight: float = Field(0.5, gt=0, lt=1)
+    # Baseline accuracy for the sample size (null: the champion's evaluation accuracy).
+    baseline_accuracy: float | None = Field(None, gt=0, lt=1)
+    min_detectable_effect: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    power: float = Field(0.8, gt=0.5, lt=1)
+    max_duration_s: float = Field(3600, gt=0)
+    # No significant difference at the planned sample size: promote (true) or keep the champion.
+    promote_on_tie: bool = False
+
+
+class BakeSettings(_Section):
+    """After a promotion: the new champion is watched against the previous champion's baseline
+    and rolled back to the last good version if it regresses."""
+
+    min_samples: int = Field(200, gt=0)
+    max_duration_s: float = Field(600, gt=0)
+    # The previous champion's newest this-many answered predictions form the baseline.
+    baseline_samples: int = Field(500, gt=0)
+    # A regression also opens a retrain run with the evidence attached.
+    retrain_on_regression: bool = True
+
+
+class RolloutSettings(_Section):
+    # false: a candidate that passes the offline gate is promoted at once (the embedded default);
+    # true: it becomes the challenger and the rollout flow carries it through `strategy`.
+    enabled: bool = False
+    strategy: Literal["progressive", "bluegreen", "ab"] = "progressive"
+    stages: tuple[StageSpec, ...] = (
+        StageSpec(name="shadow", kind="shadow"),
+        StageSpec(name="canary-10", kind="canary", weight=0.1),
+        StageSpec(name="canary-50", kind="canary", weight=0.5),
+    )
+    guard: GuardSettings = GuardSettings()
+    ab: ABSettings = ABSettings()
+    bake: BakeSettings = BakeSettings()
+    # How often the rollout flow re-reads the logs while a stage waits for samples.
+    poll_s: float = Field(2.0, gt=0)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: tuple[StageSpec, ...]) -> tuple[StageSpec, ...]:
+        if not value:
+            raise ValueError("rollout.stages: at least one stage")
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rollout.stages: stage names must be unique, got {names}")
+        weights = [s.weight for s in value if s.kind == "canary"]
+        if weights != sorted(weights):
+            raise ValueError(f"rollout.stages: canary weights must not decrease, got {weights}")
+        return value
+
+
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
@@ -112,6 +211,10 @@ class ServingSettings(_Section):
     # The prediction log is fsynced at least this often (bounds the loss on a machine crash;
     # a crash of the server process itself loses nothing, each line is written at once).
     fsync_interval_s: float = Field(1.0, gt=0)
+    # Newest answers remembered by request id, to score feedback labels in /metrics.
+    feedback_memory: int = Field(50_000, ge=0)
+    # Mirrored requests waiting for the shadow model; beyond it they are not mirrored (counted).
+    shadow_queue: int = Field(2048, gt=0)
 
     @field_validator("host")
     @classmethod
@@ -187,6 +290,7 @@ class Settings(BaseSettings):
     promotion: PromotionPolicy = PromotionPolicy()
     monitor: MonitorSettings = MonitorSettings()
     retrain: RetrainPolicy = RetrainPolicy()
+    rollout: RolloutSettings = RolloutSettings()
     serving: ServingSettings = ServingSettings()
     prefect: PrefectSettings = PrefectSettings()
     demo: DemoSettings = DemoSettings()

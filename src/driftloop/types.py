@@ -150,3 +150,61 @@ class HistoryEntry:
     reason: str
     actor: str
     report: str = ""
+
+
+# Which part of a rollout answered a prediction (a column of the prediction log, a metric label).
+SLOT_CHAMPION = "champion"
+SLOT_CANARY = "canary"    # the challenger answering users: a canary stage or the B arm of an A/B test
+SLOT_SHADOW = "shadow"    # the challenger answering a mirrored copy; never returned to the caller
+SLOTS = (SLOT_CHAMPION, SLOT_CANARY, SLOT_SHADOW)
+
+# Rollout modes of the desired routing state.
+MODE_NONE = "none"            # champion only
+MODE_SHADOW = "shadow"        # challenger mirrored
+MODE_CANARY = "canary"        # `weight` of callers to the challenger
+MODE_AB = "ab"                # a fixed split until a statistical decision
+MODE_BLUEGREEN = "bluegreen"  # challenger loaded and warm, no traffic: the switch is one alias move
+MODES = (MODE_NONE, MODE_SHADOW, MODE_CANARY, MODE_AB, MODE_BLUEGREEN)
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """The traffic split every serving replica converges to, kept with the registry.
+
+    ``weight`` is the share of callers the challenger answers (canary and A/B); a caller key
+    hashed with ``rollout_id`` makes the choice sticky for the rollout's whole life.
+    """
+
+    rollout_id: str = ""
+    mode: str = MODE_NONE
+    challenger: str | None = None
+    weight: float = 0.0
+    stage: str = ""
+    since: str = ""     # when this stage began (ISO 8601, UTC)
+    actor: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"rollout mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"rollout weight {self.weight}: expected a share between 0 and 1")
+        if self.mode != MODE_NONE and not self.challenger:
+            raise ValueError(f"rollout mode {self.mode!r} needs a challenger version")
+
+    @property
+    def active(self) -> bool:
+        return self.mode != MODE_NONE
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a replica should serve: the champion alias, and the rollout state beside it."""
+
+    champion: ModelRef | None
+    state: RolloutState = RolloutState()
+
+    @property
+    def challenger(self) -> ModelRef | None:
+        if self.champion is None or not self.state.active or not self.state.challenger:
+            return None
+        return ModelRef(self.champion.name, self.state.challenger)

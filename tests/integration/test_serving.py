@@ -176,18 +176,23 @@ def test_metrics_count_requests_predictions_and_errors_by_version(served):
     def delta(name, **labels):
         return sample(after, name, **labels) - sample(before, name, **labels)
 
-    assert delta("driftloop_requests_total", endpoint="predict", status="200", model_version=version) == 1
-    assert delta("driftloop_requests_total", endpoint="predict", status="422", model_version=version) == 1
+    slot = {"model_version": version, "slot": "champion"}
+    assert delta("driftloop_requests_total", endpoint="predict", status="200", **slot) == 1
+    assert delta("driftloop_requests_total", endpoint="predict", status="422", **slot) == 1
     assert delta("driftloop_errors_total", kind="invalid_request") == 1
     assert delta("driftloop_feedback_total") == 1
+    # the label "x" judges the first answer, which was not "x"
+    assert delta("driftloop_feedback_labels_total", correct="false", **slot) == 1
     intents = [a["intent"] for a in answers]
     for intent in set(intents):
-        assert delta("driftloop_predictions_total", intent=intent, model_version=version) == intents.count(intent)
-    assert delta("driftloop_predict_latency_seconds_count", model_version=version) == 1
-    assert delta("driftloop_prediction_confidence_count", model_version=version) == len(texts)
-    assert delta("driftloop_request_tokens_sum", model_version=version) == sum(
-        served.model.count_tokens(t) for t in texts)
-    assert sample(after, "driftloop_model_info", model_name=served.ref.name, model_version=version) == 1
+        assert delta("driftloop_predictions_total", intent=intent, **slot) == intents.count(intent)
+    assert delta("driftloop_predict_latency_seconds_count", **slot) == 1
+    assert delta("driftloop_prediction_confidence_count", **slot) == len(texts)
+    low = sum(a["confidence"] < 0.5 for a in answers)
+    assert delta("driftloop_low_confidence_total", **slot) == low
+    assert delta("driftloop_request_tokens_sum", **slot) == sum(served.model.count_tokens(t) for t in texts)
+    assert sample(after, "driftloop_model_info", model_name=served.ref.name, **slot) == 1
+    assert sample(after, "driftloop_traffic_weight", **slot) == 1.0
 
 
 # -- bad requests --------------------------------------------------------------------------------

@@ -57,7 +57,9 @@ def test_each_line_is_a_json_object_with_an_iso_utc_time(tmp_path):
         path = log.path
     line = path.read_text().splitlines()[0]
     record = json.loads(line)
-    assert set(record) == set(PREDICTION_COLUMNS)
+    # "error" is written only on failed predictions
+    assert set(record) == set(PREDICTION_COLUMNS) - {"error"}
+    assert record["slot"] == "champion"
     assert record["time"] == "2024-05-01T12:34:56.000250+00:00"
     assert datetime.fromisoformat(record["time"]).tzinfo is not None
 
@@ -175,3 +177,24 @@ def test_a_closed_log_refuses_writes_and_closes_once(tmp_path):
 def test_fsync_interval_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="fsync_interval_s"):
         PredictionLog(tmp_path, fsync_interval_s=0)
+
+
+def test_shadow_and_failed_predictions_are_kept_apart_from_the_answers(tmp_path):
+    with PredictionLog(tmp_path) as log:
+        log.write_batch(["r1", "r2"], ["x", "y"], [Prediction("a", 0.9), Prediction("b", 0.4)], "1", 2.0, [1, 1])
+        log.write_batch(["r1", "r2"], ["x", "y"], [Prediction("a", 0.8), Prediction("c", 0.3)], "2", 5.0, [1, 1],
+                        slot="shadow")
+        log.write_batch(["r3"], ["z"], [Prediction("a", 0.7)], "2", 1.0, [1], slot="canary")
+        log.write_errors(["r4"], ["w"], "2", 0.5, "canary", 'ValueError: "bad" input')
+    answered = read_predictions(tmp_path)
+    assert list(answered["request_id"]) == ["r1", "r2", "r3"]
+    assert list(answered["slot"]) == ["champion", "champion", "canary"]
+    everything = read_predictions(tmp_path, include_shadow=True, include_errors=True)
+    assert len(everything) == 6
+    shadow = everything[everything["slot"] == "shadow"]
+    assert list(shadow["request_id"]) == ["r1", "r2"] and set(shadow["model_version"]) == {"2"}
+    failed = everything[everything["error"] != ""]
+    assert list(failed["request_id"]) == ["r4"]
+    assert failed["error"].iloc[0] == 'ValueError: "bad" input'
+    assert failed["intent"].isna().all() and failed["confidence"].isna().all()
+    assert (everything.loc[everything["error"] == "", "error"] == "").all()

@@ -18,7 +18,7 @@ from driftloop.serving import (
     parse_predict,
 )
 from driftloop.settings import ServingSettings
-from driftloop.types import ModelRef, Prediction
+from driftloop.types import ModelRef, Prediction, RolloutState, Routing
 
 CFG = ServingSettings(max_text_chars=10, max_batch=3)
 
@@ -47,11 +47,12 @@ class FakeSource:
 
     def __init__(self):
         self.ref: ModelRef | None = None
+        self.state = RolloutState()
         self.loads: list[str] = []
         self.broken: set[str] = set()
 
-    def champion(self):
-        return self.ref
+    def routing(self):
+        return Routing(self.ref, self.state)
 
     def load(self, ref):
         self.loads.append(ref.version)
@@ -131,9 +132,9 @@ def test_the_info_gauge_names_only_the_serving_version(holder):
     for version in ["1", "2"]:
         source.ref = ref(version)
         h.poll()
-    assert value(h, "driftloop_model_info", model_name="m", model_version="2") == 1
-    assert h.metrics.registry.get_sample_value("driftloop_model_info",
-                                                {"model_name": "m", "model_version": "1"}) is None
+    assert value(h, "driftloop_model_info", model_name="m", model_version="2", slot="champion") == 1
+    assert h.metrics.registry.get_sample_value(
+        "driftloop_model_info", {"model_name": "m", "model_version": "1", "slot": "champion"}) is None
     assert value(h, "driftloop_model_swaps_total") == 2
 
 
@@ -203,3 +204,66 @@ def test_fastapi_validation_errors_are_rewritten_to_name_the_field(tmp_path):
     body = response.json()
     assert body["detail"].startswith("n: ")
     assert body["errors"][0]["field"] == "n"
+
+
+def test_a_canary_gets_its_share_sticky_per_caller(holder):
+    h, source = holder
+    source.ref = ref("1")
+    source.state = RolloutState(rollout_id="r1", mode="canary", challenger="2", weight=0.1, stage="canary-10")
+    assert h.poll() is True
+    snap = h.serving
+    assert snap.canary.loaded.ref == ref("2") and snap.shadow is None
+    callers = [f"caller-{i}".encode() for i in range(4000)]
+    picked = {c for c in callers if snap.pick_canary([(b"x-caller-id", c)])}
+    assert 0.08 < len(picked) / len(callers) < 0.12
+    again = {c for c in callers if snap.pick_canary([(b"x-caller-id", c)])}
+    assert again == picked, "the same caller always lands on the same side"
+    source.state = RolloutState(rollout_id="r1", mode="canary", challenger="2", weight=0.5, stage="canary-50")
+    assert h.poll() is True
+    wider = {c for c in callers if h.serving.pick_canary([(b"x-caller-id", c)])}
+    assert picked <= wider, "growing the weight keeps every canary caller on the canary"
+    assert 0.45 < len(wider) / len(callers) < 0.55
+    assert source.loads == ["1", "2"], "changing the split loads nothing"
+    assert value(h, "driftloop_traffic_weight", slot="canary", model_version="2") == 0.5
+    assert value(h, "driftloop_traffic_weight", slot="champion", model_version="1") == 0.5
+
+
+def test_shadow_and_blue_green_route_no_user_to_the_challenger(holder):
+    h, source = holder
+    source.ref = ref("1")
+    source.state = RolloutState(rollout_id="r1", mode="shadow", challenger="2", stage="shadow")
+    h.poll()
+    assert h.serving.canary is None and h.serving.shadow.loaded.ref == ref("2")
+    assert h.serving.shadow.bound.slot == "shadow"
+    source.state = RolloutState(rollout_id="r2", mode="bluegreen", challenger="2", stage="standby")
+    h.poll()
+    assert h.serving.canary is None and h.serving.shadow is None
+    assert h.serving.standby.ref == ref("2"), "blue-green keeps the new version loaded and warm"
+    # the switch: the champion alias moves, no load, and the old one stays loaded to switch back
+    source.ref, source.state = ref("2"), RolloutState()
+    h.poll()
+    source.ref = ref("1")
+    h.poll()
+    assert source.loads == ["1", "2"]
+
+
+def test_a_challenger_that_cannot_load_leaves_the_champion_serving_alone(holder):
+    h, source = holder
+    source.ref = ref("1")
+    source.broken = {"2"}
+    source.state = RolloutState(rollout_id="r1", mode="canary", challenger="2", weight=0.5, stage="c")
+    assert h.poll() is True
+    assert h.serving.canary is None and h.serving.complete is False
+    assert h.current.ref == ref("1")
+    assert value(h, "driftloop_errors_total", kind="load_challenger") == 1
+    source.broken = set()
+    assert h.poll() is True and h.serving.complete and h.serving.canary.loaded.ref == ref("2")
+
+
+def test_a_rollout_state_is_validated():
+    with pytest.raises(ValueError, match="needs a challenger"):
+        RolloutState(mode="canary", weight=0.1)
+    with pytest.raises(ValueError, match="mode 'blue'"):
+        RolloutState(mode="blue", challenger="2")
+    with pytest.raises(ValueError, match="weight"):
+        RolloutState(mode="canary", challenger="2", weight=1.5)

@@ -1,0 +1,75 @@
+# syntax=docker/dockerfile:1
+# One image recipe, two targets, the exact dependency set CI tests (requirements.lock), CPU only.
+#
+#   docker build --target serving -t driftloop-serving .   # driftloop serve on :8000
+#   docker build --target worker  -t driftloop-worker  .   # Prefect worker / flow-run Job image
+#
+# tests/integration/test_infra_manifests.py keeps this file consistent with pyproject.toml and
+# requirements.lock: the Python minor version, every pkg==version pin, the lock file it installs.
+# Build with `--build-arg GIT_COMMIT=$(git rev-parse HEAD)` to label the image with its commit.
+
+FROM python:3.11.13-slim-bookworm AS base
+
+ARG GIT_COMMIT=unknown
+LABEL org.opencontainers.image.title="driftloop" \
+      org.opencontainers.image.revision="${GIT_COMMIT}"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1 \
+    UV_COMPILE_BYTECODE=1 \
+    DVC_NO_ANALYTICS=1 \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    DRIFTLOOP__PROJECT__STATE_DIR=/var/lib/driftloop
+
+# uv is the only installer not in the lock (it installs the lock); pinned exactly.
+RUN pip install uv==0.13.9
+
+WORKDIR /app
+
+# Dependencies first, in their own layer: it is rebuilt only when the lock changes.
+# `sync` installs exactly the lock (the same file `make install` syncs), nothing more or less.
+COPY requirements.lock ./
+RUN uv pip sync --system requirements.lock
+
+# Then the project itself, without re-resolving anything.
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY tasks ./tasks
+COPY flows ./flows
+RUN uv pip install --system --no-deps . \
+ && python -c "import driftloop, flows, tasks"
+
+# Settings are read from configs/ relative to the working directory (and DRIFTLOOP__* env vars).
+COPY configs ./configs
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin driftloop \
+ && mkdir -p /var/lib/driftloop \
+ && chown driftloop:driftloop /var/lib/driftloop
+ENV HOME=/home/driftloop \
+    PREFECT_HOME=/home/driftloop/.prefect
+USER 10001
+
+
+FROM base AS serving
+# Inside a container 0.0.0.0 is the container's own interface; publish it on loopback or behind
+# a Service. Both settings are needed: driftloop refuses a public bind without the second.
+ENV DRIFTLOOP__SERVING__HOST=0.0.0.0 \
+    DRIFTLOOP__SERVING__PORT=8000 \
+    DRIFTLOOP_ALLOW_PUBLIC_BIND=1
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+CMD ["driftloop", "serve"]
+
+
+FROM base AS worker
+# Flow runs need the raw data set (the training flow reads it by configuration).
+COPY --chown=10001:10001 data/raw ./data/raw
+# `--with-healthcheck` serves /health on 8080 (PREFECT_WORKER_WEBSERVER_PORT).
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
+CMD ["prefect", "worker", "start", "--pool", "driftloop", "--type", "process", "--with-healthcheck"]

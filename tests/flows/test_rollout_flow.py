@@ -1,0 +1,198 @@
+"""The rollout flow end to end: a real serving app on loopback answering real HTTP traffic while
+the flow moves a challenger through shadow and canary stages, promotes or rolls it back, and
+undoes a promotion that regresses. Registry on SQLite, Prefect under the test harness."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+
+from driftloop import champion, predlog, wiring
+from driftloop.modelling import TfidfFamily
+from driftloop.settings import ServingSettings, load_settings
+from driftloop.serving import create_app
+from flows.rollout import PROMOTED, REGRESSED, ROLLED_BACK, rollout
+from tests.flows.rollout_models import DegradingClassifier, SlowClassifier
+from tests.integration.conftest import serve_in_thread
+
+PARAMS = {"char_min_df": 1}
+
+
+@dataclass
+class Traffic:
+    """Steady traffic from one client thread: every response recorded, a share labelled."""
+
+    url: str
+    rows: pd.DataFrame
+    label_share: float = 0.6
+    callers: int = 300
+    seed: int = 0
+    responses: list[tuple[float, str, int, str]] = field(default_factory=list)  # (time, caller, status, version)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> "Traffic":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        rng = random.Random(self.seed)
+        texts, labels = self.rows["text"].tolist(), self.rows["label"].tolist()
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self._stop.is_set():
+                i = rng.randrange(len(texts))
+                caller = f"c{rng.randrange(self.callers)}"
+                try:
+                    r = client.post("/predict", json={"text": texts[i]}, headers={"X-Caller-Id": caller})
+                except httpx.HTTPError as exc:
+                    self.responses.append((time.time(), caller, -1, type(exc).__name__))
+                    continue
+                version = r.json().get("model_version", "") if r.status_code == 200 else ""
+                self.responses.append((time.time(), caller, r.status_code, version))
+                if r.status_code == 200 and rng.random() < self.label_share:
+                    rid = r.json()["predictions"][0]["request_id"]
+                    client.post("/feedback", json={"request_id": rid, "label": labels[i]})
+
+    @property
+    def failures(self) -> list[tuple[float, str, int, str]]:
+        return [r for r in self.responses if r[2] != 200]
+
+
+def overlay(tmp_path, **rollout) -> list[str]:
+    """A config overlay: the rollout policy with test-sized stages."""
+    body = {"rollout": {"enabled": True, "poll_s": 0.2,
+                        "bake": {"min_samples": 120, "max_duration_s": 60, "baseline_samples": 300},
+                        **rollout}}
+    path = tmp_path / "rollout-test.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return [str(path)]
+
+
+@pytest.fixture
+def loop(settings, banking_train):
+    """Six intents: a mediocre champion (v1), and the data for challengers and traffic."""
+    labels = sorted(banking_train["label"].unique())[:6]
+    rows = banking_train[banking_train["label"].isin(labels)]
+    parts = wiring.build(settings)
+    small = rows.groupby("label").head(6)
+    v1 = parts.registry.register_model(TfidfFamily().fit(small, PARAMS), run_name="v1",
+                                       input_example=["where is my card"])
+    champion.move_alias(parts.registry, parts.history, "champion", v1, action="promote", reason="first",
+                        actor="test")
+    return parts, v1, rows.groupby("label").head(60), rows.groupby("label").tail(40)
+
+
+def register(parts, model):
+    return parts.registry.register_model(model, run_name="challenger", input_example=["where is my card"])
+
+
+def serve(parts):
+    cfg = ServingSettings(reload_interval_s=0.2, fsync_interval_s=0.2)
+    return serve_in_thread(create_app(cfg, parts.registry, parts.log_root, low_confidence=0.5))
+
+
+def test_a_good_challenger_goes_through_shadow_and_canaries_and_is_promoted(loop, tmp_path):
+    parts, v1, big, traffic_rows = loop
+    v2 = register(parts, TfidfFamily().fit(big, PARAMS))
+    config = overlay(tmp_path, stages=[
+        {"name": "shadow", "kind": "shadow", "min_samples": 100},
+        {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 60},
+        {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 100}])
+    with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
+        out = rollout(challenger=v2.version, requested_by="test", config=config)
+    assert out.result == PROMOTED, out.reason
+    assert parts.registry.champion() == v2 and parts.registry.challenger() is None
+    assert not parts.registry.rollout_state().active
+    assert traffic.failures == [] and len(traffic.responses) > 300
+    actions = [e.action for e in parts.history.entries()]
+    assert actions[1:] == ["stage:shadow", "stage:canary-10", "stage:canary-50", "promote"]
+    # Sticky routing: as the canary grows and v2 is promoted, a caller may move from v1 to v2,
+    # never back.
+    by_caller: dict[str, list[str]] = {}
+    for _, caller, _, version in traffic.responses:
+        by_caller.setdefault(caller, []).append(version)
+    back = [c for c, seen in by_caller.items() if "2" in seen and "1" in seen[seen.index("2"):]]
+    assert back == []
+    logged = predlog.read_predictions(parts.log_root, include_shadow=True)
+    slots = logged.groupby(["slot", "model_version"]).size().to_dict()
+    assert slots[("shadow", "2")] >= 100 and slots[("canary", "2")] >= 60 and slots[("champion", "1")] > 0
+    # shadow answers were never returned: every response during the shadow stage came from v1
+    shadow_lines = logged[logged["slot"] == "shadow"]
+    assert set(logged[logged["request_id"].isin(shadow_lines["request_id"])
+                      & (logged["slot"] != "shadow")]["model_version"]) == {"1"}
+    assert len((parts.reports_dir / "rollouts").glob("*.md").__iter__().__next__().read_text()) > 0
+
+
+def test_a_challenger_trained_on_shuffled_labels_is_rolled_back_in_shadow(loop, tmp_path):
+    parts, v1, big, traffic_rows = loop
+    shuffled = big.copy()
+    shuffled["label"] = shuffled["label"].sample(frac=1.0, random_state=3).to_numpy()
+    v2 = register(parts, TfidfFamily().fit(shuffled, PARAMS))
+    config = overlay(tmp_path, stages=[
+        {"name": "shadow", "kind": "shadow", "min_samples": 150},
+        {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 100}])
+    with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
+        out = rollout(challenger=v2.version, config=config)
+    assert out.result == ROLLED_BACK and out.stage == "shadow", out.reason
+    assert "agreement" in out.reason or "accuracy" in out.reason
+    assert parts.registry.champion() == v1 and parts.registry.challenger() is None
+    assert not parts.registry.rollout_state().active
+    last = parts.history.entries()[-1]
+    assert (last.alias, last.action, last.from_version, last.to_version) == ("challenger", "rollback", "2", None)
+    assert last.report.endswith("-shadow.md") and "agreement" in open(last.report).read()
+    assert traffic.failures == []
+    assert {r[3] for r in traffic.responses} == {"1"}, "no user ever got the shuffled model's answer"
+
+
+def test_a_much_slower_challenger_is_rolled_back_at_the_first_canary(loop, tmp_path):
+    parts, v1, big, traffic_rows = loop
+    v2 = register(parts, SlowClassifier(TfidfFamily().fit(big, PARAMS), delay_s=0.03))
+    config = overlay(tmp_path, stages=[
+        {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 200},
+        {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 200}])
+    with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
+        out = rollout(challenger=v2.version, config=config)
+    assert out.result == ROLLED_BACK and out.stage == "canary-10", out.reason
+    assert "p95_latency_ms" in out.reason and "Mann-Whitney" in out.reason
+    assert parts.registry.champion() == v1
+    assert traffic.failures == []
+    versions = [r[3] for r in traffic.responses]
+    assert "2" in versions, "the canary did answer some callers before it was withdrawn"
+    assert versions[-1] == "1"
+
+
+def test_a_promotion_that_regresses_is_undone_and_a_retrain_opened(loop, tmp_path):
+    parts, v1, big, traffic_rows = loop
+    # Healthy through its canary, then 30 ms slower per call under full traffic.
+    v2 = register(parts, DegradingClassifier(TfidfFamily().fit(big, PARAMS), healthy_calls=250, delay_s=0.03))
+    config = overlay(tmp_path, stages=[{"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 30}],
+                     bake={"min_samples": 400, "max_duration_s": 90, "baseline_samples": 300})
+    with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
+        out = rollout(challenger=v2.version, config=config)
+    assert out.result == REGRESSED, out.reason
+    assert "p95_latency_ms" in out.reason
+    assert parts.registry.champion() == v1, "rolled back to the last good version"
+    entries = parts.history.entries()
+    promote = next(e for e in entries if e.action == "promote" and e.to_version == "2")
+    undo = entries[entries.index(promote) + 1]
+    assert (undo.alias, undo.action, undo.from_version, undo.to_version) == ("champion", "rollback", "2", "1")
+    assert undo.report.endswith("-bake.md")
+    assert traffic.failures == []
+    # the retrain run was opened with the evidence, and left its candidate as the challenger
+    assert out.retrain is not None and out.retrain.candidate.version == "3"
+    tags = parts.registry.version_tags(out.retrain.candidate)
+    assert tags["trigger"] == "rollout-guard" and tags["report"] == undo.report
+    assert any(r.window_id.startswith("regression-") for r in parts.ledger.records())
+    settings = load_settings(config)
+    assert settings.rollout.enabled and parts.registry.champion() == v1
