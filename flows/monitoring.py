@@ -11,10 +11,12 @@ from prefect.runtime import flow_run
 from driftloop import dataset, wiring
 from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import load_settings
-from driftloop.types import DriftResult, ModelRef, RetrainDecision
+from driftloop.analysis import ACTION_ROLLBACK
+from driftloop.types import DriftResult, HistoryEntry, ModelRef, RetrainDecision
 from flows.retraining import retraining
 from flows.training import TrainingOutcome
 from tasks import data, model, monitor
+from tasks import rollout as rollout_steps
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class MonitorOutcome:
     decision: RetrainDecision
     report: str = ""
     retrain: TrainingOutcome | None = None
+    rolled_back: HistoryEntry | None = None   # a promotion undone because it regressed
 
 
 def _run_name() -> str:
@@ -41,6 +44,12 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
     champion = model.champion_ref(parts.registry)
     if champion is None:
         return MonitorOutcome(None, None, RetrainDecision(False, "no champion to monitor yet"))
+    # A recent promotion is held to its predecessor's live baseline first: a regression is undone
+    # before anything else is judged on the regressed model's answers.
+    regression = rollout_steps.check_promotion(parts.history, parts.log_root, champion, settings.rollout,
+                                               settings.monitor.low_confidence)
+    if regression is not None and regression.action == ACTION_ROLLBACK:
+        return _undo_promotion(regression, champion, parts, settings, run_id, trigger_retrain, config)
     window = monitor.load_window(parts.log_root, champion.version, settings.monitor.window_size)
     if len(window) < settings.monitor.min_window:
         decision = RetrainDecision(False, f"window has {len(window)} distinct predictions of {champion}, "
@@ -60,6 +69,7 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
     result = monitor.detect_drift(reference, window, settings.monitor, calibration,
                                   parts.reports_dir / f"drift-{run_id}.html")
     report = monitor.publish_drift(parts.registry, result, champion, run_id, settings.registry.ui_url)
+    monitor.write_status(result, champion, settings.monitor_status_path)
     decision = monitor.should_retrain(result, settings.monitor, settings.retrain, parts.ledger)
     logger.info("%s -> %s: %s", result.summary(), "retrain" if decision.retrain else "no retrain",
                 decision.reason)
@@ -75,3 +85,29 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
         logger.error("retrain run ended %s: %s", state.type.value, state.message)
         return MonitorOutcome(champion, result, decision, report)
     return MonitorOutcome(champion, result, decision, report, state.result())
+
+
+def _undo_promotion(regression, champion: ModelRef, parts, settings, run_id: str, trigger_retrain: bool,
+                    config: list[str] | None) -> MonitorOutcome:
+    logger = get_run_logger()
+    evidence = str(rollout_steps.publish_analysis(regression, parts.reports_dir / "rollouts", f"watch-{run_id[:8]}"))
+    entry = rollout_steps.rollback_champion(
+        parts.registry, parts.history, reason=f"post-promotion regression of {champion}: {regression.reason}",
+        actor=f"prefect:{run_id}", report=evidence, expected=champion)
+    if entry is None:
+        decision = RetrainDecision(False, f"{champion} regressed, but it is no longer the champion or the "
+                                          "history names no earlier good version")
+        logger.warning(decision.reason)
+        return MonitorOutcome(champion, None, decision, evidence)
+    logger.warning("rolled back %s -> v%s: %s", champion, entry.to_version, regression.reason)
+    window = f"regression-v{champion.version}-{entry.time}"
+    if not (trigger_retrain and settings.rollout.bake.retrain_on_regression):
+        return MonitorOutcome(champion, None, RetrainDecision(False, f"rolled back {champion}; no retrain started"),
+                              evidence, rolled_back=entry)
+    parts.ledger.record(window, regression.reason, run=run_id)
+    state = retraining(reason=f"{champion} regressed after promotion: {regression.reason}",
+                       requested_by="regression-guard", window_id=window, report=evidence, min_new_labels=0,
+                       roll_out=False, config=config, return_state=True)
+    decision = RetrainDecision(True, f"rolled back {champion} (post-promotion regression); retrain opened")
+    retrain = state.result() if state.is_completed() else None
+    return MonitorOutcome(champion, None, decision, evidence, retrain, entry)

@@ -112,7 +112,7 @@ def rollout(challenger: str | None = None, strategy: str | None = None, requeste
     if bake.action != analysis.ACTION_ROLLBACK:
         return finish(PROMOTED, "bake", f"{because} Bake: {bake.reason}")
     steps.rollback_champion(parts.registry, parts.history, reason=f"post-promotion regression: {bake.reason}",
-                            actor=actor, report=evidence)
+                            actor=actor, report=evidence, expected=target)
     retrain = None
     if cfg.bake.retrain_on_regression:
         window = f"regression-{rollout_id}"

@@ -90,6 +90,11 @@ def publish_drift(registry: Registry, result: DriftResult, model: ModelRef, flow
 
 
 @task(cache_policy=NO_CACHE)
+def write_status(result: DriftResult, model: ModelRef, path: Path) -> None:
+    drift.write_status(result, model.version, path)
+
+
+@task(cache_policy=NO_CACHE)
 def should_retrain(result: DriftResult, monitor: MonitorSettings, retrain: RetrainPolicy,
                    ledger: TriggerLedger) -> RetrainDecision:
     return policy.should_retrain(result, monitor, retrain, ledger.records(), datetime.now(timezone.utc))

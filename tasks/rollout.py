@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -115,5 +115,23 @@ def withdraw(registry: Registry, history: ChampionHistory, *, reason: str, actor
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
 def rollback_champion(registry: Registry, history: ChampionHistory, *, reason: str, actor: str,
-                      report: str = "") -> HistoryEntry | None:
-    return rollout.rollback_champion(registry, history, reason=reason, actor=actor, report=report)
+                      report: str = "", expected: ModelRef | None = None) -> HistoryEntry | None:
+    return rollout.rollback_champion(registry, history, reason=reason, actor=actor, report=report,
+                                     expected=expected)
+
+
+@task(cache_policy=NO_CACHE)
+def check_promotion(history: ChampionHistory, log_root: Path, current: ModelRef, cfg: RolloutSettings,
+                    low_confidence: float) -> StageDecision | None:
+    """A recently promoted champion's live numbers against its predecessor's baseline (None when
+    no promotion is under watch)."""
+    now = datetime.now(timezone.utc)
+    entry = rollout.promotion_under_watch(history, current, now, cfg.bake.watch_s)
+    if entry is None:
+        return None
+    promoted_at = datetime.fromisoformat(entry.time)
+    baseline = rollout.baseline_arm(log_root, entry.from_version, promoted_at, cfg.bake.baseline_samples,
+                                    low_confidence)
+    frame = rollout.live_frame(log_root, promoted_at)
+    now_arm = analysis.arm_stats(frame, current.version, SLOT_CHAMPION, low_confidence, since=promoted_at)
+    return analysis.detect_regression(baseline, now_arm, cfg.bake, cfg.guard, (now - promoted_at).total_seconds())

@@ -23,6 +23,8 @@ pipeline_app = typer.Typer(help="The DVC pipeline's stages (plain library calls,
                            no_args_is_help=True)
 app.add_typer(ui_app, name="ui")
 app.add_typer(pipeline_app, name="pipeline")
+rollout_app = typer.Typer(help="Safe rollout of the challenger: start, status, promote, abort.", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
 console = Console()
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config overlay(s) from configs/ (name or path); repeatable.")
@@ -128,7 +130,8 @@ def serve(config: Optional[list[str]] = ConfigOpt) -> None:
     settings = _settings(config)
     parts = wiring.build(settings)
     console.print(f"serving {settings.registry.model_name}@champion on http://{settings.serving.host}:{settings.serving.port}")
-    serving.run_server(settings.serving, parts.registry, parts.log_root)
+    serving.run_server(settings.serving, parts.registry, parts.log_root,
+                       low_confidence=settings.monitor.low_confidence, monitor_status=settings.monitor_status_path)
 
 
 @app.command()
@@ -182,6 +185,108 @@ def history(config: Optional[list[str]] = ConfigOpt,
     for e in entries:
         table.add_row(e.time, e.alias, e.from_version or "-", e.to_version or "-", e.action, e.actor, e.reason)
     console.print(table if entries else "no alias has moved yet")
+
+
+WhoOpt = typer.Option(os.environ.get("USER", "operator"), "--by", help="Who acts (recorded in the history).")
+
+
+@rollout_app.command("start")
+def rollout_start(config: Optional[list[str]] = ConfigOpt,
+                  version: Optional[str] = typer.Option(None, help="Version to roll out (default: the challenger alias)."),
+                  strategy: Optional[str] = typer.Option(None, help="progressive, bluegreen or ab (default: rollout.strategy)."),
+                  reason: str = typer.Option("", help="Why; recorded in the history."),
+                  who: str = WhoOpt) -> None:
+    """Run the rollout flow: the challenger through the strategy's stages on live traffic, then
+    promote or roll back, then watch the new champion (needs the serving app and traffic)."""
+    settings = _settings(config)
+    if strategy is not None and strategy not in ("progressive", "bluegreen", "ab"):
+        console.print(f"[red]--strategy {strategy!r}:[/red] expected progressive, bluegreen or ab")
+        raise typer.Exit(2)
+    _orchestrator(settings)
+    from flows.rollout import rollout
+
+    out = rollout(challenger=version, strategy=strategy, requested_by=f"manual:{who}", reason=reason, config=config)
+    console.print(f"rollout {out.rollout_id} of {out.challenger}: [bold]{out.result}[/bold] at {out.stage} — "
+                  f"{out.reason}\nchampion now: {out.champion}")
+
+
+@rollout_app.command("status")
+def rollout_status(config: Optional[list[str]] = ConfigOpt) -> None:
+    """The desired traffic split, and the live numbers of the current stage so far."""
+    from driftloop import analysis, rollout, wiring
+
+    settings = _settings(config)
+    parts = wiring.build(settings)
+    routing = parts.registry.routing()
+    state = routing.state
+    console.print(f"champion: {routing.champion or '-'}   challenger alias: {parts.registry.challenger() or '-'}")
+    if not state.active:
+        console.print("no rollout in progress: the champion answers 100% of traffic")
+        return
+    console.print(f"rollout {state.rollout_id}: stage [bold]{state.stage}[/bold] ({state.mode}, "
+                  f"{state.weight:.0%} of callers to v{state.challenger}) since {state.since}, by {state.actor}")
+    step = rollout.step_of(settings.rollout, state)
+    if step is None or routing.champion is None or step.kind == rollout.KIND_STANDBY:
+        return
+    since = rollout.parse_since(state)
+    champ, chal = rollout.arms(rollout.live_frame(parts.log_root, since), routing.champion.version,
+                               state.challenger, step, settings.monitor.low_confidence, since)
+    table = Table(title="live numbers of this stage")
+    for col in ("slot", "version", "n", "errors", "p95 ms", "low-conf", "labelled", "accuracy", "agreement"):
+        table.add_column(col)
+    fmt = (lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+    for row in rollout.status_rows(state, champ, chal):
+        table.add_row(*(fmt(v) for v in row.values()))
+    console.print(table)
+    elapsed = (datetime.now(timezone.utc) - since).total_seconds()
+    if step.kind == rollout.KIND_AB:
+        preview = analysis.decide_ab(champ, chal, settings.rollout.ab, settings.rollout.ab.baseline_accuracy or 0.8,
+                                     elapsed, settings.rollout.guard)
+    else:
+        plan = rollout.plan(settings.rollout)
+        preview = analysis.decide_stage(champ, chal, rollout.stage_spec(step), settings.rollout.guard, elapsed,
+                                        step == plan[-1])
+    console.print(f"analysis now: [bold]{preview.action}[/bold] — {preview.reason}")
+
+
+@rollout_app.command("promote")
+def rollout_promote(reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+                    config: Optional[list[str]] = ConfigOpt, who: str = WhoOpt) -> None:
+    """Promote the challenger to 100% now, skipping the remaining stages."""
+    from driftloop import rollout, wiring
+
+    parts = wiring.build(_settings(config))
+    target = parts.registry.challenger()
+    if target is None:
+        console.print("[red]no challenger to promote[/red]")
+        raise typer.Exit(1)
+    rollout.promote(parts.registry, parts.history, target, reason=reason, actor=f"manual:{who}")
+    console.print(f"{target} is the champion (by {who}: {reason})")
+
+
+@rollout_app.command("abort")
+def rollout_abort(reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+                  config: Optional[list[str]] = ConfigOpt, who: str = WhoOpt) -> None:
+    """Withdraw the challenger: the champion answers 100% again at once."""
+    from driftloop import rollout, wiring
+
+    parts = wiring.build(_settings(config))
+    entry = rollout.withdraw(parts.registry, parts.history, reason=reason, actor=f"manual:{who}", action="abort")
+    console.print(f"withdrew v{entry.from_version} (by {who}: {reason})" if entry else "no rollout to abort")
+
+
+@app.command()
+def rollback(reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+             config: Optional[list[str]] = ConfigOpt, who: str = WhoOpt) -> None:
+    """Return the champion to the last good version in the history (any rollout is withdrawn)."""
+    from driftloop import rollout, wiring
+
+    parts = wiring.build(_settings(config))
+    entry = rollout.rollback_champion(parts.registry, parts.history, reason=reason, actor=f"manual:{who}")
+    if entry is None:
+        console.print("[red]the history names no earlier good champion to return to[/red]")
+        raise typer.Exit(1)
+    console.print(f"champion: v{entry.from_version} → v{entry.to_version} (by {who}: {reason})")
 
 
 @data_app.command("prepare")

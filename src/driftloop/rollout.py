@@ -173,12 +173,29 @@ def withdraw(registry: Registry, history: ChampionHistory, *, reason: str, actor
 
 
 def rollback_champion(registry: Registry, history: ChampionHistory, *, reason: str, actor: str,
-                      report: str = "") -> HistoryEntry | None:
+                      report: str = "", expected: ModelRef | None = None) -> HistoryEntry | None:
     """Return the champion to the last good version in the history; any rollout in progress is
-    withdrawn first. None when the history names no earlier good version."""
+    withdrawn first. With ``expected``, nothing happens unless that version is still the
+    champion (two watchers of one promotion never roll back twice). None when nothing moved."""
+    if expected is not None and registry.champion() != expected:
+        return None
     if registry.rollout_state().active:
         withdraw(registry, history, reason=f"champion rollback: {reason}", actor=actor, action="abort")
     return champion.rollback(registry, history, reason=reason, actor=actor, report=report)
+
+
+def promotion_under_watch(history: ChampionHistory, current: ModelRef, now: datetime,
+                          watch_s: float) -> HistoryEntry | None:
+    """The history line that made ``current`` the champion by a promotion less than ``watch_s``
+    ago, replacing an earlier champion (the baseline it is held to); None otherwise."""
+    for entry in reversed(history.entries()):
+        if entry.alias != CHAMPION or entry.to_version is None:
+            continue
+        if entry.to_version != current.version or entry.action != "promote" or not entry.from_version:
+            return None
+        age = (now - datetime.fromisoformat(entry.time)).total_seconds()
+        return entry if age <= watch_s else None
+    return None
 
 
 def is_current(registry: Registry, rollout_id: str) -> bool:

@@ -170,6 +170,10 @@ class BakeSettings(_Section):
     baseline_samples: int = Field(500, gt=0)
     # A regression also opens a retrain run with the evidence attached.
     retrain_on_regression: bool = True
+    # Each monitoring run keeps checking a promoted champion against its predecessor's baseline
+    # for this long after the promotion (however it was promoted: a rollout, a retrain without
+    # a rollout policy, or by hand).
+    watch_s: float = Field(86_400, ge=0)
 
 
 class RolloutSettings(_Section):
@@ -331,6 +335,11 @@ class Settings(BaseSettings):
     @property
     def history_path(self) -> Path:
         return self.state_dir / "champion_history.jsonl"
+
+    @property
+    def monitor_status_path(self) -> Path:
+        """The latest monitoring verdict, which the serving app exports as drift gauges."""
+        return self.state_dir / "monitor_status.json"
 
     @property
     def trigger_state_path(self) -> Path:

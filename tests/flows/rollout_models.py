@@ -61,11 +61,16 @@ class DegradingClassifier(_Wrapped):
 
 
 class FailingClassifier(_Wrapped):
-    """Raises on every ``every``-th call: a model that breaks on some inputs."""
+    """Raises on every ``every``-th call of each loaded copy: a model that breaks on some inputs
+    (``every`` >= 3 lets the loader's warm-up call through)."""
 
     def __init__(self, inner, every: int):
         super().__init__(inner)
         self.every = every
+        self.calls = 0
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
         self.calls = 0
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:

@@ -109,3 +109,37 @@ def test_too_small_window_is_not_judged(champion_parts):
     serve_window(parts, known.head(20), "small")
     out = monitoring()
     assert out.drift is None and not out.decision.retrain and "min_window" in out.decision.reason
+
+
+def test_a_promotion_that_regresses_is_undone_by_the_next_monitor_run(champion_parts, monkeypatch):
+    """However a champion was promoted (here by hand, no rollout), the monitor holds it to its
+    predecessor's live baseline and undoes the promotion on a regression."""
+    from driftloop import champion as aliases
+    from tests.flows.rollout_models import SlowClassifier
+
+    parts = champion_parts
+    monkeypatch.setenv("DRIFTLOOP__ROLLOUT__BAKE__MIN_SAMPLES", "150")
+    v1 = parts.registry.champion()
+    known = read_labelled(parts.prepared_dir / "live_known.csv")
+    serve_window(parts, known.head(300), "before")           # v1's baseline: 1 ms per request
+    slow = SlowClassifier(parts.registry.load(v1), delay_s=0.0)
+    v2 = parts.registry.register_model(slow, run_name="hand-made", input_example=["where is my card"])
+    aliases.move_alias(parts.registry, parts.history, "champion", v2, action="promote", reason="by hand",
+                       actor="test")
+    texts = known["text"].tolist()[300:500]
+    with predlog.PredictionLog(parts.log_root) as log:   # v2 answers the same way, 40 ms each
+        log.write_batch([f"after-{i}" for i in range(len(texts))], texts, slow.predict(texts), v2.version, 40.0,
+                        [1] * len(texts))
+    out = monitoring()
+    assert out.rolled_back is not None and out.drift is None
+    assert (out.rolled_back.from_version, out.rolled_back.to_version) == (v2.version, v1.version)
+    assert "p95_latency_ms" in out.rolled_back.reason and out.rolled_back.report.endswith(".md")
+    undo = [e for e in parts.history.entries() if e.action == "rollback"]
+    assert [(e.from_version, e.to_version) for e in undo] == [(v2.version, v1.version)]
+    # the retrain run was opened with the evidence; without a rollout policy its candidate is
+    # judged against v1 on the shared evaluation set like any candidate (and may replace it)
+    assert out.retrain is not None and out.retrain.candidate.version == "3"
+    assert parts.registry.version_tags(out.retrain.candidate)["report"] == out.report
+    assert parts.registry.champion() == out.retrain.champion and out.retrain.champion != v2
+    # the next run finds nothing left to undo
+    assert monitoring().rolled_back is None
