@@ -21,7 +21,7 @@ $(STAMP): requirements.lock pyproject.toml | $(BIN)/uv
 install: $(STAMP)
 
 demo: install
-	$(BIN)/driftloop demo
+	$(BIN)/driftloop demo -c rollout
 
 test: install system-deps
 	$(BIN)/python -m pytest

@@ -102,8 +102,8 @@ def rollout(challenger: str | None = None, strategy: str | None = None, requeste
 
     promoted_at = datetime.now(timezone.utc)
     because = decision.reason if decision is not None else f"blue-green switch to {target}"
-    steps.promote(parts.registry, parts.history, target, reason=f"rollout {rollout_id}: {because}", actor=actor,
-                  report=report)
+    steps.promote(parts.registry, parts.history, target, reason=f"{why}; rollout {rollout_id}: {because}",
+                  actor=actor, report=report)
     logger.info("promoted %s; watching it against %s's baseline", target, current)
     bake = steps.watch_bake(parts.registry, parts.log_root, current, target, promoted_at, cfg, low)
     if bake is None:

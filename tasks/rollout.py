@@ -52,7 +52,7 @@ def watch_step(registry: Registry, log_root: Path, rollout_id: str, champion: Mo
                baseline_accuracy: float | None = None) -> StageDecision | None:
     """Re-read the live numbers every ``cfg.poll_s`` until the step's analysis decides; None when
     the registry no longer routes by this rollout (promoted or aborted by hand)."""
-    spec = rollout.stage_spec(step)
+    spec = None if step.kind == rollout.KIND_AB else rollout.stage_spec(step)
 
     def decide(elapsed: float) -> StageDecision | None:
         if not rollout.is_current(registry, rollout_id):

@@ -4,7 +4,9 @@
 2. Quiet traffic (known intents) → the monitor must stay quiet.
 3. Drift: new intents make up ``demo.new_share`` of traffic → the monitor must fire and start a
    retrain run; annotators post labels meanwhile.
-4. The retrain run trains v2 on the champion's set + the labelled rows, gates and promotes it.
+4. The retrain run trains v2 on the champion's set + the labelled rows and gates it; with a
+   rollout policy (``-c rollout``, what ``make demo`` uses) v2 then goes through shadow and canary
+   stages on live traffic, which keeps flowing, before it is promoted.
 5. The serving app swaps to v2 without a restart; accuracy before/after comes from the logs.
 6. The monitor watches v2 against recent production texts v2 never trained on: the new normal
    must not look like drift (or the loop would retrain every cooldown).
@@ -16,6 +18,7 @@ inspectable in the Prefect UI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -192,11 +195,18 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
 
         labelling = threading.Thread(target=annotators, daemon=True)
         labelling.start()
-        with (tl.timed("monitoring flow (drift) + retraining flow"),
-              console.status("monitoring flow on the drifted window (a retrain run starts if it fires)")):
+        staged = settings.rollout.enabled
+        # A rollout judges the challenger on live traffic: production keeps flowing meanwhile.
+        live = simulator.LiveTraffic(serving.url, splits["live_known"], splits["live_new"], demo.new_share,
+                                     demo.label_share, demo.concurrency, demo.seed + 100)
+        with (tl.timed("monitoring flow (drift) + retraining flow" + (" + rollout flow" if staged else "")),
+              console.status("monitoring flow on the drifted window (a retrain run starts if it fires"
+                             + (", then a rollout run)" if staged else ")")),
+              live if staged else contextlib.nullcontext()):
             out = monitoring(config=config)
         retrained_at = time.time()
         labelling.join()
+        failed += live.failed
         if out.drift:
             for s in out.drift.signals:
                 tl.step(f"   {s.name:16s} {s.value:.4f} vs threshold {s.threshold:.4f} "
@@ -209,8 +219,16 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         v2 = out.retrain
         tl.step(f"   retrain run: {v2.candidate} accuracy {v2.report.accuracy:.3f} vs champion "
                 f"{v2.champion_report.accuracy:.3f} → {v2.decision.reason}")
-        if not v2.decision.promote:
-            console.print("[yellow]v2 was not promoted; the champion keeps serving[/yellow]")
+        if staged and v2.rollout is not None:
+            tl.step(f"   [bold]rollout[/bold] of {v2.candidate} on live traffic ({len(live.answers)} requests, "
+                    f"{live.labelled} labelled, {live.failed} failed):")
+            for entry in parts.history.entries():
+                if entry.action.startswith("stage:") or (entry.to_version == v2.candidate.version
+                                                         and entry.alias == "champion"):
+                    tl.step(f"     {entry.time[11:23]}  {entry.action:16s} {entry.reason[:90]}")
+            tl.step(f"   rollout → [bold]{v2.rollout.result}[/bold] at {v2.rollout.stage}")
+        if not v2.decision.promote or v2.champion != v2.candidate:
+            console.print(f"[yellow]{v2.candidate} was not promoted; the champion keeps serving[/yellow]")
             raise SystemExit(1)
 
         switched = serving.wait_version(v2.candidate.version)

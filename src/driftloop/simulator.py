@@ -109,3 +109,42 @@ def annotate(base_url: str, answers: list[Answer], share: float, seed: int, toke
 def accuracy(answers: list[Answer]) -> float:
     ok = [a for a in answers if a.status == 200]
     return float(np.mean([a.intent == a.true_label for a in ok])) if ok else float("nan")
+
+
+class LiveTraffic:
+    """Production-like traffic in a background thread until stopped: batches of ``mix(known, new,
+    batch, new_share)`` sent ``concurrency`` at a time, ``label_share`` of each batch labelled by
+    annotators. A rollout needs live traffic while it runs; this is it in the demo."""
+
+    def __init__(self, base_url: str, known: pd.DataFrame, new: pd.DataFrame, new_share: float,
+                 label_share: float, concurrency: int, seed: int, batch: int = 200):
+        import threading
+
+        self.base_url, self.known, self.new = base_url, known, new
+        self.new_share, self.label_share, self.concurrency = new_share, label_share, concurrency
+        self.seed, self.batch = seed, batch
+        self.answers: list[Answer] = []
+        self.labelled = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-traffic", daemon=True)
+
+    def __enter__(self) -> "LiveTraffic":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            frame = mix(self.known, self.new, self.batch, self.new_share, self.seed + i)
+            answers = send(self.base_url, frame, self.concurrency)
+            self.answers.extend(answers)
+            self.labelled += annotate(self.base_url, answers, self.label_share, self.seed + i)
+            i += 1
+
+    @property
+    def failed(self) -> int:
+        return sum(a.status != 200 for a in self.answers)

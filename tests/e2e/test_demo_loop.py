@@ -25,11 +25,11 @@ def test_loop_closes(state, monkeypatch):
     monkeypatch.setenv("DRIFTLOOP__DEMO__QUIET_REQUESTS", "400")
     monkeypatch.setenv("DRIFTLOOP__DEMO__DRIFT_REQUESTS", "800")
     monkeypatch.setenv("DRIFTLOOP__DEMO__AFTER_REQUESTS", "400")
-    settings = load_settings()
+    settings = load_settings(["rollout"])   # what `make demo` runs: v2 reaches users by a rollout
     console = Console(record=True, width=120)
     from prefect.settings import PREFECT_API_URL
 
-    out = run_demo(settings, [], console, PrefectServer(PREFECT_API_URL.value(), None))
+    out = run_demo(settings, ["rollout"], console, PrefectServer(PREFECT_API_URL.value(), None))
 
     text = console.export_text()
     assert "no drift" in text                          # the quiet phase stayed quiet
@@ -39,14 +39,19 @@ def test_loop_closes(state, monkeypatch):
     assert v2.report.accuracy > out["v1"].report.accuracy
     acc = out["accuracy"].set_index("model_version")["accuracy"]
     assert acc["2"] > acc["1"] + 0.1                    # accuracy on drifted traffic improved
-    assert out["failed"] == 0                           # no failed request, the swap included
+    assert out["failed"] == 0                           # no failed request, the rollout included
     # steady state: v2 is judged against its refreshed reference, and the new normal is not drift
     steady = out["steady"]
     assert steady.drift is not None and steady.champion.version == "2"
     assert not steady.drift.drift_detected and not steady.decision.retrain
     from driftloop.history import ChampionHistory
 
-    moves = [e for e in ChampionHistory(settings.history_path).entries() if e.alias == "champion"]
+    entries = ChampionHistory(settings.history_path).entries()
+    moves = [e for e in entries if e.alias == "champion"]
     assert [(e.action, e.to_version) for e in moves] == [("promote", "1"), ("promote", "2")]
-    # the promotion of v2 names its reason and the drift report that justified it
-    assert "drift confirmed" in moves[1].reason and moves[1].report.endswith(".html")
+    # v2 went through every stage of the rollout before its promotion
+    assert [e.action for e in entries if e.action.startswith("stage:")] == [
+        "stage:shadow", "stage:canary-10", "stage:canary-50"]
+    assert out["v2"].rollout.result == "promoted"
+    # the promotion of v2 names the drift that started it and the analysis that let it through
+    assert "drift confirmed" in moves[1].reason and moves[1].report.endswith("-canary-50.md")

@@ -196,3 +196,43 @@ def test_a_promotion_that_regresses_is_undone_and_a_retrain_opened(loop, tmp_pat
     assert any(r.window_id.startswith("regression-") for r in parts.ledger.records())
     settings = load_settings(config)
     assert settings.rollout.enabled and parts.registry.champion() == v1
+
+
+def test_blue_green_switches_at_once_after_the_new_version_is_warm(loop, tmp_path):
+    parts, v1, big, traffic_rows = loop
+    v2 = register(parts, TfidfFamily().fit(big, PARAMS))
+    config = overlay(tmp_path, strategy="bluegreen")
+    with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
+        out = rollout(challenger=v2.version, config=config)
+    assert out.result == PROMOTED, out.reason
+    assert parts.registry.champion() == v2
+    assert [e.action for e in parts.history.entries()][1:] == ["stage:standby", "promote"]
+    assert traffic.failures == []
+    versions = [r[3] for r in traffic.responses]
+    # one atomic switch: once v2 answers, v1 never does again
+    assert "1" in versions and "2" in versions and "1" not in versions[versions.index("2"):]
+    logged = predlog.read_predictions(parts.log_root, include_shadow=True)
+    assert set(logged["slot"]) == {"champion"}, "no canary or shadow traffic in blue-green"
+
+
+def test_an_ab_test_runs_to_its_planned_sample_size_and_promotes_the_better_model(loop, tmp_path):
+    parts, _, big, traffic_rows = loop
+    # a champion trained on two rows per intent, against a challenger trained on sixty
+    weak = register(parts, TfidfFamily().fit(big.groupby("label").head(2), PARAMS))
+    champion.move_alias(parts.registry, parts.history, "champion", weak, action="promote", reason="weak",
+                        actor="test")
+    v2 = register(parts, TfidfFamily().fit(big, PARAMS))
+    config = overlay(tmp_path, strategy="ab", ab={"weight": 0.5, "baseline_accuracy": 0.6,
+                                                  "min_detectable_effect": 0.25, "max_duration_s": 120})
+    with serve(parts) as url, Traffic(url, traffic_rows, label_share=0.8) as traffic:
+        out = rollout(challenger=v2.version, config=config)
+    assert out.result == PROMOTED, out.reason
+    assert "z-test" in out.reason
+    report = (parts.reports_dir / "rollouts" / f"rollout-{out.rollout_id}-ab.md").read_text()
+    assert "two-proportion z-test, two-sided" in report
+    logged = predlog.join_feedback(predlog.read_predictions(parts.log_root), predlog.read_feedback(parts.log_root))
+    labelled = logged[logged["label"].notna()].groupby("slot").size().to_dict()
+    from driftloop.analysis import required_sample_size
+    planned = required_sample_size(0.6, 0.25, 0.05, 0.8)
+    assert labelled["champion"] >= planned and labelled["canary"] >= planned
+    assert traffic.failures == []

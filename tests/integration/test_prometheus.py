@@ -128,11 +128,15 @@ def test_prometheus_scrapes_the_app_and_loads_the_alerts(served, prometheus):
         series = api(prometheus, "query", query="driftloop_requests_total")["result"]
         mine = [s for s in series if s["metric"].get("job") == JOB
                 and s["metric"].get("endpoint") == "predict" and s["metric"].get("status") == "200"
-                and s["metric"].get("model_version") == ref.version]
+                and s["metric"].get("model_version") == ref.version and s["metric"].get("slot") == "champion"]
         if mine and sum(float(s["value"][1]) for s in mine) >= len(TEXTS) * 3:
             break
         assert time.monotonic() < deadline, f"the app's requests never reached Prometheus: {series}"
         time.sleep(0.25)
+
+    # the per-slot traffic split the dashboard shows
+    weights = api(prometheus, "query", query='driftloop_traffic_weight{slot="champion"}')["result"]
+    assert [float(w["value"][1]) for w in weights if w["metric"].get("model_version") == ref.version] == [1.0]
 
     [target] = api(prometheus, "targets")["activeTargets"]
     assert target["labels"]["job"] == JOB and target["health"] == "up", target
