@@ -236,3 +236,46 @@ def test_an_ab_test_runs_to_its_planned_sample_size_and_promotes_the_better_mode
     planned = required_sample_size(0.6, 0.25, 0.05, 0.8)
     assert labelled["champion"] >= planned and labelled["canary"] >= planned
     assert traffic.failures == []
+
+
+def test_manual_abort_promote_and_rollback_are_recorded_and_a_running_rollout_stops(loop, tmp_path):
+    """What an operator types; each move is a history line with who and why, and the rollout
+    flow that was waiting for traffic notices the abort and ends."""
+    from typer.testing import CliRunner
+
+    from driftloop.cli import app
+    from flows.rollout import ENDED_BY_HAND
+
+    parts, v1, big, _ = loop
+    v2 = register(parts, TfidfFamily().fit(big, PARAMS))
+    config = overlay(tmp_path)
+    runner = CliRunner()
+    outcome: list = []
+    flow_thread = threading.Thread(target=lambda: outcome.append(rollout(challenger=v2.version, config=config)))
+    flow_thread.start()   # no traffic: the shadow stage waits for samples
+    deadline = time.monotonic() + 60
+    while not parts.registry.rollout_state().active:
+        assert time.monotonic() < deadline, "the rollout never published its first stage"
+        time.sleep(0.1)
+    status = runner.invoke(app, ["rollout", "status", "-c", config[0]])
+    assert status.exit_code == 0, status.output
+    assert "stage shadow" in status.output and "analysis now: wait" in status.output
+    aborted = runner.invoke(app, ["rollout", "abort", "--reason", "saw odd answers", "--by", "alice",
+                                  "-c", config[0]])
+    assert aborted.exit_code == 0, aborted.output
+    flow_thread.join(timeout=60)
+    assert outcome and outcome[0].result == ENDED_BY_HAND
+    last = parts.history.entries()[-1]
+    assert (last.action, last.actor, last.from_version) == ("abort", "manual:alice", "2")
+    assert "saw odd answers" in last.reason
+    assert parts.registry.champion() == v1 and not parts.registry.rollout_state().active
+
+    parts.registry.set_alias("challenger", v2)
+    promoted = runner.invoke(app, ["rollout", "promote", "--reason", "hotfix", "--by", "bob"])
+    assert promoted.exit_code == 0, promoted.output
+    assert parts.registry.champion() == v2 and parts.registry.challenger() is None
+    back = runner.invoke(app, ["rollback", "--reason", "complaints", "--by", "carol"])
+    assert back.exit_code == 0, back.output
+    assert parts.registry.champion() == v1
+    moves = [(e.action, e.actor, e.to_version) for e in parts.history.entries() if e.alias == "champion"]
+    assert moves[-2:] == [("promote", "manual:bob", "2"), ("rollback", "manual:carol", "1")]
