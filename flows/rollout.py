@@ -74,6 +74,8 @@ def rollout(challenger: str | None = None, strategy: str | None = None, requeste
 
     def finish(result: str, stage: str, because: str, retrain: Any = None) -> RolloutOutcome:
         after = parts.registry.champion()
+        steps.record_outcome(parts.registry, rollout_id, target, current, result, stage, because,
+                             sorted(out_dir.glob(f"rollout-{rollout_id}-*.md")), str(flow_run.id or "local"))
         create_table_artifact(
             [{"rollout": rollout_id, "challenger": str(target), "previous champion": str(current),
               "result": result, "at stage": stage, "champion now": str(after), "reason": because[:300]}],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,3 +137,21 @@ def check_promotion(history: ChampionHistory, log_root: Path, current: ModelRef,
     frame = rollout.live_frame(log_root, promoted_at)
     now_arm = analysis.arm_stats(frame, current.version, SLOT_CHAMPION, low_confidence, since=promoted_at)
     return analysis.detect_regression(baseline, now_arm, cfg.bake, cfg.guard, (now - promoted_at).total_seconds())
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+def record_outcome(registry: Registry, rollout_id: str, challenger: ModelRef, previous: ModelRef, result: str,
+                   stage: str, reason: str, analyses: list[Path], flow_run_id: str) -> str:
+    """The rollout as an MLflow run (its analyses as artifacts) and a tag on the challenger's
+    version, so the registry shows how each version fared on live traffic."""
+    registry.set_version_tag(challenger, "rollout.result", f"{result} at {stage} ({rollout_id})")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for path in analyses:
+            shutil.copy(path, folder / path.name)
+        return registry.log_run(
+            f"rollout-{rollout_id}", params={"challenger": challenger.version, "previous": previous.version,
+                                             "stage": stage, "reason": reason},
+            tags={"driftloop.kind": "rollout", "prefect.flow_run_id": flow_run_id, "rollout.id": rollout_id,
+                  "rollout.result": result, "model.version": challenger.version},
+            artifacts={"analysis": folder} if analyses else {})

@@ -151,6 +151,10 @@ def test_a_challenger_trained_on_shuffled_labels_is_rolled_back_in_shadow(loop, 
     last = parts.history.entries()[-1]
     assert (last.alias, last.action, last.from_version, last.to_version) == ("challenger", "rollback", "2", None)
     assert last.report.endswith("-shadow.md") and "agreement" in open(last.report).read()
+    # the registry shows how the version fared, and the rollout is an MLflow run with its analysis
+    assert parts.registry.version_tags(v2)["rollout.result"].startswith("rolled back at shadow")
+    [run] = [r for r in parts.registry.recent_runs(10) if r["kind"] == "rollout"]
+    assert run["name"] == f"rollout-{out.rollout_id}" and run["status"] == "FINISHED"
     assert traffic.failures == []
     assert {r[3] for r in traffic.responses} == {"1"}, "no user ever got the shuffled model's answer"
 
