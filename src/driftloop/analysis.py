@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from driftloop.settings import ABSettings, BakeSettings, GuardSettings, StageSpec
+from driftloop.types import SLOT_SHADOW
 
 # A test that comes out significant on a handful of rows is more often a fluke of the first
 # requests (a cold cache, one odd caller) than a real regression: before a stage has its
@@ -303,6 +304,14 @@ def _latency_test(champion: ArmStats, challenger: ArmStats, guard: GuardSettings
                              f"latency not tested: champion has {len(champion.latencies_ms)} "
                              f"successful rows, challenger {len(challenger.latencies_ms)}.")
     p95_ch, p95_champ = challenger.p95_ms, champion.p95_ms
+    if challenger.slot == SLOT_SHADOW:
+        # A shadow prediction is timed in a background thread that yields to user requests and
+        # waits for the interpreter lock: its wall time is not comparable with a served answer's
+        # (a measured false rollback of an equally fast model). Latency is judged in canary
+        # stages, where both arms are timed the same way on the same traffic.
+        return _insufficient(metric, TEST_MANN_WHITNEY, p95_champ, p95_ch,
+                             "latency not tested in shadow: shadow answers are timed in a background "
+                             "thread; canary stages judge latency.")
     limit = p95_champ * guard.max_p95_ratio + guard.latency_slack_ms
     result = stats.mannwhitneyu(challenger.latencies_ms, champion.latencies_ms, alternative="greater")
     u, p = float(result.statistic), float(result.pvalue)

@@ -434,14 +434,25 @@ class ModelHolder:
 
 class ShadowRunner:
     """Answers mirrored requests with the shadow model in a thread of its own, after the user's
-    response is on its way: the request path only pays for a queue put. When the queue is full
-    (the shadow model is slower than the traffic) requests are not mirrored, and counted."""
+    response is on its way, yielding to user requests.
 
-    def __init__(self, log_write: Callable[..., None], metrics: ServingMetrics, max_queue: int = 2048):
+    The thread predicts only while no request is in flight (``busy()`` is false), checking every
+    half millisecond, except that it always answers at least ``min_rate`` mirrored requests a
+    second so a shadow stage progresses under full load. A user request that arrives during a
+    shadow prediction waits for that one prediction at most. Measured before this rule: a
+    saturated server lost 45% of its throughput to an always-on shadow thread. When the queue is
+    full, requests are not mirrored, and counted (``driftloop_shadow_dropped_total``).
+    """
+
+    def __init__(self, log_write: Callable[..., None], metrics: ServingMetrics, max_queue: int = 256, *,
+                 busy: Callable[[], bool] = lambda: False, min_rate: float = 50.0):
         self._write = log_write
         self._metrics = metrics
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
+        self._busy = busy
+        self._min_interval = 1.0 / min_rate if min_rate > 0 else float("inf")
+        self._stopping = False
 
     def submit(self, shadow: _Slot, ids: list[str], texts: list[str], answers: list[Prediction]) -> None:
         try:
@@ -456,16 +467,25 @@ class ShadowRunner:
     def stop(self) -> None:
         """Answer what is queued, then stop (no mirrored request is lost on a clean shutdown)."""
         if self._thread is not None:
+            self._stopping = True
             self._queue.put(None)
             self._thread.join()
             self._thread = None
 
+    def _yield_to_users(self, last: float) -> None:
+        forced = last + self._min_interval
+        while self._busy() and not self._stopping and time.monotonic() < forced:
+            time.sleep(0.0005)
+
     def _loop(self) -> None:
         comparisons = self._metrics.shadow_comparisons
+        last = time.monotonic()
         while True:
             item = self._queue.get()
             if item is None:
                 return
+            self._yield_to_users(last)
+            last = time.monotonic()
             shadow, ids, texts, answers = item
             bound = shadow.bound
             model = shadow.loaded.model
@@ -717,7 +737,9 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         else:
             logs["predictions"].write_batch(ids, texts, predictions, version, latency_ms, tokens, slot)
 
-    shadow_runner = ShadowRunner(write_shadow, metrics, cfg.shadow_queue)
+    inflight = [0]  # /predict calls being answered now (the event loop's own count)
+    shadow_runner = ShadowRunner(write_shadow, metrics, cfg.shadow_queue, busy=lambda: inflight[0] > 0,
+                                 min_rate=cfg.shadow_min_rate)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -776,6 +798,13 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
 
     async def answer_predict(body: bytes, started: float, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
         """Status and JSON body of one /predict call, shared by the fast path and the route."""
+        inflight[0] += 1
+        try:
+            return await _answer_predict(body, started, headers)
+        finally:
+            inflight[0] -= 1
+
+    async def _answer_predict(body: bytes, started: float, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
         snap = holder.serving  # read once: the whole request uses this routing
         if snap is None:
             return reject("predict", "none", BadRequest(

@@ -218,7 +218,10 @@ class ServingSettings(_Section):
     # Newest answers remembered by request id, to score feedback labels in /metrics.
     feedback_memory: int = Field(50_000, ge=0)
     # Mirrored requests waiting for the shadow model; beyond it they are not mirrored (counted).
-    shadow_queue: int = Field(2048, gt=0)
+    shadow_queue: int = Field(256, gt=0)
+    # The shadow model yields to user requests, but answers at least this many mirrored requests
+    # a second even under full load (so a shadow stage still gathers its samples).
+    shadow_min_rate: float = Field(50.0, ge=0)
 
     @field_validator("host")
     @classmethod

@@ -3,8 +3,8 @@ flow promotes a good challenger (shadow → canary 10% → canary 50% → promot
 rolls back a failing one, back to back. Not one request may fail or go unlogged.
 
 The server is a separate process (tests/integration/serve_app.py), so wrk, the flow and the app
-never share a GIL; it is stopped with SIGINT (uvicorn's clean shutdown closes the logs) before
-the log is read.
+never share a GIL; it is stopped with SIGTERM (uvicorn's clean shutdown closes the logs) before
+the log is read. wrk runs open-ended and is stopped with SIGINT once the rollouts are done.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,11 @@ class WrkRun:
 
 
 def overlay(tmp_path: Path, name: str, stages: list[dict]) -> list[str]:
-    body = {"rollout": {"enabled": True, "poll_s": 0.2, "stages": stages,
+    # A wide latency slack: this test is about lost requests, not the latency guard. (Under wrk
+    # the shadow's own prediction time, measured in a thread that waits for the GIL while the
+    # event loop serves, reads several ms slower than the champion's; the guard then withdraws
+    # a good challenger at shadow now and then; see bench/rollout.py.)
+    body = {"rollout": {"enabled": True, "poll_s": 0.2, "stages": stages, "guard": {"latency_slack_ms": 25.0},
                         "bake": {"min_samples": 150, "max_duration_s": 60, "baseline_samples": 300,
                                  "retrain_on_regression": False}}}
     path = tmp_path / f"{name}.yaml"
@@ -63,7 +68,6 @@ def overlay(tmp_path: Path, name: str, stages: list[dict]) -> list[str]:
 
 
 def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, monkeypatch):
-    T = time.monotonic()
     labels = sorted(banking_train["label"].unique())[:6]
     rows = banking_train[banking_train["label"].isin(labels)]
     parts = wiring.build(settings)
@@ -72,10 +76,13 @@ def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, 
                   input_example=["where is my card"])
     champion.move_alias(parts.registry, parts.history, "champion", v1, action="promote", reason="first",
                         actor="test")
-    good = TfidfFamily().fit(rows.groupby("label").head(60), TINY_PARAMS)
-    v2 = register(good, run_name="good", input_example=["where is my card"])
-    # Fails one call in four: as a canary every failure is answered by the champion instead.
-    v3 = register(FailingClassifier(good, every=4), run_name="failing", input_example=["where is my card"])
+
+    def challengers():
+        good = TfidfFamily().fit(rows.groupby("label").head(60), TINY_PARAMS)
+        # Fails one call in four: as a canary each failure is answered by the champion instead.
+        return (register(good, run_name="good", input_example=["where is my card"]),
+                register(FailingClassifier(good, every=4), run_name="failing", input_example=["where is my card"]))
+
     good_stages = overlay(tmp_path, "good", [
         {"name": "shadow", "kind": "shadow", "min_samples": 150},
         {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 100},
@@ -83,31 +90,30 @@ def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, 
     bad_stages = overlay(tmp_path, "bad", [
         {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 150},
         {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 150}])
-    print("TIMING models", time.monotonic() - T)
     texts = rows.groupby("label").tail(20)["text"].tolist()
 
     # The child unpickles FailingClassifier: tests.flows.rollout_models must be importable there.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     log_root = parts.log_root
     log_root.mkdir(parents=True, exist_ok=True)
-    with serve_in_subprocess(settings.tracking_uri, parts.registry.model_name, log_root,
-                             reload_interval_s=0.2) as (url, proc):
-        print("TIMING server up", time.monotonic() - T)
-        wrk = WrkRun(url, texts, tmp_path / "wrk")
-        try:
-            time.sleep(1.0)  # the load is steady before the first stage begins
-            t0 = time.monotonic()
-            promoted = rollout(challenger=v2.version, requested_by="test", config=good_stages)
-            withdrawn = rollout(challenger=v3.version, requested_by="test", config=bad_stages)
-            print("TIMING rollouts", time.monotonic() - t0)
-            time.sleep(1.0)  # and still on after the last routing change reached the replica
-        finally:
-            load = wrk.stop()
-        # uvicorn drains, the lifespan closes the logs, then it re-raises the signal it caught.
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == -signal.SIGTERM
+    # The challengers are registered while the server process starts (its imports take seconds).
+    with ThreadPoolExecutor(1) as pool:
+        registering = pool.submit(challengers)
+        with serve_in_subprocess(settings.tracking_uri, parts.registry.model_name, log_root,
+                                 reload_interval_s=0.2) as (url, proc):
+            v2, v3 = registering.result()
+            wrk = WrkRun(url, texts, tmp_path / "wrk")
+            try:
+                time.sleep(1.0)  # the load is steady before the first stage begins
+                promoted = rollout(challenger=v2.version, requested_by="test", config=good_stages)
+                withdrawn = rollout(challenger=v3.version, requested_by="test", config=bad_stages)
+                time.sleep(1.0)  # and still on after the last routing change reached the replica
+            finally:
+                load = wrk.stop()
+            # uvicorn drains, the lifespan closes the logs, then it re-raises the signal it caught.
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == -signal.SIGTERM
 
-    print("TIMING server down", time.monotonic() - T)
     assert promoted.result == PROMOTED, promoted.reason
     assert withdrawn.result == ROLLED_BACK and withdrawn.stage == "canary-10", withdrawn.reason
     assert "error_rate" in withdrawn.reason
@@ -137,4 +143,3 @@ def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, 
     failed = every[every["error"] != ""]
     assert len(failed) >= 1 and set(zip(failed["slot"], failed["model_version"])) == {("canary", "3")}
     assert (answered["model_version"] == "3").any(), "the failing canary did answer some callers"
-    print("TIMING end", time.monotonic() - T, load.requests, load.rps, load.p99_ms)
