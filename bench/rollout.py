@@ -453,6 +453,7 @@ def fmt(value: float | None, spec: str = "6.2f") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer load levels, shorter runs")
+    parser.add_argument("--parts", default="abd", help="which parts to run (a includes c), e.g. --parts b")
     parser.add_argument("--serve", nargs=5, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -494,9 +495,9 @@ def main() -> None:
         train_s = time.perf_counter() - t
         texts = train.groupby("label").tail(8)["text"].tolist()
 
-        part_a_rows = part_a(base, models, texts, levels)
-        part_b_rows = part_b(base, models, texts, loads, seconds)
-        part_d_out = part_d(base, models, texts, healthy_calls=800)
+        part_a_rows = part_a(base, models, texts, levels) if "a" in args.parts else []
+        part_b_rows = part_b(base, models, texts, loads, seconds) if "b" in args.parts else []
+        part_d_out = part_d(base, models, texts, healthy_calls=800) if "d" in args.parts else None
     finally:
         prefect_server.stop_server(server)
     total = time.perf_counter() - started
@@ -559,6 +560,9 @@ def main() -> None:
     print(" (times from the history's stage line, and from its rollback line; /routing polled every 50 ms)")
 
     d = part_d_out
+    if d is None:
+        print(f"\nwhole benchmark {total:.0f} s (state under {base})")
+        return
     w = d["load"]
     print("\n-- d. a promoted version that turns 20 ms slower per call after 800 calls (canary 50%, then bake) --")
     print(f" load: 2 conns, 10 ms think: {w.requests} requests, non-2xx {w.non_2xx}, socket errors "

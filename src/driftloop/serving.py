@@ -436,22 +436,24 @@ class ShadowRunner:
     """Answers mirrored requests with the shadow model in a thread of its own, after the user's
     response is on its way, yielding to user requests.
 
-    The thread predicts only while no request is in flight (``busy()`` is false), checking every
-    half millisecond, except that it always answers at least ``min_rate`` mirrored requests a
-    second so a shadow stage progresses under full load. A user request that arrives during a
-    shadow prediction waits for that one prediction at most. Measured before this rule: a
-    saturated server lost 45% of its throughput to an always-on shadow thread. When the queue is
-    full, requests are not mirrored, and counted (``driftloop_shadow_dropped_total``).
+    Shadow predictions cost CPU that user requests would otherwise get, so the thread waits
+    until no request has been answered for ``quiet_s`` (the server has a gap in its traffic);
+    under continuous load it still answers ``min_rate`` mirrored requests a second, so a shadow
+    stage gathers samples at a bounded cost. Measured with an always-on shadow thread: a
+    saturated server lost 45% of its throughput. When the queue is full, requests are not
+    mirrored, and counted (``driftloop_shadow_dropped_total``).
     """
 
     def __init__(self, log_write: Callable[..., None], metrics: ServingMetrics, max_queue: int = 256, *,
-                 busy: Callable[[], bool] = lambda: False, min_rate: float = 50.0):
+                 last_activity: Callable[[], float] = lambda: 0.0, min_rate: float = 50.0,
+                 quiet_s: float = 0.002):
         self._write = log_write
         self._metrics = metrics
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
-        self._busy = busy
-        self._min_interval = 1.0 / min_rate if min_rate > 0 else float("inf")
+        self._last_activity = last_activity
+        self._min_interval = 1.0 / min_rate if min_rate > 0 else None
+        self._quiet_s = quiet_s
         self._stopping = False
 
     def submit(self, shadow: _Slot, ids: list[str], texts: list[str], answers: list[Prediction]) -> None:
@@ -473,9 +475,13 @@ class ShadowRunner:
             self._thread = None
 
     def _yield_to_users(self, last: float) -> None:
-        forced = last + self._min_interval
-        while self._busy() and not self._stopping and time.monotonic() < forced:
-            time.sleep(0.0005)
+        while not self._stopping:
+            now = time.monotonic()
+            if now - self._last_activity() >= self._quiet_s:
+                return  # a gap in the traffic
+            if self._min_interval is not None and now >= last + self._min_interval:
+                return  # the guaranteed minimum rate
+            time.sleep(self._quiet_s)
 
     def _loop(self) -> None:
         comparisons = self._metrics.shadow_comparisons
@@ -737,8 +743,8 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         else:
             logs["predictions"].write_batch(ids, texts, predictions, version, latency_ms, tokens, slot)
 
-    inflight = [0]  # /predict calls being answered now (the event loop's own count)
-    shadow_runner = ShadowRunner(write_shadow, metrics, cfg.shadow_queue, busy=lambda: inflight[0] > 0,
+    activity = [0.0]  # when the last /predict call was answered (time.monotonic)
+    shadow_runner = ShadowRunner(write_shadow, metrics, cfg.shadow_queue, last_activity=lambda: activity[0],
                                  min_rate=cfg.shadow_min_rate)
 
     @asynccontextmanager
@@ -798,11 +804,10 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
 
     async def answer_predict(body: bytes, started: float, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
         """Status and JSON body of one /predict call, shared by the fast path and the route."""
-        inflight[0] += 1
         try:
             return await _answer_predict(body, started, headers)
         finally:
-            inflight[0] -= 1
+            activity[0] = time.monotonic()
 
     async def _answer_predict(body: bytes, started: float, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
         snap = holder.serving  # read once: the whole request uses this routing
