@@ -28,6 +28,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -232,10 +233,17 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
             raise SystemExit(1)
 
         switched = serving.wait_version(v2.candidate.version)
+        if staged:
+            # The rollout flow returns after its bake; v2 has answered everyone since the promotion.
+            promoted = next(e for e in reversed(parts.history.entries())
+                            if e.alias == "champion" and e.to_version == v2.candidate.version)
+            switched = min(switched, datetime.fromisoformat(promoted.time).timestamp())
         swap_s = switched - confirmed
         tl.stages["drift confirmed -> v2 serving"] = swap_s
-        tl.step(f"[bold]5. rollout[/bold]: serving answers with v{v2.candidate.version} "
-                f"{swap_s:.1f}s after drift was confirmed (no restart)")
+        tl.step(f"[bold]5. rollout[/bold]: v{v2.candidate.version} answers all traffic "
+                f"{swap_s:.1f}s after drift was confirmed (no restart"
+                + (f"; replicas follow the promotion within {settings.serving.reload_interval_s:.0f}s)"
+                   if staged else ")"))
         # Fresh texts only (v2 trained on the labelled drifted ones), in the same mix as before.
         used = set(drifted[TEXT])
         after = simulator.mix(splits["live_known"][~splits["live_known"][TEXT].isin(used)],
