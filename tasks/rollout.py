@@ -23,6 +23,8 @@ from driftloop.types import SLOT_CHAMPION, HistoryEntry, ModelRef, RolloutState
 
 # Progress lines while a step waits, at most this often.
 PROGRESS_EVERY_S = 10.0
+# Consecutive failed reads of the registry or the logs before a watch gives up.
+MAX_READ_FAILURES = 5
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
@@ -36,8 +38,20 @@ def _poll(decide: Callable[[float], StageDecision | None], poll_s: float, label:
     wait, logging the waiting reason at most every :data:`PROGRESS_EVERY_S`."""
     logger = get_run_logger()
     started = last_progress = time.monotonic()
+    failures = 0
     while True:
-        decision = decide(time.monotonic() - started)
+        try:
+            decision = decide(time.monotonic() - started)
+        except Exception as exc:
+            # A registry or log read that fails once (a locked SQLite store, a network blip)
+            # must not end a rollout that has been gathering evidence for minutes.
+            failures += 1
+            if failures > MAX_READ_FAILURES:
+                raise
+            logger.warning("%s: reading the live numbers failed (%d in a row), retrying: %s", label, failures, exc)
+            time.sleep(poll_s)
+            continue
+        failures = 0
         if decision is None or decision.action != analysis.ACTION_WAIT:
             if decision is not None:
                 logger.info("%s: %s", label, decision.reason)

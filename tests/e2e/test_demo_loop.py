@@ -29,9 +29,13 @@ def test_loop_closes(state, monkeypatch):
     console = Console(record=True, width=120)
     from prefect.settings import PREFECT_API_URL
 
-    out = run_demo(settings, ["rollout"], console, PrefectServer(PREFECT_API_URL.value(), None))
+    try:
+        out = run_demo(settings, ["rollout"], console, PrefectServer(PREFECT_API_URL.value(), None))
+    except SystemExit:
+        pytest.fail("the demo stopped early:\n" + console.export_text())
 
     text = console.export_text()
+    print(text)                                        # shown with any failure below
     assert "no drift" in text                          # the quiet phase stayed quiet
     assert out["v1"].decision.promote
     v2 = out["v2"]
@@ -43,7 +47,7 @@ def test_loop_closes(state, monkeypatch):
     # steady state: v2 is judged against its refreshed reference, and the new normal is not drift
     steady = out["steady"]
     assert steady.drift is not None and steady.champion.version == "2"
-    assert not steady.drift.drift_detected and not steady.decision.retrain
+    assert not steady.drift.drift_detected and not steady.decision.retrain, steady.drift.summary()
     from driftloop.history import ChampionHistory
 
     entries = ChampionHistory(settings.history_path).entries()
@@ -52,6 +56,6 @@ def test_loop_closes(state, monkeypatch):
     # v2 went through every stage of the rollout before its promotion
     assert [e.action for e in entries if e.action.startswith("stage:")] == [
         "stage:shadow", "stage:canary-10", "stage:canary-50"]
-    assert out["v2"].rollout.result == "promoted"
+    assert out["v2"].rollout.result == "promoted", out["v2"].rollout.reason
     # the promotion of v2 names the drift that started it and the analysis that let it through
     assert "drift confirmed" in moves[1].reason and moves[1].report.endswith("-canary-50.md")
