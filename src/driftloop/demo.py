@@ -197,9 +197,13 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         labelling = threading.Thread(target=annotators, daemon=True)
         labelling.start()
         staged = settings.rollout.enabled
-        # A rollout judges the challenger on live traffic: production keeps flowing meanwhile.
+        # A rollout judges the challenger on live traffic: production flows while it runs. It
+        # starts with the rollout, after the retrain built its training set and reference (this
+        # traffic repeats the pools' texts, and labelled repeats would leave too few unseen texts
+        # to refresh the monitoring reference).
         live = simulator.LiveTraffic(serving.url, splits["live_known"], splits["live_new"], demo.new_share,
-                                     demo.label_share, demo.concurrency, demo.seed + 100)
+                                     demo.label_share, demo.concurrency, demo.seed + 100,
+                                     start_when=lambda: parts.registry.rollout_state().active)
         with (tl.timed("monitoring flow (drift) + retraining flow" + (" + rollout flow" if staged else "")),
               console.status("monitoring flow on the drifted window (a retrain run starts if it fires"
                              + (", then a rollout run)" if staged else ")")),

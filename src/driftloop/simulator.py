@@ -10,6 +10,7 @@ import asyncio
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import httpx
 import numpy as np
@@ -117,9 +118,12 @@ class LiveTraffic:
     annotators. A rollout needs live traffic while it runs; this is it in the demo."""
 
     def __init__(self, base_url: str, known: pd.DataFrame, new: pd.DataFrame, new_share: float,
-                 label_share: float, concurrency: int, seed: int, batch: int = 200):
+                 label_share: float, concurrency: int, seed: int, batch: int = 200,
+                 start_when: Callable[[], bool] | None = None):
+        """``start_when``: traffic waits until it returns true (checked every 0.2 s)."""
         import threading
 
+        self.start_when = start_when
         self.base_url, self.known, self.new = base_url, known, new
         self.new_share, self.label_share, self.concurrency = new_share, label_share, concurrency
         self.seed, self.batch = seed, batch
@@ -137,6 +141,13 @@ class LiveTraffic:
         self._thread.join()
 
     def _run(self) -> None:
+        while self.start_when is not None and not self._stop.is_set():
+            try:
+                if self.start_when():
+                    break
+            except Exception:  # the source is busy or briefly unreachable: ask again
+                pass
+            self._stop.wait(0.2)
         i = 0
         while not self._stop.is_set():
             frame = mix(self.known, self.new, self.batch, self.new_share, self.seed + i)
