@@ -19,7 +19,7 @@ from driftloop.history import ChampionHistory
 from driftloop.registry import Registry
 from driftloop.rollout import Step
 from driftloop.settings import RolloutSettings
-from driftloop.types import SLOT_CHAMPION, HistoryEntry, ModelRef, RolloutState
+from driftloop.types import HistoryEntry, ModelRef, RolloutState
 
 # Progress lines while a step waits, at most this often.
 PROGRESS_EVERY_S = 10.0
@@ -97,9 +97,7 @@ def watch_bake(registry: Registry, log_root: Path, previous: ModelRef, promoted:
             get_run_logger().info("the champion moved away from %s outside this flow run; stopping the bake",
                                   promoted)
             return None
-        frame = rollout.live_frame(log_root, promoted_at)
-        current = analysis.arm_stats(frame, promoted.version, SLOT_CHAMPION, low_confidence, since=promoted_at)
-        return analysis.detect_regression(baseline, current, cfg.bake, cfg.guard, elapsed)
+        return rollout.judge_promotion(log_root, baseline, promoted, promoted_at, cfg, low_confidence, elapsed)
 
     return _poll(decide, cfg.poll_s, "bake")
 
@@ -148,9 +146,8 @@ def check_promotion(history: ChampionHistory, log_root: Path, current: ModelRef,
     promoted_at = datetime.fromisoformat(entry.time)
     baseline = rollout.baseline_arm(log_root, entry.from_version, promoted_at, cfg.bake.baseline_samples,
                                     low_confidence)
-    frame = rollout.live_frame(log_root, promoted_at)
-    now_arm = analysis.arm_stats(frame, current.version, SLOT_CHAMPION, low_confidence, since=promoted_at)
-    return analysis.detect_regression(baseline, now_arm, cfg.bake, cfg.guard, (now - promoted_at).total_seconds())
+    return rollout.judge_promotion(log_root, baseline, current, promoted_at, cfg, low_confidence,
+                                   (now - promoted_at).total_seconds())
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)

@@ -235,7 +235,7 @@ def rollout_status(config: Optional[list[str]] = ConfigOpt) -> None:
     for col in ("slot", "version", "n", "errors", "p95 ms", "low-conf", "labelled", "accuracy", "agreement"):
         table.add_column(col)
     fmt = (lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
-    for row in rollout.status_rows(state, champ, chal):
+    for row in rollout.status_rows(champ, chal):
         table.add_row(*(fmt(v) for v in row.values()))
     console.print(table)
     elapsed = (datetime.now(timezone.utc) - since).total_seconds()

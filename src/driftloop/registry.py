@@ -11,6 +11,7 @@ import os
 import tempfile
 import threading
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -245,8 +246,7 @@ class Registry:
 
     def set_rollout_state(self, state: RolloutState) -> None:
         """Publish the desired traffic split; replicas pick it up on their next poll."""
-        payload = {k: v for k, v in state.__dict__.items()}
-        self.client.set_registered_model_tag(self.model_name, ROLLOUT_TAG, json.dumps(payload, sort_keys=True))
+        self.client.set_registered_model_tag(self.model_name, ROLLOUT_TAG, json.dumps(asdict(state), sort_keys=True))
 
     def set_alias(self, name: str, ref: ModelRef) -> None:
         self.client.set_registered_model_alias(self.model_name, name, ref.version)

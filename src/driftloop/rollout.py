@@ -105,6 +105,15 @@ def arms(frame: pd.DataFrame, champion_version: str, challenger_version: str, st
     return champ, chal
 
 
+def judge_promotion(log_root: Path, baseline: ArmStats, promoted: ModelRef, promoted_at: datetime,
+                    cfg: RolloutSettings, low_confidence: float, elapsed_s: float) -> analysis.StageDecision:
+    """A promoted champion's live numbers since ``promoted_at`` against its predecessor's
+    ``baseline`` (:func:`baseline_arm`): the bake's and the monitor's one judgement."""
+    frame = live_frame(log_root, promoted_at)
+    current = analysis.arm_stats(frame, promoted.version, SLOT_CHAMPION, low_confidence, since=promoted_at)
+    return analysis.detect_regression(baseline, current, cfg.bake, cfg.guard, elapsed_s)
+
+
 def baseline_arm(log_root: Path, version: str, until: datetime, last: int, low_confidence: float) -> ArmStats:
     """A champion's own numbers over its newest ``last`` answers before ``until`` (the baseline a
     successor is held to after a promotion)."""
@@ -203,7 +212,7 @@ def is_current(registry: Registry, rollout_id: str) -> bool:
     return registry.rollout_state().rollout_id == rollout_id
 
 
-def status_rows(state: RolloutState, champ: ArmStats | None, chal: ArmStats | None) -> list[dict[str, object]]:
+def status_rows(champ: ArmStats | None, chal: ArmStats | None) -> list[dict[str, object]]:
     """One row per arm for ``driftloop rollout status``."""
     rows = []
     for arm in (champ, chal):

@@ -131,7 +131,8 @@ def test_a_good_challenger_goes_through_shadow_and_canaries_and_is_promoted(loop
     shadow_lines = logged[logged["slot"] == "shadow"]
     assert set(logged[logged["request_id"].isin(shadow_lines["request_id"])
                       & (logged["slot"] != "shadow")]["model_version"]) == {"1"}
-    assert len((parts.reports_dir / "rollouts").glob("*.md").__iter__().__next__().read_text()) > 0
+    reports = sorted((parts.reports_dir / "rollouts").glob(f"rollout-{out.rollout_id}-*.md"))
+    assert reports and all(r.read_text() for r in reports)
 
 
 def test_a_challenger_trained_on_shuffled_labels_is_rolled_back_in_shadow(loop, tmp_path):
