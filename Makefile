@@ -65,7 +65,7 @@ ui-mlflow: install
 	$(BIN)/driftloop ui mlflow
 
 lock: | $(BIN)/uv
-	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra stack --extra test --python-version 3.11 -o requirements.lock
 
 clean:
 	rm -rf .driftloop
