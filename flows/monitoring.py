@@ -8,14 +8,15 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from driftloop import dataset, wiring
+from driftloop import dataset, tracing, wiring
 from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import load_settings
 from driftloop.analysis import ACTION_ROLLBACK
+from driftloop.triggers import DRIFT_EVENT, DriftEvent
 from driftloop.types import DriftResult, HistoryEntry, ModelRef, RetrainDecision
 from flows.retraining import retraining
 from flows.training import TrainingOutcome
-from tasks import data, model, monitor
+from tasks import data, dispatch, model, monitor
 from tasks import rollout as rollout_steps
 
 
@@ -27,13 +28,25 @@ class MonitorOutcome:
     report: str = ""
     retrain: TrainingOutcome | None = None
     rolled_back: HistoryEntry | None = None   # a promotion undone because it regressed
+    event_id: str = ""   # the drift event emitted instead of an inline retrain (retrain.dispatch: event)
 
 
 def _run_name() -> str:
     return f"monitor {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
 
 
+def span_attributes(out: MonitorOutcome) -> dict[str, object]:
+    """What the monitoring run's span records about its verdict."""
+    return {"driftloop.model_version": out.champion.version if out.champion else None,
+            "driftloop.drift_detected": out.drift.drift_detected if out.drift else None,
+            "driftloop.share_drifted": out.drift.share_drifted if out.drift else None,
+            "driftloop.window_id": out.drift.window_id if out.drift else None,
+            "driftloop.retrain": out.decision.retrain, "driftloop.reason": out.decision.reason[:500],
+            "driftloop.rolled_back": out.rolled_back is not None}
+
+
 @flow(name="monitoring", flow_run_name=_run_name, log_prints=True)
+@tracing.traced_flow("monitoring", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
 def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) -> MonitorOutcome:
     """Check the newest window of production traffic and start a retrain run when it drifted."""
     settings = load_settings(config)
@@ -77,6 +90,13 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
         return MonitorOutcome(champion, result, decision, report)
     # Recorded before the run starts: a crash mid-retrain must not let this window fire twice.
     parts.ledger.record(result.window_id, decision.reason, run=run_id)
+    if settings.retrain.dispatch == "event":
+        # A worker runs the retrain: prefect.yaml's trigger on this event, one run per window.
+        event_id = dispatch.emit_drift_event(DriftEvent(
+            settings.registry.model_name, result.window_id, decision.reason, report, champion.version,
+            run_id, tuple(config or ())))
+        logger.info("emitted %s %s for window %s", DRIFT_EVENT, event_id, result.window_id)
+        return MonitorOutcome(champion, result, decision, report, event_id=event_id)
     state = retraining(reason=decision.reason, requested_by="drift-monitor", window_id=result.window_id,
                        report=report, config=config, return_state=True)
     if not state.is_completed():

@@ -8,14 +8,16 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from driftloop import curation, dataset, drift, wiring
+from driftloop import curation, dataset, drift, tracing, wiring
 from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import load_settings
-from flows.training import TrainingOutcome, training
+from flows.training import TrainingOutcome, span_attributes, training
 from tasks import data, model, monitor
+from tasks import retrain as retrain_steps
 
 
 @flow(name="retraining", flow_run_name="retrain ({requested_by}): {reason}", log_prints=True)
+@tracing.traced_flow("retraining", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
 def retraining(reason: str, requested_by: str = "manual", window_id: str = "", report: str = "",
                min_new_labels: int | None = None, roll_out: bool = True,
                config: list[str] | None = None) -> TrainingOutcome:
@@ -66,6 +68,9 @@ def retraining(reason: str, requested_by: str = "manual", window_id: str = "", r
         key="retrain-request", description=reason)
     outcome = training(training_set=str(out), reason=reason, trigger=requested_by, report=report,
                        reference_set=reference_set, config=config)
+    retrain_steps.publish_retrain(parts.registry, outcome.candidate, outcome.report, outcome.decision,
+                                  outcome.champion, reason=reason, requested_by=requested_by,
+                                  window_id=window_id, drift_report=report, mlflow_ui=settings.registry.ui_url)
     if settings.rollout.enabled and roll_out and outcome.decision.promote and outcome.champion != outcome.candidate:
         from flows.rollout import rollout
 

@@ -12,7 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from driftloop import analysis, rollout as plan_
-from driftloop import wiring
+from driftloop import tracing, wiring
 from driftloop.settings import load_settings
 from driftloop.types import ModelRef
 from tasks import model, rollout as steps
@@ -41,7 +41,16 @@ def _run_name() -> str:
     return f"rollout v{who} ({params.get('strategy') or 'configured strategy'})"
 
 
+def span_attributes(out: RolloutOutcome) -> dict[str, Any]:
+    """What the rollout run's span records about its result."""
+    return {"driftloop.rollout_id": out.rollout_id, "driftloop.model_version": out.challenger.version,
+            "driftloop.previous_version": out.previous.version, "driftloop.rollout_result": out.result,
+            "driftloop.stage": out.stage, "driftloop.reason": out.reason[:500],
+            "driftloop.champion_version": out.champion.version if out.champion else None}
+
+
 @flow(name="rollout", flow_run_name=_run_name, log_prints=True)
+@tracing.traced_flow("rollout", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
 def rollout(challenger: str | None = None, strategy: str | None = None, requested_by: str = "manual",
             reason: str = "", config: list[str] | None = None) -> RolloutOutcome:
     """Carry a registered challenger (``challenger``: a version number; default: the

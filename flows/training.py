@@ -1,4 +1,4 @@
-"""validate → train → evaluate → register → promote."""
+"""validate → select (with a search grid) → train → evaluate → register → promote."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from driftloop import dataset, wiring
+from driftloop import dataset, tracing, wiring
 from driftloop.dataset import LABEL, TEXT
 from driftloop.policy import decide_promotion
 from driftloop.provenance import git_commit
 from driftloop.registry import CHALLENGER, CHAMPION
+from driftloop.selection import SelectionResult
 from driftloop.settings import load_settings
 from driftloop.types import EvalReport, ModelRef, PromotionDecision
+from flows.selection import select_model
 from tasks import data, model
 
 
@@ -29,9 +31,19 @@ class TrainingOutcome:
     data_md5: str
     champion: ModelRef | None
     rollout: Any = None   # the rollout flow's outcome, when one carried the candidate
+    selection: SelectionResult | None = None   # how the settings were chosen, with a search grid
+
+
+def span_attributes(out: TrainingOutcome) -> dict[str, Any]:
+    """What the training run's span records about its result."""
+    return {"driftloop.model_version": out.candidate.version, "driftloop.promote": out.decision.promote,
+            "driftloop.champion_version": out.champion.version if out.champion else None,
+            "driftloop.rollout_result": getattr(out.rollout, "result", None),
+            **{f"driftloop.eval.{k}": v for k, v in out.report.metrics().items() if v is not None}}
 
 
 @flow(name="training", flow_run_name="train ({trigger}): {reason}", log_prints=True)
+@tracing.traced_flow("training", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
 def training(training_set: str | None = None, reason: str = "initial training", trigger: str = "manual",
              report: str = "", reference_set: str | None = None,
              config: list[str] | None = None) -> TrainingOutcome:
@@ -54,7 +66,9 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     data.validate_training_set(frame, source=str(source), known_labels=label_set,
                                eval_texts=list(eval_set[TEXT]))
     version = data.commit_dataset(parts.datasets, frame, "training")
-    candidate_model = model.train(frame, settings.model, seed=settings.data.seed)
+    chosen = select_model(str(source), settings.model, settings.selection, seed=settings.data.seed)
+    model_cfg = chosen.model if chosen else settings.model
+    candidate_model = model.train(frame, model_cfg, seed=settings.data.seed)
     scores, rows = model.evaluate(candidate_model, eval_set)
 
     current = model.champion_ref(parts.registry)
@@ -79,15 +93,15 @@ def training(training_set: str | None = None, reason: str = "initial training", 
         "data.md5": version.md5, "data.rows": str(version.rows), "data.labels": str(frame[LABEL].nunique()),
         "eval.md5": scores.eval_md5, "git.commit": git_commit(), "config.hash": settings.config_hash(),
         "prefect.flow_run_id": run_id, "trigger": trigger, "reason": reason[:500],
-        "model.family": settings.model.family, "driftloop.kind": "train", "report": report[:500],
+        "model.family": model_cfg.family, "driftloop.kind": "train", "report": report[:500],
         "decision": "promote" if decision.promote else "reject", "decision.reason": decision.reason[:500],
-        **reference_tags,
+        **reference_tags, **(chosen.tags() if chosen else {}),
     }
     metrics = scores.metrics() | ({f"champion.{k}": v for k, v in champion_report.metrics().items()}
                                   if champion_report else {})
     ref = model.register_model(
         parts.registry, candidate_model, tags=tags, metrics=metrics,
-        params={"family": settings.model.family, **settings.model.params, "train_rows": len(frame)},
+        params={"family": model_cfg.family, **model_cfg.params, "train_rows": len(frame)},
         run_name=f"train-{trigger}", input_example=list(eval_set[TEXT].head(3)),
         artifacts={"evaluation": eval_dir},
     )
@@ -119,4 +133,4 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     create_link_artifact(parts.registry.version_url(ref, settings.registry.ui_url),
                          link_text=f"{ref} in the MLflow registry", key="model-version")
     return TrainingOutcome(ref, scores, champion_report, decision, version.md5,
-                           ref if decision.promote and not staged else current)
+                           ref if decision.promote and not staged else current, selection=chosen)

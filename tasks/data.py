@@ -10,6 +10,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks import SERVER_RETRIES
+
 from driftloop import curation, dataset, predlog, validation
 from driftloop.settings import DataSettings, RetrainPolicy
 from driftloop.types import DataVersion, ValidationReport
@@ -36,12 +38,12 @@ def validate_training_set(frame: pd.DataFrame, *, source: str, known_labels, eva
     return validation.require_valid(report)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def commit_dataset(store: DatasetStore, frame: pd.DataFrame, name: str) -> DataVersion:
     return store.commit(frame, name)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def restore_dataset(store: DatasetStore, md5: str, dest: Path) -> Path:
     return store.restore(md5, dest)
 

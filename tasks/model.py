@@ -8,6 +8,8 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import SERVER_RETRIES
+
 from driftloop import champion, evaluation, modelling
 from driftloop.history import ChampionHistory
 from driftloop.modelling import TextClassifier
@@ -32,17 +34,17 @@ def write_eval_artifacts(report: EvalReport, rows: pd.DataFrame, out_dir: Path) 
     return evaluation.write_eval_artifacts(report, rows, out_dir)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def load_model(registry: Registry, ref: ModelRef) -> TextClassifier:
     return registry.load(ref)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def champion_ref(registry: Registry) -> ModelRef | None:
     return registry.champion()
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def register_model(registry: Registry, model: TextClassifier, *, tags: dict[str, str],
                    metrics: dict[str, float], params: dict, run_name: str, input_example: list[str],
                    artifacts: dict[str, Path]) -> ModelRef:
@@ -50,19 +52,19 @@ def register_model(registry: Registry, model: TextClassifier, *, tags: dict[str,
                                    input_example=input_example, artifacts=artifacts)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def move_alias(registry: Registry, history: ChampionHistory, alias: str, ref: ModelRef, *, action: str,
                reason: str, actor: str, report: str = "") -> HistoryEntry:
     return champion.move_alias(registry, history, alias, ref, action=action, reason=reason, actor=actor,
                                report=report)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def version_tags(registry: Registry, ref: ModelRef) -> dict[str, str]:
     return registry.version_tags(ref)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def clear_alias(registry: Registry, history: ChampionHistory, alias: str, *, reason: str,
                 actor: str) -> HistoryEntry | None:
     return champion.clear_alias(registry, history, alias, reason=reason, actor=actor)

@@ -14,6 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# The serving app refuses to start without the /feedback token (serving.require_token): every app
+# the tests build, in process or in a subprocess, reads this one, and clients send AUTH.
+API_TOKEN = "test-api-token"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+os.environ["DRIFTLOOP_API_TOKEN"] = API_TOKEN
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,9 @@ app.add_typer(ui_app, name="ui")
 app.add_typer(pipeline_app, name="pipeline")
 rollout_app = typer.Typer(help="Safe rollout of the challenger: start, status, promote, abort.", no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")
+stack_app = typer.Typer(help="The real stack on 127.0.0.1 without Docker: PostgreSQL, SeaweedFS (S3), MLflow "
+                             "server, Prefect server + worker, Prometheus.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
 console = Console()
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config overlay(s) from configs/ (name or path); repeatable.")
@@ -32,10 +35,14 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="Config overlay(s) from co
 
 def _settings(config: Optional[list[str]]) -> Settings:
     try:
-        return load_settings(config)
+        settings = load_settings(config)
     except Exception as exc:  # a wrong key or value: say which, no traceback
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
+    from driftloop import stack
+
+    stack.export_client_env(settings)  # the local stack's S3 keys, unless the environment has them
+    return settings
 
 
 def _orchestrator(settings: Settings):
@@ -111,13 +118,48 @@ def monitor(config: Optional[list[str]] = ConfigOpt,
 def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; shown in the UI and history."),
             config: Optional[list[str]] = ConfigOpt,
             min_new_labels: int = typer.Option(0, help="Wait for this many new labelled rows first."),
-            who: str = typer.Option(os.environ.get("USER", "data-scientist"), help="Who asks (recorded).")) -> None:
-    """Start a retrain run by hand, at any time."""
+            who: str = typer.Option(os.environ.get("USER", "data-scientist"), help="Who asks (recorded)."),
+            param: Optional[list[str]] = typer.Option(
+                None, "--param", "-p", help="A retraining flow parameter, key=value (JSON if it parses); repeatable."),
+            deployment: Optional[str] = typer.Option(
+                None, help="Run this deployment (e.g. retraining/retrain) on the Prefect server instead of in "
+                           "process (default: retrain.via_deployment).")) -> None:
+    """Start a retrain run by hand, at any time: in process, or as a run of the deployment."""
     settings = _settings(config)
-    _orchestrator(settings)
+    server = _orchestrator(settings)
+    import inspect
+
+    from prefect import tags as prefect_tags
+
+    from driftloop.triggers import parse_params
     from flows.retraining import retraining
 
-    out = retraining(reason=reason, requested_by=f"manual:{who}", min_new_labels=min_new_labels, config=config)
+    requested_by = f"manual:{who}"
+    allowed = [n for n in inspect.signature(retraining.fn).parameters if n not in ("reason", "requested_by")]
+    try:
+        extra = parse_params(param or [], allowed)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    parameters = {"reason": reason, "requested_by": requested_by, "min_new_labels": min_new_labels,
+                  **({"config": list(config)} if config else {}), **extra}
+    run_tags = [f"requested_by:{requested_by}", "trigger:manual"]
+    target = deployment or settings.retrain.via_deployment
+    if target:
+        from prefect.deployments import run_deployment
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            run = run_deployment(target, parameters=parameters, tags=run_tags, timeout=0, as_subflow=False)
+        except ObjectNotFound:
+            console.print(f"[red]no deployment {target!r} on {server.api_url}[/red]: run `prefect deploy --all` "
+                          "in the project directory first")
+            raise typer.Exit(1) from None
+        console.print(f"created flow run {run.name} of {target} (a worker of its pool runs it):\n"
+                      f"{server.ui_url}/runs/flow-run/{run.id}")
+        return
+    with prefect_tags(*run_tags):
+        out = retraining(**parameters)
     console.print(f"{out.candidate}: accuracy {out.report.accuracy:.4f} → "
                   f"{'promoted' if out.decision.promote else 'not promoted'} ({out.decision.reason})")
 
@@ -130,8 +172,13 @@ def serve(config: Optional[list[str]] = ConfigOpt) -> None:
     settings = _settings(config)
     parts = wiring.build(settings)
     console.print(f"serving {settings.registry.model_name}@champion on http://{settings.serving.host}:{settings.serving.port}")
-    serving.run_server(settings.serving, parts.registry, parts.log_root,
-                       low_confidence=settings.monitor.low_confidence, monitor_status=settings.monitor_status_path)
+    try:
+        serving.run_server(settings.serving, parts.registry, parts.log_root,
+                           low_confidence=settings.monitor.low_confidence, monitor_status=settings.monitor_status_path,
+                           trace_cfg=settings.tracing)
+    except serving.MissingApiToken as exc:  # refuse to start, saying what to set; no traceback
+        console.print(f"[red]not starting:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -392,6 +439,67 @@ def ui_mlflow(config: Optional[list[str]] = ConfigOpt, port: int = typer.Option(
                ["mlflow", "server", "--backend-store-uri", settings.tracking_uri,
                 "--default-artifact-root", settings.artifact_root.as_uri(),
                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env)
+
+
+def _stack(config: Optional[list[str]]):
+    from driftloop import stack as stack_mod
+
+    # configs/stack.yaml describes the stack; further overlays (-c) may move its ports or folder.
+    return stack_mod, stack_mod.from_settings(_settings(["stack", *(config or [])]))
+
+
+@stack_app.command("up")
+def stack_up(config: Optional[list[str]] = ConfigOpt,
+             service: Optional[list[str]] = typer.Option(None, "--service", "-s",
+                                                         help="Only these services (repeatable).")) -> None:
+    """Start the stack (what is already healthy is left alone); print the URLs."""
+    mod, stack = _stack(config)
+    t0 = datetime.now(timezone.utc)
+    try:
+        out = mod.up(stack, service or None, progress=lambda m: console.print(f"  {m}"))
+    except mod.StackError as exc:
+        console.print(f"[red]stack up failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    took = (datetime.now(timezone.utc) - t0).total_seconds()
+    table = Table("service", "url", "state")
+    for s in out:
+        table.add_row(s.name, s.url, "started" if s.started_s is not None else "already running")
+    console.print(table)
+    console.print(f"stack ready in {took:.1f} s (data under {stack.root}). Use it with "
+                  f"[bold]-c stack[/bold] (or DRIFTLOOP_CONFIG=stack); stop it with `driftloop stack down`.")
+
+
+@stack_app.command("down")
+def stack_down(config: Optional[list[str]] = ConfigOpt) -> None:
+    """Stop every server of the stack (data is kept)."""
+    mod, stack = _stack(config)
+    stopped = mod.down(stack, progress=lambda m: console.print(f"  {m}"))
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status(config: Optional[list[str]] = ConfigOpt) -> None:
+    """Health of every server of the stack."""
+    mod, stack = _stack(config)
+    table = Table("service", "url", "healthy")
+    rows = mod.status(stack)
+    for s in rows:
+        table.add_row(s.name, s.url, "[green]yes[/green]" if s.healthy else "[red]no[/red]")
+    console.print(table)
+    if not all(s.healthy for s in rows):
+        raise typer.Exit(1)
+
+
+@stack_app.command("env")
+def stack_env(config: Optional[list[str]] = ConfigOpt) -> None:
+    """Print `export` lines for a shell that uses the stack: eval "$(driftloop stack env)"."""
+    import shlex
+
+    mod, stack = _stack(config)
+    mod.load_secrets(stack, create=False)
+    for key, value in (stack.client_env() | {"PREFECT_API_URL": stack.prefect_api_url,
+                                              "DRIFTLOOP_CONFIG": "stack"}).items():
+        print(f"export {key}={shlex.quote(value)}")
 
 
 def main() -> None:  # pragma: no cover

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -103,8 +104,12 @@ class ServingProcess:
         log = settings.state_dir / "serving.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "ab")
+        # /feedback needs a bearer token: the user's, or one made up for this demo run only (the
+        # server refuses to start without one, and the annotators must send it).
+        token_env = settings.serving.api_token_env
+        self.token = os.environ.get(token_env, "").strip() or secrets.token_urlsafe(32)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, env={**os.environ, token_env: self.token})
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         simulator.wait_ready(self.url, timeout_s, self.proc, hint=f"; see {self._log.name}")
@@ -191,7 +196,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
 
         def annotators() -> None:
             time.sleep(demo.label_delay_s)
-            posted = simulator.annotate(serving.url, drift_answers, demo.label_share, demo.seed)
+            posted = simulator.annotate(serving.url, drift_answers, demo.label_share, demo.seed, token=serving.token)
             tl.step(f"   [bold]4. labels arrive[/bold]: annotators posted {posted} labels to /feedback")
 
         labelling = threading.Thread(target=annotators, daemon=True)
@@ -203,7 +208,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         # to refresh the monitoring reference).
         live = simulator.LiveTraffic(serving.url, splits["live_known"], splits["live_new"], demo.new_share,
                                      demo.label_share, demo.concurrency, demo.seed + 100,
-                                     start_when=lambda: parts.registry.rollout_state().active)
+                                     start_when=lambda: parts.registry.rollout_state().active, token=serving.token)
         with (tl.timed("monitoring flow (drift) + retraining flow" + (" + rollout flow" if staged else "")),
               console.status("monitoring flow on the drifted window (a retrain run starts if it fires"
                              + (", then a rollout run)" if staged else ")")),
@@ -255,7 +260,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
                               demo.after_requests, demo.new_share, demo.seed + 2)
         after_answers = simulator.send(serving.url, after, demo.concurrency)
         failed += sum(a.status != 200 for a in after_answers)
-        simulator.annotate(serving.url, after_answers, demo.label_share, demo.seed + 3)
+        simulator.annotate(serving.url, after_answers, demo.label_share, demo.seed + 3, token=serving.token)
         with (tl.timed("monitoring flow (steady state)"),
               console.status("monitoring flow on the new champion's traffic")):
             steady = monitoring(config=config)

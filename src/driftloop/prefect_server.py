@@ -32,12 +32,18 @@ class PrefectServer:
         return self.api_url.removesuffix("/api")
 
 
+# The client retries 429/502/503 and lost connections by itself; a server whose database is
+# briefly away answers 500, which is worth retrying too (with back-off, about a minute in all).
+CLIENT_RETRIES = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": os.environ.get("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")}
+
+
 def prefect_env(home: Path) -> dict[str, str]:
     return {
         "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        **CLIENT_RETRIES,
     }
 
 
@@ -59,6 +65,8 @@ def ensure_server(home: Path, port: int, host: str = "127.0.0.1", timeout_s: flo
     cmd = [str(exe), "server", "start", "--host", host, "--port", str(port)]
     env = os.environ | prefect_env(home)
     env.pop("PREFECT_API_URL", None)
+    # The UI's pages call the API at this URL; Prefect derives it from its default port, not --port.
+    env["PREFECT_UI_API_URL"] = api_url
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -209,6 +209,7 @@ class Registry:
             # URI, not this client's.
             version = self.client.create_model_version(
                 self.model_name, source=info.model_uri, run_id=run_id, tags=version_tags,
+                model_id=info.model_id,  # a tracking server needs it to resolve the models:/ source
             )
         return ModelRef(self.model_name, str(version.version))
 

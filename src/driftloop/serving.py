@@ -13,11 +13,13 @@ children of the serving version are bound once per model swap.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
 import queue
 import random
+import re
 import threading
 import time
 import zlib
@@ -25,7 +27,7 @@ from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,9 +37,10 @@ from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from driftloop import tracing
 from driftloop.modelling import TextClassifier
 from driftloop.predlog import FeedbackLog, PredictionLog
-from driftloop.settings import ServingSettings
+from driftloop.settings import ServingSettings, TracingSettings
 from driftloop.types import (
     MODE_AB,
     MODE_BLUEGREEN,
@@ -81,6 +84,16 @@ class LoadedModel:
     ref: ModelRef
     model: TextClassifier
     loaded_at: float
+
+
+def _count_words(text: str) -> int:
+    return len(text.split())
+
+
+def token_counter(model: Any) -> Callable[[str], int]:
+    """How many tokens a text is for ``model``: its own count when it has one (a family with a
+    real tokenizer counts what it sees), whitespace-separated words otherwise."""
+    return getattr(model, "count_tokens", None) or _count_words
 
 
 # -- request and response shapes (documentation: the bodies are parsed by hand, see _parse_*) ---
@@ -305,7 +318,7 @@ class ModelHolder:
             model = self.source.load(ref)
             # Warm-up: builds the model's lazy state here rather than on a request.
             model.predict(["warm up"])
-            model.count_tokens("warm up")
+            token_counter(model)("warm up")
             loaded = LoadedModel(ref, model, time.time())
             log.info("loaded %s in %.2fs", ref, time.perf_counter() - started)
         return loaded
@@ -498,7 +511,8 @@ class ShadowRunner:
             started = time.perf_counter()
             try:
                 predictions = model.predict(texts)
-                tokens = [model.count_tokens(t) for t in texts]
+                count = token_counter(model)
+                tokens = [count(t) for t in texts]
             except Exception as exc:
                 elapsed = time.perf_counter() - started
                 bound.failed.inc(len(texts))
@@ -609,6 +623,54 @@ def new_request_id() -> str:
     """
     value = (int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR) | _UUID4_SET
     return f"{value:032x}"
+
+
+# An incoming X-Request-Id is kept when it is this plain (it lands in logs and traces as it is);
+# anything else is replaced by a fresh id rather than refused.
+_INCOMING_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def http_request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The HTTP request's id: the caller's ``X-Request-Id`` when it is plain, else a new one.
+
+    It names the HTTP exchange (the response header, its trace span), not a prediction: each
+    text answered gets its own server-made ``request_id`` in the body, the key of /feedback,
+    which a caller must not be able to choose."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if _INCOMING_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return new_request_id()
+
+
+class MissingApiToken(RuntimeError):
+    """``serving.require_token`` is true and the token's environment variable is unset."""
+
+
+def read_api_token(cfg: ServingSettings, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The bearer token /feedback requires, from the variable ``cfg.api_token_env``.
+
+    None (no token: /feedback is open) only when ``cfg.require_token`` is false; otherwise an
+    unset or empty variable raises :class:`MissingApiToken`, so the app refuses to start.
+    Surrounding whitespace is dropped: a Secret made from a file often ends in a newline."""
+    token = environ.get(cfg.api_token_env, "").strip()
+    if token:
+        return token
+    if cfg.require_token:
+        raise MissingApiToken(
+            f"serving.require_token is true but ${cfg.api_token_env} is unset or empty: export it "
+            f"(a long random secret, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'), "
+            f"or set serving.require_token: false to leave /feedback open on a trusted loopback")
+    return None
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.strip().partition(b" ")
+            return credentials.strip() if scheme.lower() == b"bearer" else b""
+    return None
 
 
 def _parse_json_object(body: bytes, shape: str) -> dict[str, Any]:
@@ -723,11 +785,22 @@ class ServingApp(FastAPI):
 
 
 def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
-               low_confidence: float = 0.5, monitor_status: Path | None = None) -> ServingApp:
+               low_confidence: float = 0.5, monitor_status: Path | None = None,
+               api_token: str | None = None) -> ServingApp:
     """The serving app. Nothing happens until it starts: the logs are opened, the champion (and
     a rollout's challenger) loaded and the poller started in its lifespan (a missing or failing
     champion leaves it running but not ready). ``monitor_status`` is the file the monitoring
-    flow writes its latest verdict to (exported as the drift gauges)."""
+    flow writes its latest verdict to (exported as the drift gauges).
+
+    ``api_token``: the bearer token /feedback requires; None reads it with
+    :func:`read_api_token`, which raises :class:`MissingApiToken` when it is required and unset
+    (the app is not built at all). Spans go to whatever :func:`driftloop.tracing.configure`
+    installed (nothing when tracing is off)."""
+    token = api_token if api_token is not None else read_api_token(cfg)
+    expected_token = token.encode() if token else None
+    if expected_token is None:
+        log.warning("no API token ($%s unset, serving.require_token false): /feedback accepts anyone",
+                    cfg.api_token_env)
     metrics = ServingMetrics()
     holder = ModelHolder(source, metrics, cfg.reload_interval_s, low_confidence)
     answers = _Answers(cfg.feedback_memory)
@@ -800,16 +873,38 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
 
     def predict_with(part: _Slot, texts: list[str]) -> tuple[list[Prediction], list[int]]:
         model = part.loaded.model
-        return model.predict(texts), [model.count_tokens(t) for t in texts]
+        count = token_counter(model)
+        return model.predict(texts), [count(t) for t in texts]
 
-    async def answer_predict(body: bytes, started: float, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
-        """Status and JSON body of one /predict call, shared by the fast path and the route."""
-        try:
-            return await _answer_predict(body, started, headers)
-        finally:
-            activity[0] = time.monotonic()
+    async def serve_predict(scope: dict[str, Any], receive: Receive) -> tuple[int, bytes, str] | None:
+        """Status, JSON body and HTTP request id of one /predict call, in its span; shared by
+        the fast path and the route. None: the client left before its body arrived."""
+        started = time.perf_counter()
+        headers = scope["headers"]
+        request_id = http_request_id(headers)
+        with tracing.span("POST /predict", {"driftloop.request_id": request_id, "http.request.method": "POST",
+                                            "url.path": "/predict"}, kind="server") as span:
+            try:
+                body = await _receive_body(scope, receive, body_limit)
+            except _Disconnected:
+                span.set("driftloop.disconnected", True)
+                return None
+            except BadRequest as exc:
+                status, payload = reject("predict", holder.version_or_none(), exc)
+            else:
+                try:
+                    status, payload = await _answer_predict(body, started, headers, span)
+                finally:
+                    activity[0] = time.monotonic()
+            if span.recording:
+                span.set_many({"http.response.status_code": status,
+                               "driftloop.latency_ms": (time.perf_counter() - started) * 1000.0})
+                if status >= 500:
+                    span.fail(f"answered {status}")
+        return status, payload, request_id
 
-    async def _answer_predict(body: bytes, started: float, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    async def _answer_predict(body: bytes, started: float, headers: list[tuple[bytes, bytes]],
+                              span: tracing.Span) -> tuple[int, bytes]:
         snap = holder.serving  # read once: the whole request uses this routing
         if snap is None:
             return reject("predict", "none", BadRequest(
@@ -817,6 +912,7 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         try:
             texts = parse_predict(body, cfg)
         except BadRequest as exc:
+            span.set("driftloop.model_version", snap.champion.bound.version)
             return reject("predict", snap.champion.bound.version, exc)
         part = snap.canary if snap.canary is not None and snap.pick_canary(headers) else snap.champion
         inline = len(texts) <= INLINE_TEXTS
@@ -842,9 +938,14 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
                     errors_total.labels("log_write").inc()
                 if part is snap.champion:
                     requests_total.labels("predict", "500", bound.version, bound.slot).inc()
+                    if span.recording:
+                        span.set_many({"driftloop.model_version": bound.version, "driftloop.slot": bound.slot,
+                                       "driftloop.batch_size": len(texts)})
+                        span.fail("the model failed on this input", exc)
                     return 500, b'{"detail": "the model failed on this input"}'
                 # A failing canary costs the caller nothing: the champion answers instead (the
                 # failure is logged against the canary, which is what the rollout analysis reads).
+                span.event("canary failed", {"driftloop.model_version": bound.version}, exc=exc)
                 part = snap.champion
                 ids = [new_request_id() for _ in texts]
         elapsed = time.perf_counter() - started
@@ -861,24 +962,25 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         answers.add(ids, bound.version, bound.slot, predictions)
         bound.ok.inc()
         bound.observe(predictions, tokens, elapsed)
+        if span.recording:
+            span.set_many({"driftloop.model_name": part.loaded.ref.name, "driftloop.model_version": bound.version,
+                           "driftloop.slot": bound.slot, "driftloop.batch_size": len(texts),
+                           "driftloop.tokens": sum(tokens), "driftloop.prediction_ids": ids,
+                           "driftloop.rollout_id": snap.routing.state.rollout_id or None})
         # By hand, as in the prediction log: json.dumps of the nested dicts costs more.
         items = [f'{{"request_id":"{rid}","intent":{_q(p.intent)},"confidence":{float(p.confidence)!r}}}'
                  for rid, p in zip(ids, predictions)]
         return 200, f'{{"model_version":{bound.version_json},"predictions":[{",".join(items)}]}}'.encode()
 
     async def fast_predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        try:
-            body = await _receive_body(scope, receive, body_limit)
-        except _Disconnected:
+        answered = await serve_predict(scope, receive)
+        if answered is None:
             return
-        except BadRequest as exc:
-            status, payload = reject("predict", holder.version_or_none(), exc)
-        else:
-            status, payload = await answer_predict(body, started, scope["headers"])
+        status, payload, request_id = answered
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode())]})
+                                (b"content-length", str(len(payload)).encode()),
+                                (b"x-request-id", request_id.encode())]})
         await send({"type": "http.response.body", "body": payload})
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=predict_body,
@@ -886,24 +988,54 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
     async def predict(request: Request) -> Response:
         """Classify one text or a batch; each text gets its own ``request_id``."""
         # Reached only when the fast path steps aside (see ServingApp); same answers.
-        started = time.perf_counter()
-        try:
-            body = await _receive_body(request.scope, request.receive, body_limit)
-        except _Disconnected:
+        answered = await serve_predict(request.scope, request.receive)
+        if answered is None:
             return Response(status_code=400)  # nobody is left to read it
-        except BadRequest as exc:
-            status, payload = reject("predict", holder.version_or_none(), exc)
-        else:
-            status, payload = await answer_predict(body, started, request.scope["headers"])
-        return Response(payload, status, media_type=_JSON)
+        status, payload, request_id = answered
+        return Response(payload, status, media_type=_JSON, headers={"X-Request-Id": request_id})
 
     app.fast_predict = fast_predict
 
-    @app.post("/feedback", status_code=202, openapi_extra=feedback_body,
-              responses={**error_responses, 202: {"description": "recorded"}})
+    def unauthorized(given: bytes | None, version: str) -> Response | None:
+        """The 401 for a request without the right bearer token; None when it may pass."""
+        if expected_token is None:
+            return None
+        # compare_digest: the time taken must not tell how much of a guess was right.
+        if given and hmac.compare_digest(given, expected_token):
+            return None
+        requests_total.labels("feedback", "401", version, "none").inc()
+        errors_total.labels("unauthorized").inc()
+        message = ("missing; send 'Authorization: Bearer <token>'" if given is None
+                   else "not the expected bearer token")
+        challenge = 'Bearer realm="driftloop"' + ("" if given is None else ', error="invalid_token"')
+        body = json.dumps({"detail": f"Authorization: {message}",
+                           "errors": [{"field": "Authorization", "message": message}]})
+        return Response(body, 401, media_type=_JSON, headers={"WWW-Authenticate": challenge})
+
+    feedback_responses: dict[int | str, dict[str, Any]] = {
+        **error_responses, 202: {"description": "recorded"},
+        401: {"model": ErrorResponse, "description": "no or wrong bearer token (when one is configured)"}}
+
+    @app.post("/feedback", status_code=202, openapi_extra=feedback_body, responses=feedback_responses)
     async def feedback(request: Request) -> Response:
-        """Record the true label of an answered request (any label, known to the model or not)."""
+        """Record the true label of an answered request (any label, known to the model or not).
+        Needs ``Authorization: Bearer <token>`` when the server has a token (``serving.api_token_env``)."""
+        request_id = http_request_id(request.scope["headers"])
+        with tracing.span("POST /feedback", {"driftloop.request_id": request_id, "http.request.method": "POST",
+                                             "url.path": "/feedback"}, kind="server") as span:
+            response = await _feedback(request, span)
+            if span.recording:
+                span.set("http.response.status_code", response.status_code)
+                if response.status_code >= 500:
+                    span.fail(f"answered {response.status_code}")
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    async def _feedback(request: Request, span: tracing.Span) -> Response:
         version = holder.version_or_none()
+        refused = unauthorized(_bearer(request.scope["headers"]), version)
+        if refused is not None:
+            return refused
         try:
             request_id, label = parse_feedback(
                 await _receive_body(request.scope, request.receive, FEEDBACK_BODY_LIMIT))
@@ -923,6 +1055,12 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         answered = answers.get(request_id)
         if answered is not None:
             metrics.feedback_labels.labels(answered[0], answered[1], "true" if answered[2] == label else "false").inc()
+        if span.recording:
+            # The version and slot that gave the answer, when this replica still remembers it.
+            span.set_many({"driftloop.feedback.request_id": request_id, "driftloop.feedback.label": label,
+                           "driftloop.model_version": answered[0] if answered else version,
+                           "driftloop.slot": answered[1] if answered else None,
+                           "driftloop.feedback.correct": (answered[2] == label) if answered else None})
         requests_total.labels("feedback", "202", version, "none").inc()
         return Response(json.dumps({"status": "accepted", "request_id": request_id}), 202,
                         media_type=_JSON)
@@ -983,10 +1121,18 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
 
 
 def run_server(cfg: ServingSettings, source: ModelSource, log_root: Path, *, low_confidence: float = 0.5,
-               monitor_status: Path | None = None) -> None:
-    """Serve until interrupted: one uvicorn worker on ``cfg.host:cfg.port`` (the CLI's entry)."""
+               monitor_status: Path | None = None, trace_cfg: TracingSettings | None = None) -> None:
+    """Serve until interrupted: one uvicorn worker on ``cfg.host:cfg.port`` (the CLI's entry).
+    Raises :class:`MissingApiToken` before binding anything when the token is required and unset.
+    ``trace_cfg``: tracing is configured from it here, the process's entry (None: left as is)."""
     import uvicorn
 
     app = create_app(cfg, source, log_root, low_confidence=low_confidence, monitor_status=monitor_status)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1,
-                log_level="warning", access_log=False)
+    if trace_cfg is not None:
+        tracing.configure(trace_cfg, component="serving")
+    try:
+        uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1,
+                    log_level="warning", access_log=False)
+    finally:
+        if trace_cfg is not None:
+            tracing.shutdown()  # the spans still in the batch leave before the process does

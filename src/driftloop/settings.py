@@ -51,6 +51,51 @@ class ModelSettings(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+_DASK_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
+
+
+class DaskSettings(_Section):
+    # null: a temporary LocalCluster on this machine for the run, listening on 127.0.0.1 only.
+    # Set a running scheduler's address (tcp://host:8786) to score candidates on its workers,
+    # which need driftloop installed.
+    address: str | None = None
+    n_workers: int = Field(2, ge=1)
+    # One thread per worker process: fitting holds the GIL, so threads would not add speed.
+    threads_per_worker: int = Field(1, ge=1)
+
+    @field_validator("address")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(_DASK_SCHEMES):
+            raise ValueError(f"selection.dask.address: expected a Dask scheduler address such as "
+                             f"tcp://host:8786, got {value!r}")
+        return value
+
+
+class SelectionSettings(_Section):
+    """Model selection before training: every combination of `grid` is scored by k-fold
+    cross-validation on the training set (never the shared evaluation set) and the best one is
+    trained and registered. An empty grid trains `model` as configured, with no search."""
+
+    # Parameter name (a key of model.params, or `family`) -> the values to try.
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    folds: int = Field(3, ge=2, le=20)
+    runner: Literal["sequential", "dask"] = "sequential"
+    dask: DaskSettings = DaskSettings()
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if not values:
+                raise ValueError(f"selection.grid.{key}: give at least one value")
+            seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"selection.grid.{key}: values repeat, got {values}")
+        return value
+
+
 class RegistrySettings(_Section):
     # None means the embedded default: SQLite under the state dir.
     tracking_uri: str | None = None
@@ -101,6 +146,14 @@ class RetrainPolicy(_Section):
     # calibration needs); otherwise it inherits the previous reference.
     refresh_reference: bool = True
     reference_size: int = Field(800, gt=0)
+    # How a monitoring run that decides to retrain starts the retrain. inline: it runs the
+    # retraining flow itself, as a subflow (one process, no deployments needed). event: it emits
+    # `driftloop.drift.detected` and returns; the deployment trigger in prefect.yaml starts the
+    # retrain run on a worker, deduplicated by the window's hash.
+    dispatch: Literal["inline", "event"] = "inline"
+    # `driftloop retrain` creates a run of this deployment ("flow/deployment", e.g.
+    # "retraining/retrain") on the Prefect server instead of running in process (null: in process).
+    via_deployment: str | None = None
 
 
 class StageSpec(_Section):
@@ -222,12 +275,73 @@ class ServingSettings(_Section):
     # The shadow model yields to user requests, but answers at least this many mirrored requests
     # a second even under full load (so a shadow stage still gathers its samples).
     shadow_min_rate: float = Field(50.0, ge=0)
+    # /feedback writes the labels retraining learns from, so it takes a bearer token, read from
+    # the environment variable named here (a Secret in Kubernetes), never from a file in git.
+    api_token_env: str = Field("DRIFTLOOP_API_TOKEN", min_length=1)
+    # true: the app refuses to start while that variable is unset or empty (safe by default:
+    # a forgotten Secret cannot silently open /feedback). false: /feedback is open when no token
+    # is set (a trusted loopback only); a token that is set is always enforced.
+    require_token: bool = True
 
     @field_validator("host")
     @classmethod
     def _loopback_by_default(cls, value: str) -> str:
         if value in {"0.0.0.0", "::"} and os.environ.get("DRIFTLOOP_ALLOW_PUBLIC_BIND") != "1":
             raise ValueError("serving.host: binding every interface needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1")
+        return value
+
+
+class StorageSettings(_Section):
+    """Where data versions go. Embedded: a local DVC remote beside the datasets. At scale: an
+    S3-compatible store; credentials come from the environment (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY), never from configuration files."""
+    dvc_remote: str | None = None       # None: <state_dir>/dvc-remote; or s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # an S3-compatible server (SeaweedFS, MinIO); None: AWS
+
+
+class StackSettings(_Section):
+    """The real stack started by `driftloop stack up`, every server on 127.0.0.1 (configs/stack.yaml
+    points the loop at it). Secrets (the PostgreSQL password, the S3 keys) come from the
+    environment, else are generated once into ``<dir>/secrets.env`` (mode 600, outside git)."""
+    dir: Path = Path(".driftloop/stack")
+    postgres_port: int = Field(5433, gt=0, lt=65536)
+    postgres_user: str = "driftloop"
+    s3_port: int = Field(8333, gt=0, lt=65536)
+    bucket: str = "driftloop"
+    mlflow_port: int = Field(5000, gt=0, lt=65536)
+    prefect_port: int = Field(4300, gt=0, lt=65536)
+    prometheus_port: int = Field(9090, gt=0, lt=65536)
+    work_pool: str = "driftloop"
+    # Which parts `stack up` starts; the serving app is started by `driftloop serve -c stack`.
+    services: list[str] = ["postgres", "s3", "mlflow", "prefect", "worker", "prometheus"]
+    start_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("services")
+    @classmethod
+    def _known_services(cls, value: list[str]) -> list[str]:
+        known = ["postgres", "s3", "mlflow", "prefect", "worker", "prometheus"]
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise ValueError(f"stack.services: unknown {unknown}; known: {known}")
+        return value
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry traces of serving requests and flow runs, exported over OTLP (http/protobuf)."""
+
+    # A collector's base URL (http://collector:4318; a URL ending in /v1/traces is used as it
+    # is). null: the standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT
+    # variables when set, else tracing is off (no provider, no cost). Collector credentials go in
+    # OTEL_EXPORTER_OTLP_HEADERS, which the exporter reads itself, never in this file.
+    otlp_endpoint: str | None = None
+    service_name: str = Field("driftloop", min_length=1)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"tracing.otlp_endpoint: expected an http(s) URL such as "
+                             f"http://collector:4318, got {value!r}")
         return value
 
 
@@ -293,19 +407,29 @@ class Settings(BaseSettings):
     project: ProjectSettings = ProjectSettings()
     data: DataSettings = DataSettings()
     model: ModelSettings = ModelSettings()
+    selection: SelectionSettings = SelectionSettings()
     registry: RegistrySettings = RegistrySettings()
     promotion: PromotionPolicy = PromotionPolicy()
     monitor: MonitorSettings = MonitorSettings()
     retrain: RetrainPolicy = RetrainPolicy()
     rollout: RolloutSettings = RolloutSettings()
     serving: ServingSettings = ServingSettings()
+    tracing: TracingSettings = TracingSettings()
     prefect: PrefectSettings = PrefectSettings()
+    storage: StorageSettings = StorageSettings()
+    stack: StackSettings = StackSettings()
     demo: DemoSettings = DemoSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
         if self.monitor.min_window > self.monitor.window_size:
             raise ValueError("monitor.min_window must not exceed monitor.window_size")
+        # A family ignores parameters it does not know, so a misspelt grid key would search
+        # nothing; the grid may only vary parameters the base model names.
+        for key in self.selection.grid:
+            if key != "family" and key not in self.model.params:
+                raise ValueError(f"selection.grid.{key}: not a parameter in model.params "
+                                 f"(known: {', '.join(sorted(self.model.params)) or 'none'}, family)")
         return self
 
     # Derived locations: one place decides where each thing lives under the state dir.
@@ -320,7 +444,10 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
 
     @property
-    def artifact_root(self) -> Path:
+    def artifact_root(self) -> Path | None:
+        """Local artifacts for the embedded SQLite store; a tracking server decides its own."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
         return (self.state_dir / "mlartifacts").resolve()
 
     @property

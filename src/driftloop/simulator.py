@@ -119,14 +119,16 @@ class LiveTraffic:
 
     def __init__(self, base_url: str, known: pd.DataFrame, new: pd.DataFrame, new_share: float,
                  label_share: float, concurrency: int, seed: int, batch: int = 200,
-                 start_when: Callable[[], bool] | None = None):
-        """``start_when``: traffic waits until it returns true (checked every 0.2 s)."""
+                 start_when: Callable[[], bool] | None = None, token: str | None = None):
+        """``start_when``: traffic waits until it returns true (checked every 0.2 s); ``token``:
+        the bearer token /feedback needs."""
         import threading
 
         self.start_when = start_when
         self.base_url, self.known, self.new = base_url, known, new
         self.new_share, self.label_share, self.concurrency = new_share, label_share, concurrency
         self.seed, self.batch = seed, batch
+        self.token = token
         self.answers: list[Answer] = []
         self.labelled = 0
         self._stop = threading.Event()
@@ -153,7 +155,7 @@ class LiveTraffic:
             frame = mix(self.known, self.new, self.batch, self.new_share, self.seed + i)
             answers = send(self.base_url, frame, self.concurrency)
             self.answers.extend(answers)
-            self.labelled += annotate(self.base_url, answers, self.label_share, self.seed + i)
+            self.labelled += annotate(self.base_url, answers, self.label_share, self.seed + i, token=self.token)
             i += 1
 
     @property

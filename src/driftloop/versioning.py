@@ -26,9 +26,17 @@ _LOCK = threading.Lock()
 
 
 class DatasetStore:
-    def __init__(self, root: Path, remote_url: str | None = None):
+    def __init__(self, root: Path, remote_url: str | None = None, endpoint_url: str | None = None):
         self.root = Path(root).resolve()
         self.remote_url = remote_url or str(self.root.parent / "dvc-remote")
+        # An S3-compatible server; DVC's S3 remote reads the keys from the environment.
+        self.endpoint_url = endpoint_url
+
+    def _remote_conf(self) -> dict:
+        conf = {"url": self.remote_url}
+        if self.endpoint_url and self.remote_url.startswith("s3://"):
+            conf["endpointurl"] = self.endpoint_url
+        return conf
 
     def _repo(self):
         os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -38,12 +46,18 @@ class DatasetStore:
             self.root.mkdir(parents=True, exist_ok=True)
             repo = Repo.init(str(self.root), no_scm=True)
             with repo.config.edit() as conf:
-                conf["remote"] = {"store": {"url": self.remote_url}}
-                conf["core"]["remote"] = "store"
                 conf["core"]["analytics"] = False
                 conf["core"]["autostage"] = False
-            return repo
-        return Repo(str(self.root))
+        else:
+            repo = Repo(str(self.root))
+        # The remote follows the configuration: switching embedded <-> stack is configuration only.
+        wanted = self._remote_conf()
+        if repo.config["remote"].get("store") != wanted or repo.config["core"].get("remote") != "store":
+            with repo.config.edit() as conf:
+                conf["remote"]["store"] = wanted
+                conf["core"]["remote"] = "store"
+            repo = Repo(str(self.root))
+        return repo
 
     def commit(self, frame: pd.DataFrame, name: str) -> DataVersion:
         """Write ``frame`` as ``<name>.csv``, ``dvc add`` and ``dvc push`` it; return its version."""

@@ -30,7 +30,7 @@ def build(settings: Settings) -> Components:
                           artifact_root=settings.artifact_root),
         history=ChampionHistory(settings.history_path),
         ledger=TriggerLedger(settings.trigger_state_path),
-        datasets=DatasetStore(settings.datasets_dir),
+        datasets=DatasetStore(settings.datasets_dir, settings.storage.dvc_remote, settings.storage.s3_endpoint_url),
         log_root=settings.log_dir,
         prepared_dir=state / "prepared",
         reports_dir=settings.reports_dir,

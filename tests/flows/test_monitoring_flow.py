@@ -143,3 +143,42 @@ def test_a_promotion_that_regresses_is_undone_by_the_next_monitor_run(champion_p
     assert parts.registry.champion() == out.retrain.champion and out.retrain.champion != v2
     # the next run finds nothing left to undo
     assert monitoring().rolled_back is None
+
+
+def _drift_events(window_id: str) -> list[dict]:
+    """``driftloop.drift.detected`` events the server stored for a window (its events API)."""
+    import httpx
+    from prefect.settings import get_current_settings
+
+    body = {"filter": {"event": {"name": ["driftloop.drift.detected"]}}, "limit": 50}
+    found = httpx.post(f"{get_current_settings().api.url}/events/filter", json=body, timeout=10).json()["events"]
+    return [e for e in found if e["payload"].get("window_id") == window_id]
+
+
+def test_event_dispatch_emits_one_drift_event_per_window_instead_of_retraining(champion_parts, monkeypatch):
+    """retrain.dispatch: event — the monitor records the window and emits the event with the
+    window's deterministic id; the deployment trigger (prefect.yaml) starts the retrain."""
+    import time
+
+    from driftloop.triggers import drift_event_id
+
+    parts = champion_parts
+    monkeypatch.setenv("DRIFTLOOP__RETRAIN__DISPATCH", "event")
+    before = retrain_runs()
+    known = read_labelled(parts.prepared_dir / "live_known.csv")
+    new = read_labelled(parts.prepared_dir / "live_new.csv")
+    serve_window(parts, simulator.mix(known, new, 400, 0.35, seed=5), "drift")
+    first = monitoring()
+    window = first.drift.window_id
+    assert first.decision.retrain and first.retrain is None
+    assert first.event_id == str(drift_event_id(parts.registry.model_name, window))
+    assert retrain_runs() == before   # no inline retrain
+    assert [r.window_id for r in parts.ledger.records()] == [window]
+    second = monitoring()
+    assert second.drift.window_id == window and not second.decision.retrain and second.event_id == ""
+    deadline = time.monotonic() + 20
+    while not (events := _drift_events(window)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [e["id"] for e in events] == [first.event_id]
+    assert events[0]["resource"]["prefect.resource.id"] == f"driftloop.model.{parts.registry.model_name}"
+    assert events[0]["payload"]["report"] == first.report and events[0]["payload"]["champion_version"] == "1"

@@ -19,6 +19,7 @@ from driftloop.modelling import TfidfFamily
 from driftloop.settings import ServingSettings, load_settings
 from driftloop.serving import create_app
 from flows.rollout import PROMOTED, REGRESSED, ROLLED_BACK, rollout
+from tests.conftest import AUTH
 from tests.flows.rollout_models import DegradingClassifier, SlowClassifier
 from tests.integration.conftest import serve_in_thread
 
@@ -62,7 +63,7 @@ class Traffic:
                 self.responses.append((time.time(), caller, r.status_code, version))
                 if r.status_code == 200 and rng.random() < self.label_share:
                     rid = r.json()["predictions"][0]["request_id"]
-                    client.post("/feedback", json={"request_id": rid, "label": labels[i]})
+                    client.post("/feedback", json={"request_id": rid, "label": labels[i]}, headers=AUTH)
 
     @property
     def failures(self) -> list[tuple[float, str, int, str]]:

@@ -7,13 +7,20 @@ import json
 
 import pytest
 
-from driftloop import wiring
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from driftloop import tracing, wiring
 from driftloop.dataset import read_labelled
 from flows.training import training
 
 
 def test_first_training_promotes_with_lineage(settings, tmp_path):
-    out = training(reason="first", trigger="test")
+    spans = InMemorySpanExporter()
+    tracing.configure(settings.tracing, exporter=spans)
+    try:
+        out = training(reason="first", trigger="test")
+    finally:
+        tracing.shutdown()
     parts = wiring.build(settings)
     assert out.decision.promote
     assert parts.registry.champion() == out.candidate
@@ -21,6 +28,11 @@ def test_first_training_promotes_with_lineage(settings, tmp_path):
     for key in ("data.md5", "git.commit", "config.hash", "prefect.flow_run_id", "eval.md5", "metric.accuracy"):
         assert tags.get(key), key
     assert tags["config.hash"] == settings.config_hash()
+    # the run is one span with its Prefect run id and its outcome
+    [span] = [s for s in spans.get_finished_spans() if s.name == "flow training"]
+    assert span.attributes["driftloop.flow.run_id"] == tags["prefect.flow_run_id"]
+    assert span.attributes["driftloop.model_version"] == out.candidate.version
+    assert span.attributes["driftloop.promote"] is True
     # v1 never saw the 10 new intents: good on the rest, so between 0.75 and 0.9 overall
     assert 0.75 < out.report.accuracy < 0.9
     entries = parts.history.entries()

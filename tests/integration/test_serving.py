@@ -30,6 +30,8 @@ from driftloop.settings import ServingSettings
 from driftloop.simulator import wait_ready
 from driftloop.types import ModelRef
 
+from tests.conftest import AUTH
+
 from .conftest import TINY_PARAMS, serve_in_subprocess, serve_in_thread, tiny_frame
 
 LABELS_V1 = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
@@ -79,7 +81,7 @@ def served(registry_for, v1_model, tmp_path_factory):
     ref = publish(registry, v1_model)
     log_root = tmp_path_factory.mktemp("logs-basic")
     with serve_in_thread(create_app(CFG, registry, log_root)) as url, \
-            httpx.Client(base_url=url, timeout=30) as client:
+            httpx.Client(base_url=url, timeout=30, headers=AUTH) as client:
         yield Served(url, client, log_root, ref, v1_model)
 
 
