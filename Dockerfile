@@ -32,7 +32,8 @@ WORKDIR /app
 # Dependencies first, in their own layer: it is rebuilt only when the lock changes.
 # `sync` installs exactly the lock (the same file `make install` syncs), nothing more or less.
 COPY requirements.lock ./
-RUN uv pip sync --system requirements.lock
+# torch is pinned to its CPU build (+cpu), which lives on PyTorch's CPU index.
+RUN uv pip sync --system --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match requirements.lock
 
 # Then the project itself, without re-resolving anything.
 COPY pyproject.toml README.md ./

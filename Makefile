@@ -13,8 +13,12 @@ $(BIN)/python:
 $(BIN)/uv: | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "uv>=0.4"
 
+# torch is the CPU build (torch==2.13.0+cpu): from the wheels folder in PIP_FIND_LINKS when the
+# machine has one (no network to PyTorch's index there), else from PyTorch's CPU index.
+TORCH_SOURCE = $(if $(PIP_FIND_LINKS),--find-links "$(PIP_FIND_LINKS)",--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+
 $(STAMP): requirements.lock pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip sync --python $(BIN)/python $(TORCH_SOURCE) requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
@@ -59,7 +63,8 @@ ui-mlflow: install
 	$(BIN)/driftloop ui mlflow
 
 lock: | $(BIN)/uv
-	$(BIN)/uv pip compile pyproject.toml --extra stack --extra test --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra stack --extra transformer --extra test --python-version 3.11 \
+	  $(TORCH_SOURCE) -o requirements.lock
 
 clean:
 	rm -rf .driftloop

@@ -77,10 +77,12 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
     source = (data.restore_dataset(parts.datasets, md5, parts.reports_dir / f"reference-{md5}.csv")
               if md5 else splits["reference"])
     reference = monitor.predict_reference(champion_model, dataset.read_labelled(source, TEXT, LABEL))
+    # A champion with sentence embeddings (the transformer family) adds embedding drift.
+    embed = getattr(champion_model, "embed", None)
     calibration = monitor.calibrate(reference, len(window), settings.monitor, champion, parts.reports_dir,
-                                    reference_is_sample=md5 is not None)
+                                    reference_is_sample=md5 is not None, embed=embed)
     result = monitor.detect_drift(reference, window, settings.monitor, calibration,
-                                  parts.reports_dir / f"drift-{run_id}.html")
+                                  parts.reports_dir / f"drift-{run_id}.html", embed=embed)
     report = monitor.publish_drift(parts.registry, result, champion, run_id, settings.registry.ui_url)
     monitor.write_status(result, champion, settings.monitor_status_path)
     decision = monitor.should_retrain(result, settings.monitor, settings.retrain, parts.ledger)

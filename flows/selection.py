@@ -54,15 +54,18 @@ def model_selection(training_set: str, base: ModelSettings, cfg: SelectionSettin
     # access to this machine's files.
     train = dataset.read_labelled(training_set, TEXT, LABEL)
     candidates = selection.expand_grid(base, cfg.grid)
-    futures = [score_candidate.submit(train, c, folds=cfg.folds, metric=cfg.metric, seed=seed)
+    futures = [score_candidate.submit(train, c, folds=cfg.folds, metric=cfg.metric, seed=seed,
+                                      validation_fraction=cfg.validation_fraction)
                for c in candidates]
     scores = [f.result() for f in futures]
     result = selection.choose(scores, folds=cfg.folds, runner=cfg.runner, scheduler=_scheduler_address())
     get_run_logger().info("chose %s (%s): cv %s %.4f", result.chosen.candidate.name,
                           result.chosen.candidate.describe(), result.metric, result.chosen.score)
+    scheme = (f"one stratified {cfg.validation_fraction:.0%} holdout" if cfg.folds == 1
+              else f"{cfg.folds}-fold cross-validation")
     create_table_artifact(result.table(), key="model-selection",
-                          description=f"{len(candidates)} candidates, {cfg.folds}-fold cross-validation "
-                                      f"on the training set, runner {cfg.runner}")
+                          description=f"{len(candidates)} candidates, {scheme} on the training set, "
+                                      f"runner {cfg.runner}")
     return result
 
 

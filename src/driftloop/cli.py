@@ -68,6 +68,11 @@ def demo(config: Optional[list[str]] = ConfigOpt,
     from driftloop.demo import run_demo
 
     settings = _settings(config)
+    if settings.retrain.dispatch != "inline":
+        # The demo shows the loop's timeline in one process: its monitor retrains as a subflow
+        # (the stack's scheduled monitor goes through the drift event and the worker instead).
+        os.environ["DRIFTLOOP__RETRAIN__DISPATCH"] = "inline"
+        settings = _settings(config)
     server = _orchestrator(settings)
     try:
         run_demo(settings, config or [], console, server)

@@ -19,6 +19,15 @@ also carry ``request_id``, ``time`` and ``label`` (feedback, often missing). Thr
   share below ``low_confidence``: with 35% unseen intents both move by ~0.13, but the share's
   no-drift spread is 0.012 against the mean's 0.008 (windows of 400 on BANKING77).
 
+A fourth signal when the champion exposes ``embed(texts)`` (the transformer family):
+
+- ``embedding_drift``: Evidently's embedding drift (``ModelDriftMethod``: a domain classifier on
+  the model's own sentence embeddings, its ROC AUC) between the distinct reference and current
+  texts, the mean over the same reorderings as text drift, calibrated the same way. It sees
+  meaning rather than words: a paraphrase of a known intent stays close, a new topic does not.
+  The value comes from the method itself; the ``EmbeddingsDrift`` metric (the same method plus a
+  t-SNE plot that costs seconds) is in the HTML report only.
+
 Text length and word count are shown in the HTML report only: on BANKING77 they call the train
 and test splits drifted (test texts are 9% shorter), so they must not decide anything.
 
@@ -34,7 +43,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,6 +55,10 @@ TEXT_DRIFT = "text_drift"
 INTENT_DRIFT = "intent_drift"
 CONFIDENCE_DROP = "confidence_drop"
 SIGNALS: tuple[str, ...] = (TEXT_DRIFT, INTENT_DRIFT, CONFIDENCE_DROP)
+# Only for a champion with `embed` (see the module docstring); every calibration has SIGNALS.
+EMBEDDING_DRIFT = "embedding_drift"
+_EMBEDDING = "text_embedding"
+Embedder = Callable[[Sequence[str]], np.ndarray]
 
 _COLUMNS = ("text", "intent", "confidence")
 # Evidently's text drift method that returns the domain classifier's ROC AUC without the
@@ -91,6 +104,9 @@ class Calibration:
     seed: int
     margin: float
     signals: tuple[SignalThreshold, ...]
+
+    def has(self, name: str) -> bool:
+        return any(s.name == name for s in self.signals)
 
     def threshold(self, name: str) -> float:
         for signal in self.signals:
@@ -172,13 +188,16 @@ def _definition(columns: Iterable[str]):
     )
 
 
-def _run(reference: pd.DataFrame, current: pd.DataFrame, metrics: list, descriptors: list | None = None):
+def _run(reference: pd.DataFrame, current: pd.DataFrame, metrics: list, descriptors: list | None = None,
+         embeddings: list[str] | None = None):
     """One Evidently run; its snapshot is read by metric id only."""
     # Imported here, not at module level: importing Evidently takes ~9 s, and flows import this
     # module long before (or without) a monitor run.
     from evidently import Dataset, Report
 
     definition = _definition(current.columns)
+    if embeddings:
+        definition.embeddings = {_EMBEDDING: embeddings}
     with warnings.catch_warnings():
         # Evidently's domain classifier stops SGD at 50 iterations and sklearn warns every time.
         warnings.filterwarnings("ignore", message="Maximum number of iteration")
@@ -208,6 +227,24 @@ def _text_aucs(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[float, .
     return tuple(values)
 
 
+def _embedding_aucs(reference: np.ndarray, current: np.ndarray) -> tuple[float, ...]:
+    """Evidently's embedding drift (domain classifier ROC AUC on the embeddings), once per
+    reordering of the rows, as :func:`_text_aucs` does for the texts."""
+    from evidently.metrics.embeddings import ModelDriftMethod
+
+    method = ModelDriftMethod(bootstrap=False)
+    values = []
+    for split in range(_TEXT_SPLITS):
+        ref, cur = reference, current
+        if split:
+            ref = reference[np.random.default_rng(split).permutation(len(reference))]
+            cur = current[np.random.default_rng(split + 100).permutation(len(current))]
+        # The method adds a target column to the frames it gets: fresh frames every time.
+        score, _, _ = method(pd.DataFrame(cur), pd.DataFrame(ref))
+        values.append(float(score))
+    return tuple(values)
+
+
 def _prediction_signals(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[float, float]:
     """(Jensen-Shannon distance of predicted intents, drop in mean confidence)."""
     from evidently.metrics import MeanValue, ValueDrift
@@ -223,9 +260,10 @@ def _prediction_signals(reference: pd.DataFrame, current: pd.DataFrame) -> tuple
 
 
 def _save_report(reference: pd.DataFrame, current: pd.DataFrame, thresholds: dict[str, float],
-                 path: Path) -> None:
+                 path: Path, embeddings: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The HTML report people read: the three signals (text drift on the first split) with our
-    thresholds, and text length and word count for context only."""
+    thresholds, embedding drift when there are embeddings, and text length and word count for
+    context only."""
     from evidently.descriptors import TextLength, WordCount
     from evidently.metrics import MeanValue, ValueDrift
 
@@ -239,7 +277,17 @@ def _save_report(reference: pd.DataFrame, current: pd.DataFrame, thresholds: dic
         MeanValue(column="word_count"),
     ]
     descriptors = [TextLength("text", alias="text_length"), WordCount("text", alias="word_count")]
-    snapshot = _run(reference, current, metrics, descriptors)
+    columns = None
+    if embeddings is not None:
+        from evidently.metrics.embeddings import EmbeddingsDrift, ModelDriftMethod
+
+        columns = [f"emb_{i}" for i in range(embeddings[0].shape[1])]
+        reference = pd.concat([reference.reset_index(drop=True), pd.DataFrame(embeddings[0], columns=columns)], axis=1)
+        current = pd.concat([current.reset_index(drop=True), pd.DataFrame(embeddings[1], columns=columns)], axis=1)
+        metrics.append(EmbeddingsDrift(embeddings_name=_EMBEDDING,
+                                       drift_method=ModelDriftMethod(bootstrap=False,
+                                                                     threshold=thresholds[EMBEDDING_DRIFT])))
+    snapshot = _run(reference, current, metrics, descriptors, embeddings=columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(path))
 
@@ -257,8 +305,11 @@ def min_reference_size(cfg: MonitorSettings) -> int:
 
 
 def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
-              reference_is_sample: bool = False) -> Calibration:
+              reference_is_sample: bool = False, embed: Embedder | None = None) -> Calibration:
     """Thresholds from the reference's own variation, deterministic for ``cfg.seed``.
+
+    With ``embed`` (the champion's sentence embeddings) embedding drift is calibrated too, on the
+    same two parts of the reference as text drift and scaled the same way.
 
     Each of ``calibration_rounds`` rounds measures every signal on a no-drift pair drawn from
     the reference with the same Evidently metrics detection uses; a threshold is the worst value
@@ -291,11 +342,16 @@ def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
     k = min(window_n, len(ref) // 2)
     text_scale = _auc_spread(len(ref), window_n) / _auc_spread(len(ref) - k, k)
     rng = np.random.default_rng(cfg.seed)
-    seen: dict[str, list[float]] = {name: [] for name in SIGNALS}
+    names = SIGNALS + ((EMBEDDING_DRIFT,) if embed is not None else ())
+    vectors = np.asarray(embed(ref["text"].tolist()), dtype=np.float32) if embed is not None else None
+    seen: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(cfg.calibration_rounds):
         order = rng.permutation(len(ref))
         aucs = _text_aucs(ref.iloc[order[k:]], ref.iloc[order[:k]])
         seen[TEXT_DRIFT].append(0.5 + (float(np.mean(aucs)) - 0.5) * text_scale)
+        if vectors is not None:
+            emb_aucs = _embedding_aucs(vectors[order[k:]], vectors[order[:k]])
+            seen[EMBEDDING_DRIFT].append(0.5 + (float(np.mean(emb_aucs)) - 0.5) * text_scale)
         window = ref.iloc[rng.integers(0, len(ref), size=window_n)]
         # drawn either way, so the flag changes nothing else in the random sequence
         replica = rng.integers(0, len(ref), size=len(ref))
@@ -308,12 +364,13 @@ def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
         INTENT_DRIFT: 0.0,
         # Confidence going up is never drift: the threshold stays a drop.
         CONFIDENCE_DROP: 0.0,
+        EMBEDDING_DRIFT: cfg.text_auc_floor,   # an AUC like text drift's
     }
-    scales = {TEXT_DRIFT: text_scale, INTENT_DRIFT: 1.0, CONFIDENCE_DROP: 1.0}
+    scales = {TEXT_DRIFT: text_scale, INTENT_DRIFT: 1.0, CONFIDENCE_DROP: 1.0, EMBEDDING_DRIFT: text_scale}
     signals = tuple(
         SignalThreshold(name, max(floors[name], max(seen[name]) + cfg.margin), tuple(seen[name]),
                         scales[name])
-        for name in SIGNALS
+        for name in names
     )
     return Calibration(reference_hash=reference_hash(reference), window_n=int(window_n),
                        n_reference=len(ref), seed=cfg.seed, margin=cfg.margin, signals=signals)
@@ -350,9 +407,10 @@ def _live_accuracy(current: pd.DataFrame) -> tuple[float | None, int]:
 
 def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSettings,
                  calibration: Calibration | None = None, report_path: Path | None = None,
-                 window_id: str = "") -> DriftResult:
+                 window_id: str = "", embed: Embedder | None = None) -> DriftResult:
     """Judge one window: each signal against its calibrated threshold, drift when at least
-    ``cfg.min_signals`` fire.
+    ``cfg.min_signals`` fire. With ``embed`` (the champion's sentence embeddings), embedding
+    drift is one more signal; the calibration must then have it.
 
     ``n_current`` counts the distinct texts tested; accuracy uses every labelled request.
     Without ``window_id`` the id comes from ``request_id`` (or, lacking it, the texts).
@@ -364,19 +422,32 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSet
         raise WindowTooSmall(f"window has {len(cur)} distinct texts (of {len(current)} rows); "
                              f"monitor.min_window is {cfg.min_window}")
     if calibration is None:
-        calibration = calibrate(reference, len(cur), cfg)
+        calibration = calibrate(reference, len(cur), cfg, embed=embed)
     elif calibration.reference_hash != reference_hash(reference):
         # A cached calibration of another reference (or another champion's predictions) would
         # judge with the wrong thresholds, silently.
         raise ValueError(f"calibration is for reference {calibration.reference_hash}, "
                          f"not {reference_hash(reference)}")
-    thresholds = {name: calibration.threshold(name) for name in SIGNALS}
+    if embed is not None and not calibration.has(EMBEDDING_DRIFT):
+        raise ValueError("embedding drift asked for, but the calibration has no embedding_drift threshold "
+                         "(calibrate with the same embed)")
+    names = SIGNALS + ((EMBEDDING_DRIFT,) if embed is not None else ())
+    thresholds = {name: calibration.threshold(name) for name in names}
     aucs = _text_aucs(ref, cur)
     intent_js, confidence_drop = _prediction_signals(ref, cur)
     values = {TEXT_DRIFT: float(np.mean(aucs)), INTENT_DRIFT: intent_js, CONFIDENCE_DROP: confidence_drop}
+    vectors = None
+    emb_aucs: tuple[float, ...] = ()
+    if embed is not None:
+        vectors = (np.asarray(embed(ref["text"].tolist()), dtype=np.float32),
+                   np.asarray(embed(cur["text"].tolist()), dtype=np.float32))
+        emb_aucs = _embedding_aucs(*vectors)
+        values[EMBEDDING_DRIFT] = float(np.mean(emb_aucs))
     if report_path is not None:
-        _save_report(ref, cur, thresholds, report_path)
+        _save_report(ref, cur, thresholds, report_path, vectors)
     details = {
+        EMBEDDING_DRIFT: (f"domain classifier ROC AUC on the model's sentence embeddings, mean of "
+                          f"{len(emb_aucs)} splits ({', '.join(f'{a:.3f}' for a in emb_aucs)})"),
         TEXT_DRIFT: (f"domain classifier ROC AUC, mean of {len(aucs)} splits "
                      f"({', '.join(f'{a:.3f}' for a in aucs)}); {len(cur)} distinct of {len(current)} texts"),
         INTENT_DRIFT: "Jensen-Shannon distance of predicted intents",
@@ -386,7 +457,7 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSet
     signals = tuple(
         SignalResult(name=name, value=values[name], threshold=thresholds[name],
                      drifted=values[name] > thresholds[name], detail=details[name])
-        for name in SIGNALS
+        for name in names
     )
     fired = sum(s.drifted for s in signals)
     if not window_id:

@@ -11,6 +11,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -41,8 +42,9 @@ class ModelFamily(Protocol):
     name: str
 
     def fit(self, train: pd.DataFrame, params: dict[str, Any], seed: int = 0,
-            progress: Callable[[str], None] | None = None) -> TextClassifier:
-        ...
+            progress: Callable[[str], None] | None = None,
+            checkpoint_root: Path | None = None) -> TextClassifier:
+        """``checkpoint_root``: where a long-training family may keep resumable checkpoints."""
 
 
 def _softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -143,7 +145,9 @@ class TfidfFamily:
     name = "tfidf"
 
     def fit(self, train: pd.DataFrame, params: dict[str, Any], seed: int = 0,
-            progress: Callable[[str], None] | None = None) -> TfidfIntentModel:
+            progress: Callable[[str], None] | None = None,
+            checkpoint_root: Path | None = None) -> TfidfIntentModel:
+        # checkpoint_root is unused: a fit takes seconds, there is nothing worth resuming.
         import scipy.sparse as sp
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.svm import LinearSVC
@@ -187,7 +191,21 @@ class TfidfFamily:
         return TfidfIntentModel(vecs, clf.coef_, clf.intercept_, clf.classes_, temperature)
 
 
-_FAMILIES: dict[str, Callable[[], ModelFamily]] = {"tfidf": TfidfFamily}
+def _transformer() -> ModelFamily:
+    # Imported on demand: torch and transformers are an optional extra (`transformer`).
+    from driftloop.transformer import TransformerFamily
+
+    return TransformerFamily()
+
+
+def _ensemble() -> ModelFamily:
+    from driftloop.transformer import EnsembleFamily
+
+    return EnsembleFamily()
+
+
+_FAMILIES: dict[str, Callable[[], ModelFamily]] = {"tfidf": TfidfFamily, "transformer": _transformer,
+                                                   "ensemble": _ensemble}
 
 
 def register_family(name: str, factory: Callable[[], ModelFamily]) -> None:

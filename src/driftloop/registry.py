@@ -38,15 +38,19 @@ _GLOBAL_URI_LOCK = threading.RLock()
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
-def _requirements() -> list[str]:
-    """Exact pins of what the pyfunc needs: inference would drag in torch and pytest."""
+def _requirements(model: TextClassifier | None = None) -> list[str]:
+    """Exact pins of what the pyfunc needs: MLflow's inference would drag in every import it saw
+    (pytest included). A family that needs more says so in ``pip_packages`` (the transformer
+    family: torch, transformers, tokenizers, safetensors)."""
     from importlib.metadata import version
 
     pkgs = ["scikit-learn", "numpy", "scipy", "pandas", "joblib", "mlflow-skinny"]
+    pkgs += [p for p in getattr(model, "pip_packages", ()) if p not in pkgs]
     out = []
     for pkg in pkgs:
         try:
-            out.append(f"{pkg}=={version(pkg)}")
+            # A local version label (torch's "+cpu") names a wheel index, not a release: pin the release.
+            out.append(f"{pkg}=={version(pkg).split('+')[0]}")
         except Exception:  # pragma: no cover - a package absent here is simply not pinned
             out.append(pkg)
     return out
@@ -86,6 +90,9 @@ class Registry:
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.experiment = experiment
+        # Against a tracking server MLflow prints "View run … at" for every run to stdout; the
+        # runs are linked from Prefect's artifacts and the CLI's output already.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.artifact_root = Path(artifact_root) if artifact_root else None
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._experiment_id: str | None = None
@@ -193,7 +200,7 @@ class Registry:
                     artifacts={"classifier": str(classifier_path)},
                     signature=signature,
                     input_example=frame,
-                    pip_requirements=_requirements(),
+                    pip_requirements=_requirements(model),
                 )
             run_id = run.info.run_id
             try:

@@ -130,10 +130,15 @@ def fold_ids(labels: Sequence[str], folds: int, seed: int) -> np.ndarray:
 
 
 def score_candidate(train: pd.DataFrame, candidate: Candidate, *, folds: int, metric: str,
-                    seed: int) -> CandidateScore:
-    """Mean ``metric`` over ``folds`` cross-validation folds of ``train``."""
+                    seed: int, validation_fraction: float = 0.2) -> CandidateScore:
+    """Mean ``metric`` over ``folds`` cross-validation folds of ``train``; with ``folds == 1``,
+    ``metric`` on one stratified holdout of about ``validation_fraction`` of the rows."""
     family = get_family(candidate.model.family)
-    ids = fold_ids(train[LABEL].tolist(), folds, seed)
+    if folds == 1:
+        # The first of round(1 / fraction) stratified folds: the same dealing as k-fold, scored once.
+        ids = fold_ids(train[LABEL].tolist(), max(2, round(1 / validation_fraction)), seed)
+    else:
+        ids = fold_ids(train[LABEL].tolist(), folds, seed)
     started = time.perf_counter()
     scores = []
     for k in range(folds):

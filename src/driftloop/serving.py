@@ -915,7 +915,9 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
             span.set("driftloop.model_version", snap.champion.bound.version)
             return reject("predict", snap.champion.bound.version, exc)
         part = snap.canary if snap.canary is not None and snap.pick_canary(headers) else snap.champion
-        inline = len(texts) <= INLINE_TEXTS
+        # A model may lower the inline limit: a transformer's forward pass costs milliseconds
+        # even for one text, which would stall every other request on the event loop.
+        inline = len(texts) <= getattr(part.loaded.model, "inline_texts", INLINE_TEXTS)
         ids = [new_request_id() for _ in texts]
         while True:
             try:

@@ -75,12 +75,15 @@ class DaskSettings(_Section):
 class SelectionSettings(_Section):
     """Model selection before training: every combination of `grid` is scored by k-fold
     cross-validation on the training set (never the shared evaluation set) and the best one is
-    trained and registered. An empty grid trains `model` as configured, with no search."""
+    trained and registered. An empty grid trains `model` as configured, with no search.
+    `folds: 1` scores each candidate once on a stratified holdout of `validation_fraction` of the
+    training set instead: the sensible mode for families that take minutes to fit (transformer)."""
 
     # Parameter name (a key of model.params, or `family`) -> the values to try.
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
-    folds: int = Field(3, ge=2, le=20)
+    folds: int = Field(3, ge=1, le=20)
+    validation_fraction: float = Field(0.2, gt=0, le=0.5)   # the holdout when folds is 1
     runner: Literal["sequential", "dask"] = "sequential"
     dask: DaskSettings = DaskSettings()
 
@@ -314,6 +317,9 @@ class StackSettings(_Section):
     work_pool: str = "driftloop"
     # Which parts `stack up` starts; the serving app is started by `driftloop serve -c stack`.
     services: list[str] = ["postgres", "s3", "mlflow", "prefect", "worker", "prometheus"]
+    # After the worker is up, `prefect deploy --all` (prefect.yaml): the schedules and the drift
+    # trigger are live on the stack's server.
+    deploy: bool = True
     start_timeout_s: float = Field(120.0, gt=0)
 
     @field_validator("services")
@@ -461,6 +467,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.state_dir / "reports"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Resumable training checkpoints, one folder per (training-set hash, settings hash)."""
+        return self.state_dir / "checkpoints"
 
     @property
     def history_path(self) -> Path:

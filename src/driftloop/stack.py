@@ -564,7 +564,27 @@ def up(stack: Stack, services: Iterable[str] | None = None, install: bool = True
         stack.started.append(name)
         out.append(ServiceStatus(name, stack.urls()[name], True, took))
         progress(f"{name}: started in {took:.1f} s at {stack.urls()[name]}")
+    if stack.cfg.deploy and "worker" in wanted and (stack.project_root / "prefect.yaml").exists():
+        t0 = time.monotonic()
+        names = deploy(stack)
+        progress(f"deployments: {', '.join(names)} ({time.monotonic() - t0:.1f} s)")
     return out
+
+
+def deploy(stack: Stack) -> list[str]:
+    """`prefect deploy --all` from the project's prefect.yaml against the stack's server; returns
+    the deployment names the server then holds."""
+    exe = Path(sys.executable).parent / "prefect"
+    env = os.environ | prefect_env(stack) | {"DRIFTLOOP_HOME": str(stack.project_root)}
+    result = subprocess.run([str(exe), "--no-prompt", "deploy", "--all"], cwd=stack.project_root, env=env,
+                            capture_output=True, text=True, timeout=300)
+    stack.path("logs").mkdir(parents=True, exist_ok=True)
+    stack.path("logs", "deploy.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise StackError(f"prefect deploy --all failed (log {stack.path('logs', 'deploy.log')}):\n"
+                         f"{(result.stdout + result.stderr)[-2000:]}")
+    found = httpx.post(f"{stack.prefect_api_url}/deployments/filter", json={}, timeout=10).json()
+    return sorted(d["name"] for d in found)
 
 
 def stop(stack: Stack, name: str) -> bool:

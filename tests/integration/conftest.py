@@ -23,18 +23,19 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_PARAMS = {"char_min_df": 1}
 
 
-def bound_socket() -> socket.socket:
-    """A listening-ready socket on a free 127.0.0.1 port (handed to uvicorn, so no port race)."""
+def bound_socket(port: int = 0) -> socket.socket:
+    """A listening-ready socket on 127.0.0.1 (a free port by default; handed to uvicorn, so no
+    port race)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     return sock
 
 
 @contextmanager
-def serve_in_thread(app, startup_timeout_s: float = 60.0) -> Iterator[str]:
+def serve_in_thread(app, startup_timeout_s: float = 60.0, port: int = 0) -> Iterator[str]:
     """Run ``app`` under uvicorn in a background thread; yields its base URL."""
-    sock = bound_socket()
+    sock = bound_socket(port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)

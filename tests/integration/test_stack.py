@@ -34,7 +34,7 @@ def stack():
     # reachable by that user (pytest's tmp folders are private).
     root = Path(tempfile.mkdtemp(prefix="driftloop-stack-"))
     root.chmod(0o755)
-    cfg = StackSettings(dir=root, work_pool="driftloop-test", **PORTS)
+    cfg = StackSettings(dir=root, work_pool="driftloop-test", deploy=False, **PORTS)  # deploying: test_prefect_deployments
     st = stack_mod.Stack(cfg, ROOT, serving_port=18000)
     saved = {k: os.environ.pop(k, None) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     try:
@@ -210,12 +210,20 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     import httpx
 
     app = create_app(settings.serving, parts.registry, tmp_path / "serve-logs", api_token=API_TOKEN)
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, port=stack.serving_port) as url:
         deadline = time.monotonic() + 60
         while httpx.get(f"{url}/ready", timeout=5).status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
         answer = httpx.post(f"{url}/predict", json={"text": "I want to use apple pay"}, timeout=30).json()
+        # ... and the stack's Prometheus scrapes it (every 5 s)
+        query = 'driftloop_requests_total{job="driftloop-serving"}'
+        series: list = []
+        while not series and time.monotonic() < deadline + 30:
+            time.sleep(1)
+            series = httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": query},
+                               timeout=5).json()["data"]["result"]
     assert answer["model_version"] == "2"
+    assert series and any(s["metric"].get("model_version") == "2" for s in series), series
 
 
 # ---------------------------------------------------------------- faults

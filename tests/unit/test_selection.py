@@ -91,12 +91,22 @@ def test_score_is_deterministic_and_uses_only_the_given_rows(tiny_frame):
     assert 0.3 < first.score <= 1.0
 
 
+def test_one_fold_scores_one_stratified_holdout(tiny_frame):
+    cand = expand_grid(ModelSettings(family="tfidf", params={"char_min_df": 1}), {})[0]
+    score = score_candidate(tiny_frame, cand, folds=1, metric="accuracy", seed=42, validation_fraction=0.25)
+    assert len(score.fold_scores) == 1 and 0.3 < score.score <= 1.0
+    # the holdout is fold 0 of round(1 / 0.25) = 4 stratified folds: a quarter of every label
+    held = fold_ids(tiny_frame["label"].tolist(), 4, 42) == 0
+    assert tiny_frame[held].groupby("label").size().eq(3).all()
+
+
 @pytest.mark.parametrize("env,key", [
     ({"DRIFTLOOP__SELECTION__GRID": '{"Cc": [0.5, 1.0]}'}, "selection.grid.Cc"),
     ({"DRIFTLOOP__SELECTION__GRID": '{"C": []}'}, "selection.grid.C"),
     ({"DRIFTLOOP__SELECTION__GRID": '{"C": [1, 1]}'}, "selection.grid.C"),
     ({"DRIFTLOOP__SELECTION__RUNNER": "ray"}, "selection.runner"),
-    ({"DRIFTLOOP__SELECTION__FOLDS": "1"}, "selection.folds"),
+    ({"DRIFTLOOP__SELECTION__FOLDS": "0"}, "selection.folds"),
+    ({"DRIFTLOOP__SELECTION__VALIDATION_FRACTION": "0.9"}, "selection.validation_fraction"),
     ({"DRIFTLOOP__SELECTION__METRIC": "auc"}, "selection.metric"),
     ({"DRIFTLOOP__SELECTION__DASK__ADDRESS": "scheduler:8786"}, "selection.dask.address"),
     ({"DRIFTLOOP__SELECTION__DASK__N_WORKERS": "0"}, "selection.dask.n_workers"),

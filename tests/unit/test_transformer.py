@@ -1,0 +1,136 @@
+"""The transformer family on a tiny randomly initialised BERT (tests/tiny_transformer.py) with the
+real all-MiniLM-L6-v2 tokenizer: both modes, token counts, the pickle that carries the weights,
+resuming from a checkpoint, the ensemble, and a holdout comparison choosing the better candidate."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from driftloop.modelling import get_family  # noqa: E402
+from driftloop.selection import choose, expand_grid, score_candidate  # noqa: E402
+from driftloop.settings import ModelSettings  # noqa: E402
+from driftloop.transformer import (  # noqa: E402
+    TrainingInterrupted,
+    TransformerParams,
+    checkpoint_key,
+    validation_split,
+)
+
+TEXTS = ["my card has not arrived yet", "how do I activate my card?", "I was charged twice"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # Nothing here may reach a model hub: every base model is a local folder.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def small_frame(banking_train):
+    labels = sorted(banking_train["label"].unique())[:4]
+    return banking_train[banking_train["label"].isin(labels)].groupby("label").head(10).reset_index(drop=True)
+
+
+def params(base, **extra):
+    return {"base_model": str(base), "batch_size": 8, "log_every_steps": 1, **extra}
+
+
+def test_params_ignore_other_families_and_name_bad_keys():
+    p = TransformerParams.from_params({"C": 0.5, "char_ngrams": [2, 5], "mode": "finetune", "epochs": "2"})
+    assert p.mode == "finetune" and p.epochs == 2
+    with pytest.raises(ValueError, match="model.params.mode"):
+        TransformerParams.from_params({"mode": "distil"})
+    with pytest.raises(ValueError, match="model.params.max_length"):
+        TransformerParams.from_params({"max_length": "long"})
+
+
+def test_validation_split_is_stratified_and_seeded():
+    labels = ["a"] * 20 + ["b"] * 10 + ["c"] * 1
+    mask = validation_split(labels, 0.2, seed=3)
+    assert mask[:20].sum() == 4 and mask[20:30].sum() == 2 and not mask[30]
+    assert (mask == validation_split(labels, 0.2, seed=3)).all()
+
+
+def test_checkpoint_key_follows_data_and_learned_settings_only(small_frame):
+    p = TransformerParams.from_params({"mode": "finetune"})
+    key = checkpoint_key(small_frame, p, seed=0)
+    assert key == checkpoint_key(small_frame, TransformerParams.from_params(
+        {"mode": "finetune", "stop_after_steps": 3, "max_minutes": 5, "log_every_steps": 1}), seed=0)
+    assert key != checkpoint_key(small_frame, TransformerParams.from_params({"mode": "finetune", "epochs": 2}), seed=0)
+    assert key != checkpoint_key(small_frame.iloc[1:], p, seed=0)
+    assert key.split("-")[0] != checkpoint_key(small_frame.iloc[1:], p, seed=0).split("-")[0]
+
+
+def test_frozen_mode_predicts_counts_real_tokens_and_pickles_its_weights(small_frame, tiny_transformer_base,
+                                                                          tmp_path):
+    base = shutil.copytree(tiny_transformer_base, tmp_path / "base")
+    model = get_family("transformer").fit(small_frame, params(base, mode="frozen"), seed=0)
+    proba = model.predict_proba(TEXTS)
+    assert proba.shape == (3, 4) and np.allclose(proba.sum(axis=1), 1)
+    assert model.labels == tuple(sorted(small_frame["label"].unique()))
+    assert [p.intent for p in model.predict(TEXTS)] == [model.labels[i] for i in proba.argmax(axis=1)]
+    # [CLS] my card has not arrived yet [SEP]: word pieces of the real tokenizer
+    assert model.count_tokens("my card has not arrived yet") == 8
+    assert model.count_tokens("word " * 500) == 64  # truncated at max_length, as the encoder sees it
+    emb = model.embed(TEXTS)
+    assert emb.shape == (3, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    # The pickle carries weights and tokenizer: it loads with the base folder gone.
+    blob = pickle.dumps(model)
+    shutil.rmtree(base)
+    again = pickle.loads(blob)
+    assert np.allclose(again.predict_proba(TEXTS), proba, atol=1e-5)
+    assert again.count_tokens("my card has not arrived yet") == 8
+
+
+def test_finetune_resumes_from_its_checkpoint_after_an_interruption(small_frame, tiny_transformer_base, tmp_path):
+    cfg = params(tiny_transformer_base, mode="finetune", epochs=2, learning_rate=1e-3, checkpoint_every_steps=100)
+    family = get_family("transformer")
+    messages: list[str] = []
+    with pytest.raises(TrainingInterrupted):
+        family.fit(small_frame, {**cfg, "stop_after_steps": 3}, seed=0, progress=messages.append,
+                   checkpoint_root=tmp_path)
+    [folder] = list(tmp_path.iterdir())
+    assert folder.name == checkpoint_key(small_frame, TransformerParams.from_params(cfg), seed=0)
+    assert (folder / "checkpoint.pt").is_file()
+    assert any("step 3/" in m and "loss" in m and "ETA" in m for m in messages)
+
+    messages.clear()
+    model = family.fit(small_frame, cfg, seed=0, progress=messages.append, checkpoint_root=tmp_path)
+    assert any("resuming from step 3/" in m for m in messages)
+    assert not any(m.startswith("step 1/") for m in messages)   # steps 1-3 are not trained again
+    assert model.info["resumed_from"] == 3
+    assert model.info["steps"] == model.info["total_steps"] == 2 * 5   # 36 rows after validation, batch 8
+    assert model.predict_proba(TEXTS).shape == (3, 4)
+    assert not folder.exists()   # a finished run removes its checkpoint
+
+
+def test_ensemble_averages_calibrated_members(small_frame, tiny_transformer_base):
+    model = get_family("ensemble").fit(small_frame, params(tiny_transformer_base, mode="frozen", char_min_df=1),
+                                       seed=0)
+    tfidf, transformer = model.members
+    assert (tfidf.family, transformer.family) == ("tfidf", "transformer")
+    assert np.allclose(model.predict_proba(TEXTS),
+                       (tfidf.predict_proba(TEXTS) + transformer.predict_proba(TEXTS)) / 2)
+    assert model.count_tokens("my card has not arrived yet") == 8
+    assert model.embed(TEXTS).shape == (3, 32)
+    assert {"torch", "transformers"} <= set(model.pip_packages)
+
+
+def test_holdout_comparison_chooses_the_better_family(small_frame, tiny_transformer_base):
+    # A head regularised to nothing cannot beat TF-IDF; it comes first, so a tie would pick it.
+    base = ModelSettings(family="tfidf", params={**params(tiny_transformer_base, mode="frozen", head_C=1e-6),
+                                                 "char_min_df": 1})
+    candidates = expand_grid(base, {"family": ["transformer", "tfidf"]})
+    scores = [score_candidate(small_frame, c, folds=1, metric="accuracy", seed=0, validation_fraction=0.3)
+              for c in candidates]
+    result = choose(scores, folds=1, runner="sequential")
+    assert scores[1].score > scores[0].score
+    assert result.chosen.candidate.model.family == "tfidf"
+    assert [len(s.fold_scores) for s in scores] == [1, 1]
