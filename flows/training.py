@@ -99,6 +99,8 @@ def training(training_set: str | None = None, reason: str = "initial training", 
         "model.family": model_cfg.family, "driftloop.kind": "train", "report": report[:500],
         "decision": "promote" if decision.promote else "reject", "decision.reason": decision.reason[:500],
         **reference_tags, **(chosen.tags() if chosen else {}),
+        # How a long fit went (transformer: steps, early stop, best validation accuracy, resumed from).
+        **{f"training.{k}": str(v)[:500] for k, v in getattr(candidate_model, "info", {}).items() if k != "history"},
     }
     metrics = scores.metrics() | ({f"champion.{k}": v for k, v in champion_report.metrics().items()}
                                   if champion_report else {})

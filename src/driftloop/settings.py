@@ -436,6 +436,12 @@ class Settings(BaseSettings):
             if key != "family" and key not in self.model.params:
                 raise ValueError(f"selection.grid.{key}: not a parameter in model.params "
                                  f"(known: {', '.join(sorted(self.model.params)) or 'none'}, family)")
+        families = {self.model.family, *self.selection.grid.get("family", [])}
+        if families & {"transformer", "ensemble"}:
+            # A misspelt mode would otherwise surface only when training starts, minutes in.
+            from driftloop.transformer import TransformerParams  # numpy and pandas only: cheap
+
+            TransformerParams.from_params(self.model.params)
         return self
 
     # Derived locations: one place decides where each thing lives under the state dir.

@@ -32,7 +32,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -380,16 +380,17 @@ class TransformerFamily:
         say(f"embedded {len(texts)} texts in {time.perf_counter() - started:.1f}s")
         info: dict[str, Any] = {"mode": p.mode, "base_model": p.base_model, "pooling": pooling}
         if p.mode == "frozen" or p.head_init == "probe":
-            temperature = 1.0
+            temperature, clf = 1.0, None
             if held.any():
-                # Temperature from the validation rows, then the head on every row.
                 clf = _fit_probe(emb[~held], y[~held], p.head_C, seed)
                 temperature = fit_temperature(_full_logits(clf, emb[held], len(labels)), y[held])
                 info["probe_val_accuracy"] = round(float((clf.predict(emb[held]) == y[held]).mean()), 4)
                 say(f"linear probe: validation accuracy {info['probe_val_accuracy']:.4f}, "
                     f"temperature {temperature:.3f}")
-            clf = _fit_probe(emb if p.mode == "frozen" else emb[~held], y if p.mode == "frozen" else y[~held],
-                             p.head_C, seed)
+            if p.mode == "frozen" or clf is None:
+                # Temperature from the validation rows, then the head on every row; fine-tuning
+                # keeps the probe of the training rows (its validation rows must stay unseen).
+                clf = _fit_probe(emb, y, p.head_C, seed)
             weight, bias = _full_head(clf, len(labels), encoder.config.hidden_size)
         else:
             weight = bias = None

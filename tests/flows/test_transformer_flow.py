@@ -52,6 +52,7 @@ def test_training_flow_compares_modes_and_registers_the_better(overlays):
     parts = wiring.build(settings)
     tags = parts.registry.version_tags(out.candidate)
     assert tags["model.family"] == "transformer" and tags["selection.folds"] == "1"
+    assert tags["training.mode"] == result.chosen.candidate.overrides["mode"]
     model = parts.registry.load(out.candidate)
     assert model.family == "transformer" and model.info["mode"] == result.chosen.candidate.overrides["mode"]
     assert model.count_tokens("my card has not arrived yet") == 8

@@ -134,3 +134,16 @@ def test_holdout_comparison_chooses_the_better_family(small_frame, tiny_transfor
     assert scores[1].score > scores[0].score
     assert result.chosen.candidate.model.family == "tfidf"
     assert [len(s.fold_scores) for s in scores] == [1, 1]
+
+
+def test_the_overlay_loads_and_a_bad_mode_fails_at_start(monkeypatch):
+    from pydantic import ValidationError
+
+    from driftloop.settings import load_settings
+
+    settings = load_settings(["transformer"])
+    assert settings.model.family == "transformer" and settings.selection.folds == 1
+    assert TransformerParams.from_params(settings.model.params).mode == "finetune"
+    monkeypatch.setenv("DRIFTLOOP__MODEL__PARAMS__MODE", "distil")
+    with pytest.raises(ValidationError, match="model.params.mode"):
+        load_settings(["transformer"])
