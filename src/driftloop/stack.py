@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -31,6 +32,7 @@ from driftloop.prefect_server import CLIENT_RETRIES
 from driftloop.settings import Settings, StackSettings
 
 ORDER = ["postgres", "s3", "mlflow", "prefect", "worker", "prometheus"]
+WAVES = [["postgres", "s3"], ["mlflow", "prefect"], ["worker", "prometheus"]]
 DATABASES = ("mlflow", "prefect")
 SYSTEM_PACKAGES = {"postgres": "postgresql", "prometheus": "prometheus"}
 INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "infra" / "install-system-deps.sh"
@@ -469,9 +471,16 @@ def _worker_ready(stack: Stack) -> bool:
 def _worker_start(stack: Stack) -> None:
     exe = Path(sys.executable).parent / "prefect"
     env = prefect_env(stack) | stack.client_env() | {
-        # Flow runs started by the worker load configs/stack.yaml on top of base.yaml.
+        # Flow runs started by the worker load configs/stack.yaml on top of base.yaml, with the
+        # addresses of this stack (its ports may differ from the overlay's defaults).
         "DRIFTLOOP_CONFIG": os.environ.get("DRIFTLOOP_CONFIG", "stack"),
+        "DRIFTLOOP__REGISTRY__TRACKING_URI": stack.mlflow_url,
+        "DRIFTLOOP__REGISTRY__UI_URL": stack.mlflow_url,
+        "DRIFTLOOP__PREFECT__API_URL": stack.prefect_api_url,
+        "DRIFTLOOP__STORAGE__DVC_REMOTE": f"s3://{stack.cfg.bucket}/dvc",
+        "DRIFTLOOP__STORAGE__S3_ENDPOINT_URL": stack.s3_url,
         "DRIFTLOOP_HOME": str(stack.project_root),
+        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "5"),
     }
     pool = stack.cfg.work_pool
     r = httpx.get(f"{stack.prefect_api_url}/work_pools/{pool}", timeout=5)
@@ -552,18 +561,28 @@ def up(stack: Stack, services: Iterable[str] | None = None, install: bool = True
         raise StackError(f"missing Debian packages {missing}: run `make system-deps`")
     load_secrets(stack)
     stack.root.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name in wanted:
+    results: dict[str, ServiceStatus] = {}
+
+    def bring_up(name: str) -> None:
         if healthy(stack, name):
-            out.append(ServiceStatus(name, stack.urls()[name], True, None))
+            results[name] = ServiceStatus(name, stack.urls()[name], True, None)
             progress(f"{name}: already running at {stack.urls()[name]}")
-            continue
+            return
         t0 = time.monotonic()
         _START[name](stack)
         took = time.monotonic() - t0
         stack.started.append(name)
-        out.append(ServiceStatus(name, stack.urls()[name], True, took))
+        results[name] = ServiceStatus(name, stack.urls()[name], True, took)
         progress(f"{name}: started in {took:.1f} s at {stack.urls()[name]}")
+
+    # Servers of one wave need only those of the waves before: a wave starts together (most of
+    # a start is Python importing, so the MLflow and Prefect servers overlap well).
+    for wave in WAVES:
+        names = [n for n in wave if n in wanted]
+        with ThreadPoolExecutor(max_workers=max(len(names), 1)) as pool:
+            for future in [pool.submit(bring_up, n) for n in names]:
+                future.result()
+    out = [results[n] for n in wanted]
     if stack.cfg.deploy and "worker" in wanted and (stack.project_root / "prefect.yaml").exists():
         t0 = time.monotonic()
         names = deploy(stack)

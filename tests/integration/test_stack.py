@@ -6,6 +6,7 @@ keep running) and torn down at the end. Then each server is stopped in the middl
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -251,19 +252,6 @@ def _outage_mid_flow(stack, server: str, datasets: Path, down_s: float | None) -
     return thread
 
 
-def _task_runs(flow_run_id) -> list:
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-
-    return asyncio.run(read())
-
-
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> str:
     """12 intents of BANKING77 (2 of them "new"), 80 rows each: trains in a second or two."""
@@ -314,36 +302,26 @@ def _versions(parts) -> list[str]:
         f"name = '{parts.registry.model_name}'"))
 
 
-@pytest.mark.parametrize("server", ["mlflow", "s3", "postgres"])
-def test_a_server_that_comes_back_is_ridden_out_by_task_retries(with_champion, on_stack, server):
+# How long each stays away: SeaweedFS restarts in a second or two, and the MLflow server's own S3
+# client retries a few seconds by itself, so a shorter S3 outage never reaches our tasks.
+@pytest.mark.parametrize(("server", "down_s"), [("mlflow", 2), ("s3", 12), ("postgres", 4)])
+def test_a_server_that_comes_back_is_ridden_out_by_task_retries(with_champion, on_stack, server, down_s,
+                                                                 caplog):
     """The server goes away in the middle of the flow and is back a few seconds later: the task
     that needs it retries, the run completes, v2 is registered once and judged as usual."""
+    caplog.set_level(logging.INFO, logger="prefect")
     parts, v1, extra = with_champion
-    outage = _outage_mid_flow(on_stack, server, parts.datasets.root, down_s=2)
+    outage = _outage_mid_flow(on_stack, server, parts.datasets.root, down_s=down_s)
     state = _train_v2(extra)
     outage.join()
     assert state.is_completed(), state.message
     outcome = state.result()
     assert _versions(parts) == ["1", "2"]                        # exactly one new version
     assert outcome.candidate.version == "2"
-    retried = [t for t in _task_runs(state.state_details.flow_run_id) if t.run_count > 1]
-    assert retried, "no task had to retry: the outage was not in the flow's way"
-
-
-def test_a_server_that_stays_down_fails_the_run_cleanly(with_champion, on_stack):
-    """MLflow stays down through every retry: the run fails, the champion is unchanged and no
-    version was half-registered; the server comes back and the registry is as before."""
-    parts, v1, extra = with_champion
-    outage = _outage_mid_flow(on_stack, "mlflow", parts.datasets.root, down_s=None)
-    try:
-        state = _train_v2(extra)
-    finally:
-        outage.join()
-        stack_mod.start(on_stack, "mlflow")
-    assert state.is_failed()
-    assert parts.registry.champion() == v1
-    assert _versions(parts) == ["1"]
-    assert parts.registry.challenger() is None
+    # the engine's own word that a task failed and was retried (task runs reach the API as
+    # events, which a test process that also used another Prefect server cannot rely on)
+    retries = [r.getMessage() for r in caplog.records if re.search(r"Retry \d+/\d+ will start", r.getMessage())]
+    assert retries, "no task had to retry: the outage was not in the flow's way"
 
 
 def test_the_prefect_server_restarting_mid_flow(with_champion, on_stack):
@@ -362,3 +340,18 @@ def test_the_prefect_server_restarting_mid_flow(with_champion, on_stack):
     else:
         assert parts.registry.champion() == v1 and _versions(parts) == ["1"]
     assert stack_mod.healthy(on_stack, "prefect")
+
+
+def test_a_server_that_stays_down_fails_the_run_cleanly(with_champion, on_stack):
+    """MLflow stays down through every retry: the run fails, and the registry (read straight
+    from PostgreSQL) still has v1 as champion, no challenger and no half-registered version.
+    The last test of the module: the stack is torn down after it, MLflow is not restarted."""
+    parts, v1, extra = with_champion
+    name = parts.registry.model_name
+    outage = _outage_mid_flow(on_stack, "mlflow", parts.datasets.root, down_s=None)
+    state = _train_v2(extra)
+    outage.join()
+    assert state.is_failed()
+    assert _pg(on_stack, f"SELECT alias, version FROM registered_model_aliases WHERE name = '{name}'") == \
+        [("champion", int(v1.version))]
+    assert _pg(on_stack, f"SELECT version FROM model_versions WHERE name = '{name}'") == [(1,)]
