@@ -28,10 +28,10 @@ demo: install
 	$(BIN)/driftloop demo -c rollout
 
 test: install system-deps
-	$(BIN)/python -m pytest
+	PYTHON=$(BIN)/python bash tests/run_suite.sh
 
 test-fast: install system-deps
-	$(BIN)/python -m pytest -m "not slow"
+	PYTHON=$(BIN)/python bash tests/run_suite.sh -m "not slow"
 
 # Debian packages for the stack and the integration tests, installed only when missing:
 # prometheus/promtool, wrk, postgresql, chromium (infra/install-system-deps.sh keeps their

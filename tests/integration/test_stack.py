@@ -25,7 +25,9 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-PORTS = {"postgres_port": 15433, "s3_port": 8533, "mlflow_port": 15000, "prefect_port": 14300,
+# SeaweedFS's ports move with s3_port: 7133 keeps all of them (up to the admin gRPC port,
+# 32446) below the ephemeral range that the suite's free-port tests draw from.
+PORTS = {"postgres_port": 15433, "s3_port": 7133, "mlflow_port": 15000, "prefect_port": 14300,
          "prometheus_port": 19090}
 
 

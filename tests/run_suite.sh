@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test suite (`make test`) as two pytest processes at once: the tests that start the real
+# stack and a Prefect server with its worker (mostly waiting on servers and subprocesses) beside
+# everything else. Extra arguments go to both. Exits non-zero if either failed.
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+SERVERS=(tests/integration/test_stack.py tests/integration/test_prefect_deployments.py)
+log=$(mktemp -t driftloop-server-tests.XXXXXX)
+"$PY" -m pytest -p no:cacheprovider "${SERVERS[@]}" "$@" >"$log" 2>&1 &
+servers=$!
+ignore=()
+for f in "${SERVERS[@]}"; do ignore+=("--ignore=$f"); done
+"$PY" -m pytest "${ignore[@]}" "$@"
+rc_main=$?
+wait "$servers"
+rc_servers=$?
+[ "$rc_servers" = 5 ] && rc_servers=0   # none selected (e.g. -m "not slow")
+echo
+echo "=============== the server tests (${SERVERS[*]}), run alongside ==============="
+cat "$log"
+rm -f "$log"
+echo "main suite: exit $rc_main; server tests: exit $rc_servers"
+[ "$rc_main" = 0 ] && [ "$rc_servers" = 0 ]
