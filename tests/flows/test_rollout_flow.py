@@ -72,11 +72,12 @@ class Traffic:
 
 def overlay(tmp_path, **rollout) -> list[str]:
     """A config overlay: the rollout policy with test-sized stages. The bake holds a new champion
-    to the old one's latency measured *earlier*, so a busy CI machine can move p95 by a few ms:
-    10 ms of slack, far below the 30 ms the slow test models add."""
+    to the old one's latency measured *earlier*, and a busy 2-core machine (the suite's server
+    tests run beside these) has moved p95 from 3 ms to 28 ms between the two: 40 ms of slack, half
+    the 80 ms the slow test models add."""
     body = {"rollout": {"enabled": True, "poll_s": 0.2,
                         "bake": {"min_samples": 120, "max_duration_s": 60, "baseline_samples": 300},
-                        "guard": {"latency_slack_ms": 10.0},
+                        "guard": {"latency_slack_ms": 40.0},
                         **rollout}}
     path = tmp_path / "rollout-test.yaml"
     path.write_text(yaml.safe_dump(body))
@@ -166,7 +167,7 @@ def test_a_challenger_trained_on_shuffled_labels_is_rolled_back_in_shadow(loop, 
 
 def test_a_much_slower_challenger_is_rolled_back_at_the_first_canary(loop, tmp_path):
     parts, v1, big, traffic_rows = loop
-    v2 = register(parts, SlowClassifier(TfidfFamily().fit(big, PARAMS), delay_s=0.03))
+    v2 = register(parts, SlowClassifier(TfidfFamily().fit(big, PARAMS), delay_s=0.08))
     config = overlay(tmp_path, stages=[
         {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 200},
         {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 200}])
@@ -183,8 +184,8 @@ def test_a_much_slower_challenger_is_rolled_back_at_the_first_canary(loop, tmp_p
 
 def test_a_promotion_that_regresses_is_undone_and_a_retrain_opened(loop, tmp_path):
     parts, v1, big, traffic_rows = loop
-    # Healthy through its canary, then 30 ms slower per call under full traffic.
-    v2 = register(parts, DegradingClassifier(TfidfFamily().fit(big, PARAMS), healthy_calls=250, delay_s=0.03))
+    # Healthy through its canary, then 80 ms slower per call under full traffic.
+    v2 = register(parts, DegradingClassifier(TfidfFamily().fit(big, PARAMS), healthy_calls=250, delay_s=0.08))
     config = overlay(tmp_path, stages=[{"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 30}],
                      bake={"min_samples": 400, "max_duration_s": 90, "baseline_samples": 300})
     with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
