@@ -21,14 +21,9 @@ from driftloop.settings import ServingSettings  # noqa: E402
 from tests.conftest import AUTH  # noqa: E402
 
 from .conftest import serve_in_thread, tiny_frame  # noqa: E402
-from .test_serving import metric_samples, sample  # noqa: E402
+from .test_serving import LABELS_V1 as LABELS, TEXTS, metric_samples, sample  # noqa: E402
 
-LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 CFG = ServingSettings(reload_interval_s=0.2, max_text_chars=200, max_batch=32, fsync_interval_s=0.2)
-TEXTS = ["my card has not arrived yet", "I lost my card in the street", "what is the exchange rate",
-         "my top up did not work", "my pin is blocked", "when will the card come",
-         "someone stole my card", "the rate you gave me is wrong", "top-up failed twice",
-         "I typed the wrong pin three times", "where is my new card", "card stolen yesterday"]
 
 
 @pytest.fixture(scope="module")
