@@ -1,6 +1,6 @@
 """Serving throughput and latency: driftloop's app against ``mlflow models serve``.
 
-Trains the TF-IDF model on the full BANKING77 training split, registers it in a throw-away
+Trains a model (TF-IDF by default) on the full BANKING77 training split, registers it in a throw-away
 MLflow SQLite registry, then for each server (one uvicorn worker, in its own process) sends
 POST requests with one text each at concurrency 1 and 16 and reports requests/s and p50/p99
 latency, next to the in-process cost of ``predict`` and of one prediction-log write.
@@ -10,7 +10,10 @@ running in this process while the server runs in another: an httpx client costs 
 request than the server does, and on two cores it would measure itself. Its own CPU use is
 printed, so a saturated generator shows.
 
-    .venv/bin/python bench/serving.py [--duration 10] [--skip-mlflow]
+    .venv/bin/python bench/serving.py [--duration 10] [--skip-mlflow] [--families tfidf,transformer]
+
+``--families`` serves each family in turn from the same registry (a new champion each), so the
+transformer model's throughput and p99 stand next to TF-IDF's under the same load.
 """
 
 from __future__ import annotations
@@ -183,83 +186,110 @@ def serve_main(argv: list[str]) -> None:
                Path(args.log_root))
 
 
+def _family_settings(name: str, base_params: dict) -> tuple[str, dict]:
+    """(family, params) of a bench row: ``tfidf`` (base.yaml's), ``transformer`` (the MiniLM
+    encoder with a linear head; a fine-tuned one has the same graph, so it serves at the same
+    cost) and ``ensemble`` (both)."""
+    transformer = {"mode": "frozen", "max_length": 64}
+    if name == "tfidf":
+        return "tfidf", dict(base_params)
+    if name == "transformer":
+        return "transformer", transformer
+    if name == "ensemble":
+        return "ensemble", {**base_params, **transformer, "ensemble_members": ["tfidf", "transformer"]}
+    raise SystemExit(f"unknown family {name!r}: tfidf, transformer or ensemble")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--families", default="tfidf",
+                        help="comma-separated: tfidf, transformer, ensemble (each served in turn)")
+    parser.add_argument("--train-rows", type=int, default=0,
+                        help="train on a random subset (0: all); serving cost does not depend on it")
     parser.add_argument("--skip-mlflow", action="store_true")
     args = parser.parse_args()
 
     from driftloop.dataset import read_labelled
-    from driftloop.modelling import TfidfFamily
+    from driftloop.modelling import get_family
     from driftloop.predlog import PredictionLog
     from driftloop.registry import CHAMPION, Registry
     from driftloop.settings import load_settings
 
     settings = load_settings(config_dir=ROOT / "configs")
     train = read_labelled(ROOT / "data/raw/banking77/train.csv", "text", "category")
+    if args.train_rows:
+        train = train.sample(n=min(args.train_rows, len(train)), random_state=0)
     test = read_labelled(ROOT / "data/raw/banking77/test.csv", "text", "category")
     texts = list(test["text"].sample(frac=1.0, random_state=0))
+    bodies = [json.dumps({"text": t}).encode() for t in texts]
+    mlflow_bodies = [json.dumps({"dataframe_records": [{"text": t}]}).encode() for t in texts]
 
     work = Path(tempfile.mkdtemp(prefix="driftloop-bench-"))
     procs: list[subprocess.Popen] = []
     mlflow_group: int | None = None
+    tracking_uri = f"sqlite:///{work}/mlflow.db"
+    registry = Registry(tracking_uri, MODEL_NAME, artifact_root=work / "art")
+    # mlflow exports its current URIs into os.environ (for its own subprocesses); start the
+    # servers from a clean slate and name the store explicitly.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONUNBUFFERED="1", MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    results: dict[tuple[str, str], dict[int, LoadResult]] = {}
     try:
-        started = time.perf_counter()
-        model = TfidfFamily().fit(train, settings.model.params)
-        print(f"trained on {len(train)} rows in {time.perf_counter() - started:.1f}s", flush=True)
+        for name in [f.strip() for f in args.families.split(",") if f.strip()]:
+            family, params = _family_settings(name, dict(settings.model.params))
+            print(f"== {name}", flush=True)
+            started = time.perf_counter()
+            model = get_family(family).fit(train, params, seed=0)
+            print(f"trained on {len(train)} rows in {time.perf_counter() - started:.1f}s", flush=True)
 
-        model.predict(texts[:10])
-        sample = texts[:2000]
-        started = time.perf_counter()
-        for text in sample:
-            model.predict([text])
-        predict_us = (time.perf_counter() - started) / len(sample) * 1e6
+            model.predict(texts[:10])
+            sample = texts[:2000 if family == "tfidf" else 300]
+            started = time.perf_counter()
+            for text in sample:
+                model.predict([text])
+            predict_us = (time.perf_counter() - started) / len(sample) * 1e6
+            started = time.perf_counter()
+            model.predict(texts[:512])
+            batch_us = (time.perf_counter() - started) / 512 * 1e6
 
-        log = PredictionLog(work / "log-bench", 1.0)
-        one = model.predict([texts[0]])[0]
-        started = time.perf_counter()
-        for i in range(50_000):
-            log.write("0123456789abcdef0123456789abcdef", texts[i % len(texts)], one, "1", 0.42, 12)
-        write_us = (time.perf_counter() - started) / 50_000 * 1e6
-        log.close()
-        print(f"in process: predict {predict_us:.0f} us per text (one per call); "
-              f"prediction-log write {write_us:.1f} us per line", flush=True)
+            log = PredictionLog(work / f"log-bench-{name}", 1.0)
+            one = model.predict([texts[0]])[0]
+            started = time.perf_counter()
+            for i in range(50_000):
+                log.write("0123456789abcdef0123456789abcdef", texts[i % len(texts)], one, "1", 0.42, 12)
+            write_us = (time.perf_counter() - started) / 50_000 * 1e6
+            log.close()
+            print(f"in process: predict {predict_us:.0f} us per text one per call, {batch_us:.0f} us per text "
+                  f"in a batch of 512; prediction-log write {write_us:.1f} us per line", flush=True)
 
-        tracking_uri = f"sqlite:///{work}/mlflow.db"
-        registry = Registry(tracking_uri, MODEL_NAME, artifact_root=work / "art")
-        started = time.perf_counter()
-        ref = registry.register_model(model, input_example=texts[:3])
-        registry.set_alias(CHAMPION, ref)
-        print(f"registered {ref} in {time.perf_counter() - started:.1f}s", flush=True)
+            started = time.perf_counter()
+            ref = registry.register_model(model, input_example=texts[:3])
+            registry.set_alias(CHAMPION, ref)
+            print(f"registered {ref} in {time.perf_counter() - started:.1f}s", flush=True)
 
-        # mlflow exports its current URIs into os.environ (for its own subprocesses); start the
-        # servers from a clean slate and name the store explicitly.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env.update(PYTHONUNBUFFERED="1", MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri,
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-        results: dict[str, dict[int, LoadResult]] = {}
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, __file__, "serve", "--tracking-uri", tracking_uri,
+                                     "--port", str(port), "--log-root", str(work / f"logs-{name}")],
+                                    env=env, cwd=work)
+            procs.append(proc)
+            wait_until_ready(f"http://127.0.0.1:{port}/ready", proc, timeout_s=300)
+            print("driftloop (uvicorn, 1 worker, prediction log + metrics on):", flush=True)
+            results[(name, "driftloop")] = {}
+            for c in args.concurrency:
+                results[(name, "driftloop")][c] = run_load("127.0.0.1", port, "/predict", bodies, c,
+                                                           args.duration, args.warmup, proc.pid)
+                _print("driftloop", results[(name, "driftloop")][c])
+            _stop(proc)
 
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, __file__, "serve", "--tracking-uri", tracking_uri,
-                                 "--port", str(port), "--log-root", str(work / "logs")],
-                                env=env, cwd=work)
-        procs.append(proc)
-        wait_until_ready(f"http://127.0.0.1:{port}/ready", proc)
-        bodies = [json.dumps({"text": t}).encode() for t in texts]
-        print("driftloop (uvicorn, 1 worker, prediction log + metrics on):", flush=True)
-        results["driftloop"] = {}
-        for c in args.concurrency:
-            results["driftloop"][c] = run_load("127.0.0.1", port, "/predict", bodies, c,
-                                               args.duration, args.warmup, proc.pid)
-            _print("driftloop", results["driftloop"][c])
-        _stop(proc)
-
-        if not args.skip_mlflow:
+            if args.skip_mlflow:
+                continue
             port = free_port()
             mlflow_bin = Path(sys.executable).parent / "mlflow"
-            mlflow_log = open(work / "mlflow-serve.log", "wb")
+            mlflow_log = open(work / f"mlflow-serve-{name}.log", "wb")
             proc = subprocess.Popen(
                 [str(mlflow_bin), "models", "serve", "-m", f"models:/{ref.name}/{ref.version}",
                  "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", "1"],
@@ -269,35 +299,36 @@ def main() -> None:
             procs.append(proc)
             mlflow_group = proc.pid
             try:
-                wait_until_ready(f"http://127.0.0.1:{port}/ping", proc, timeout_s=180)
+                wait_until_ready(f"http://127.0.0.1:{port}/ping", proc, timeout_s=300)
             except (RuntimeError, TimeoutError):
-                print((work / "mlflow-serve.log").read_text()[-3000:], file=sys.stderr)
+                print((work / f"mlflow-serve-{name}.log").read_text()[-3000:], file=sys.stderr)
                 raise
             probe = urllib.request.Request(
                 f"http://127.0.0.1:{port}/invocations", method="POST",
                 data=json.dumps({"dataframe_records": [{"text": texts[0]}]}).encode(),
                 headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(probe, timeout=10) as resp:
+            with urllib.request.urlopen(probe, timeout=30) as resp:
                 print(f"mlflow answers: {resp.read().decode()[:200]}", flush=True)
             # The scoring server runs in a child of the `mlflow` CLI; measure that process.
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
             kids = children.read_text().split() if children.exists() else []
             server_pid = int(kids[0]) if kids else None
-            mlflow_bodies = [json.dumps({"dataframe_records": [{"text": t}]}).encode() for t in texts]
             print("mlflow models serve (uvicorn, 1 worker):", flush=True)
-            results["mlflow"] = {}
+            results[(name, "mlflow")] = {}
             for c in args.concurrency:
-                results["mlflow"][c] = run_load("127.0.0.1", port, "/invocations", mlflow_bodies, c,
-                                                args.duration, args.warmup, server_pid)
-                _print("mlflow", results["mlflow"][c])
+                results[(name, "mlflow")][c] = run_load("127.0.0.1", port, "/invocations", mlflow_bodies, c,
+                                                        args.duration, args.warmup, server_pid)
+                _print("mlflow", results[(name, "mlflow")][c])
             os.killpg(proc.pid, signal.SIGINT)
             _stop(proc)
             mlflow_group = None
             mlflow_log.close()
-            for c in args.concurrency:
-                ours, theirs = results["driftloop"][c], results["mlflow"][c]
-                print(f"  c={c}: driftloop/mlflow throughput {ours.rps / theirs.rps:.1f}x, "
-                      f"p99 {ours.p99_ms:.1f} ms vs {theirs.p99_ms:.1f} ms")
+
+        print("\nsummary (one text per request):")
+        print(f"  {'family':<12} {'server':<10} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+        for (name, server), by_c in results.items():
+            for c, r in by_c.items():
+                print(f"  {name:<12} {server:<10} {c:>3} {r.rps:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}")
     finally:
         for proc in procs:
             if proc.poll() is None:

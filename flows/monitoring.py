@@ -9,11 +9,12 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from driftloop import dataset, tracing, wiring
+from driftloop.analysis import ACTION_ROLLBACK
 from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import load_settings
-from driftloop.analysis import ACTION_ROLLBACK
 from driftloop.triggers import DRIFT_EVENT, DriftEvent
 from driftloop.types import DriftResult, HistoryEntry, ModelRef, RetrainDecision
+from flows import source_version
 from flows.retraining import retraining
 from flows.training import TrainingOutcome
 from tasks import data, dispatch, model, monitor
@@ -45,7 +46,7 @@ def span_attributes(out: MonitorOutcome) -> dict[str, object]:
             "driftloop.rolled_back": out.rolled_back is not None}
 
 
-@flow(name="monitoring", flow_run_name=_run_name, log_prints=True)
+@flow(name="monitoring", version=source_version(__file__), flow_run_name=_run_name, log_prints=True)
 @tracing.traced_flow("monitoring", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
 def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) -> MonitorOutcome:
     """Check the newest window of production traffic and start a retrain run when it drifted."""

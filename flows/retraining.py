@@ -11,12 +11,14 @@ from prefect.runtime import flow_run
 from driftloop import curation, dataset, drift, tracing, wiring
 from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import load_settings
+from flows import source_version
 from flows.training import TrainingOutcome, span_attributes, training
 from tasks import data, model, monitor
 from tasks import retrain as retrain_steps
 
 
-@flow(name="retraining", flow_run_name="retrain ({requested_by}): {reason}", log_prints=True)
+@flow(name="retraining", version=source_version(__file__),
+      flow_run_name="retrain ({requested_by}): {reason}", log_prints=True)
 @tracing.traced_flow("retraining", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
 def retraining(reason: str, requested_by: str = "manual", window_id: str = "", report: str = "",
                min_new_labels: int | None = None, roll_out: bool = True,

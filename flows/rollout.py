@@ -11,11 +11,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from driftloop import analysis, rollout as plan_
-from driftloop import tracing, wiring
+from driftloop import analysis, tracing, wiring
+from driftloop import rollout as plan_
 from driftloop.settings import load_settings
 from driftloop.types import ModelRef
-from tasks import model, rollout as steps
+from flows import source_version
+from tasks import model
+from tasks import rollout as steps
 
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled back"
@@ -49,7 +51,7 @@ def span_attributes(out: RolloutOutcome) -> dict[str, Any]:
             "driftloop.champion_version": out.champion.version if out.champion else None}
 
 
-@flow(name="rollout", flow_run_name=_run_name, log_prints=True)
+@flow(name="rollout", version=source_version(__file__), flow_run_name=_run_name, log_prints=True)
 @tracing.traced_flow("rollout", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
 def rollout(challenger: str | None = None, strategy: str | None = None, requested_by: str = "manual",
             reason: str = "", config: list[str] | None = None) -> RolloutOutcome:

@@ -55,10 +55,11 @@ def model_selection(training_set: str, base: ModelSettings, cfg: SelectionSettin
     train = dataset.read_labelled(training_set, TEXT, LABEL)
     candidates = selection.expand_grid(base, cfg.grid)
     futures = [score_candidate.submit(train, c, folds=cfg.folds, metric=cfg.metric, seed=seed,
-                                      validation_fraction=cfg.validation_fraction)
+                                      validation_fraction=cfg.validation_fraction, keep_model=not cfg.refit)
                for c in candidates]
     scores = [f.result() for f in futures]
-    result = selection.choose(scores, folds=cfg.folds, runner=cfg.runner, scheduler=_scheduler_address())
+    result = selection.choose(scores, folds=cfg.folds, runner=cfg.runner, scheduler=_scheduler_address(),
+                              refit=cfg.refit)
     get_run_logger().info("chose %s (%s): cv %s %.4f", result.chosen.candidate.name,
                           result.chosen.candidate.describe(), result.metric, result.chosen.score)
     scheme = (f"one stratified {cfg.validation_fraction:.0%} holdout" if cfg.folds == 1

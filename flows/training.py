@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.runtime import flow_run
 
 from driftloop import dataset, tracing, wiring
@@ -18,6 +22,7 @@ from driftloop.registry import CHALLENGER, CHAMPION
 from driftloop.selection import SelectionResult
 from driftloop.settings import load_settings
 from driftloop.types import EvalReport, ModelRef, PromotionDecision
+from flows import source_version
 from flows.selection import select_model
 from tasks import data, model
 
@@ -42,7 +47,8 @@ def span_attributes(out: TrainingOutcome) -> dict[str, Any]:
             **{f"driftloop.eval.{k}": v for k, v in out.report.metrics().items() if v is not None}}
 
 
-@flow(name="training", flow_run_name="train ({trigger}): {reason}", log_prints=True)
+@flow(name="training", version=source_version(__file__),
+      flow_run_name="train ({trigger}): {reason}", log_prints=True)
 @tracing.traced_flow("training", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
 def training(training_set: str | None = None, reason: str = "initial training", trigger: str = "manual",
              report: str = "", reference_set: str | None = None,
@@ -68,10 +74,17 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     version = data.commit_dataset(parts.datasets, frame, "training")
     chosen = select_model(str(source), settings.model, settings.selection, seed=settings.data.seed)
     model_cfg = chosen.model if chosen else settings.model
-    # A long fit (the transformer family fine-tuning) resumes from its checkpoint when a crashed
-    # run is retried on the same training set and settings.
-    candidate_model = model.train(frame, model_cfg, seed=settings.data.seed,
-                                  checkpoint_root=settings.checkpoints_dir)
+    fitted_rows = len(frame)
+    if chosen is not None and not chosen.refit:
+        # selection.refit false: the winner as trained for its holdout, not fitted a second time.
+        candidate_model, fitted_rows = chosen.chosen.model, chosen.chosen.train_rows
+        logger.info("registering %s as selected (selection.refit: false): fitted on %d of %d rows",
+                    chosen.chosen.candidate.name, fitted_rows, len(frame))
+    else:
+        # A long fit (the transformer family fine-tuning) resumes from its checkpoint when a
+        # crashed run is retried on the same training set and settings.
+        candidate_model = model.train(frame, model_cfg, seed=settings.data.seed,
+                                      checkpoint_root=settings.checkpoints_dir)
     scores, rows = model.evaluate(candidate_model, eval_set)
 
     current = model.champion_ref(parts.registry)
@@ -94,6 +107,7 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     model.write_eval_artifacts(scores, rows, eval_dir)
     tags = {
         "data.md5": version.md5, "data.rows": str(version.rows), "data.labels": str(frame[LABEL].nunique()),
+        "training.rows": str(fitted_rows),   # fewer than data.rows with selection.refit false
         "eval.md5": scores.eval_md5, "git.commit": git_commit(), "config.hash": settings.config_hash(),
         "prefect.flow_run_id": run_id, "trigger": trigger, "reason": reason[:500],
         "model.family": model_cfg.family, "driftloop.kind": "train", "report": report[:500],
@@ -106,7 +120,7 @@ def training(training_set: str | None = None, reason: str = "initial training", 
                                   if champion_report else {})
     ref = model.register_model(
         parts.registry, candidate_model, tags=tags, metrics=metrics,
-        params={"family": model_cfg.family, **model_cfg.params, "train_rows": len(frame)},
+        params={"family": model_cfg.family, **model_cfg.params, "train_rows": fitted_rows},
         run_name=f"train-{trigger}", input_example=list(eval_set[TEXT].head(3)),
         artifacts={"evaluation": eval_dir},
     )

@@ -383,8 +383,10 @@ def pipeline_train(train_set: Path = typer.Option(Path("data/prepared/train.csv"
     settings = _settings(config)
     frame = dataset.read_labelled(train_set)
     validation.require_valid(validation.validate_training_set(frame, source=str(train_set)))
+    # A crashed `dvc repro` of a long fine-tune resumes from its checkpoint on the next run.
     model = modelling.get_family(settings.model.family).fit(frame, dict(settings.model.params),
-                                                             seed=settings.data.seed, progress=console.print)
+                                                             seed=settings.data.seed, progress=console.print,
+                                                             checkpoint_root=settings.checkpoints_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, out)
     console.print(f"saved {out}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -54,6 +54,10 @@ class CandidateScore:
     fit_s: float
     # Where it was scored ("pid 123" in process, a Dask worker's address); not part of the result.
     worker: str = ""
+    # The holdout-trained model (folds 1 with keep_model): registered as is when selection.refit
+    # is false, so an expensive family is not fitted a second time on the whole training set.
+    model: Any = field(default=None, repr=False, compare=False)
+    train_rows: int = 0                  # rows the kept model was fitted on
 
     @property
     def score(self) -> float:
@@ -68,6 +72,7 @@ class SelectionResult:
     folds: int
     runner: str                          # "sequential" or "dask"
     scheduler: str | None = None         # the Dask scheduler's address, for a Dask run
+    refit: bool = True                   # False: the chosen holdout model is registered as is
 
     @property
     def model(self) -> ModelSettings:
@@ -95,6 +100,7 @@ class SelectionResult:
             "selection.folds": str(self.folds),
             "selection.candidates": str(len(self.scores)),
             "selection.runner": self.runner + (f" {self.scheduler}" if self.scheduler else ""),
+            "selection.refit": str(self.refit).lower(),
         }
 
 
@@ -130,9 +136,12 @@ def fold_ids(labels: Sequence[str], folds: int, seed: int) -> np.ndarray:
 
 
 def score_candidate(train: pd.DataFrame, candidate: Candidate, *, folds: int, metric: str,
-                    seed: int, validation_fraction: float = 0.2) -> CandidateScore:
+                    seed: int, validation_fraction: float = 0.2, keep_model: bool = False) -> CandidateScore:
     """Mean ``metric`` over ``folds`` cross-validation folds of ``train``; with ``folds == 1``,
-    ``metric`` on one stratified holdout of about ``validation_fraction`` of the rows."""
+    ``metric`` on one stratified holdout of about ``validation_fraction`` of the rows, and with
+    ``keep_model`` the model fitted on the other rows comes back with the score."""
+    if keep_model and folds != 1:
+        raise ValueError("model selection: keep_model needs folds 1 (k folds fit k models)")
     family = get_family(candidate.model.family)
     if folds == 1:
         # The first of round(1 / fraction) stratified folds: the same dealing as k-fold, scored once.
@@ -145,7 +154,8 @@ def score_candidate(train: pd.DataFrame, candidate: Candidate, *, folds: int, me
         model = family.fit(train[ids != k], dict(candidate.model.params), seed=seed)
         report, _ = evaluate(model, train[ids == k])
         scores.append(float(report.metrics()[metric]))
-    return CandidateScore(candidate, metric, tuple(scores), time.perf_counter() - started)
+    kept = {"model": model, "train_rows": int((ids != 0).sum())} if keep_model else {}
+    return CandidateScore(candidate, metric, tuple(scores), time.perf_counter() - started, **kept)
 
 
 def pick_best(scores: Sequence[CandidateScore]) -> CandidateScore:
@@ -157,12 +167,18 @@ def pick_best(scores: Sequence[CandidateScore]) -> CandidateScore:
 
 
 def choose(scores: Sequence[CandidateScore], *, folds: int, runner: str,
-           scheduler: str | None = None) -> SelectionResult:
+           scheduler: str | None = None, refit: bool = True) -> SelectionResult:
+    """The best candidate; only its kept model (``refit`` false) stays in memory."""
     ordered = tuple(sorted(scores, key=lambda s: s.candidate.index))
     metrics = {s.metric for s in ordered}
     if len(metrics) > 1:
         raise ValueError(f"model selection: candidates scored on different metrics {sorted(metrics)}")
-    return SelectionResult(pick_best(ordered), ordered, ordered[0].metric, folds, runner, scheduler)
+    best = pick_best(ordered)
+    if not refit and best.model is None:
+        raise ValueError("model selection: refit is false but the chosen candidate's model was not kept")
+    ordered = tuple(s if s is best and not refit else replace(s, model=None) for s in ordered)
+    chosen = next(s for s in ordered if s.candidate.index == best.candidate.index)
+    return SelectionResult(chosen, ordered, ordered[0].metric, folds, runner, scheduler, refit)
 
 
 def _plain(value: Any) -> Any:

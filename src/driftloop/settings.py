@@ -77,7 +77,10 @@ class SelectionSettings(_Section):
     cross-validation on the training set (never the shared evaluation set) and the best one is
     trained and registered. An empty grid trains `model` as configured, with no search.
     `folds: 1` scores each candidate once on a stratified holdout of `validation_fraction` of the
-    training set instead: the sensible mode for families that take minutes to fit (transformer)."""
+    training set instead: the sensible mode for families that take minutes to fit (transformer).
+    With `folds: 1`, `refit: false` registers the chosen candidate as it was trained for the
+    holdout (on the other rows) instead of fitting it again on the whole training set: one
+    fine-tuning instead of two, for a model that saw `validation_fraction` fewer rows."""
 
     # Parameter name (a key of model.params, or `family`) -> the values to try.
     grid: dict[str, list[Any]] = Field(default_factory=dict)
@@ -86,6 +89,14 @@ class SelectionSettings(_Section):
     validation_fraction: float = Field(0.2, gt=0, le=0.5)   # the holdout when folds is 1
     runner: Literal["sequential", "dask"] = "sequential"
     dask: DaskSettings = DaskSettings()
+    refit: bool = True
+
+    @model_validator(mode="after")
+    def _refit(self) -> "SelectionSettings":
+        if not self.refit and self.folds != 1:
+            raise ValueError(f"selection.refit: false needs folds: 1 (got folds: {self.folds}; "
+                             "k folds train k models, none of them on the whole split)")
+        return self
 
     @field_validator("grid")
     @classmethod

@@ -81,7 +81,9 @@ class TransformerParams:
     checkpoint_every_steps: int = 100
     log_every_steps: int = 20
     max_steps: int = 0                     # 0: epochs decide
-    max_minutes: float = 0.0               # 0: no limit; else stop (and keep the best) after this
+    max_minutes: float = 0.0               # 0: no limit; else the whole fit (embedding the training
+                                           # set, the probe, fine-tuning, calibration) takes about
+                                           # this long: the schedule decays to 0 at the time limit
     stop_after_steps: int = 0              # test hook: save a checkpoint, then raise, after N steps
     device: str = "auto"                   # auto (cuda when available) | cpu | cuda
     keep_checkpoint: bool = False          # keep the checkpoint folder after a finished run
@@ -370,7 +372,7 @@ class TransformerFamily:
         held = validation_split(train[LABEL].astype(str).tolist(), p.validation_fraction, seed)
         if held.sum() == 0 or (~held).sum() == 0:
             held = np.zeros(len(texts), dtype=bool)
-        started = time.perf_counter()
+        started = fit_started = time.perf_counter()
         probe = TransformerIntentModel(encoder, tokenizer, np.zeros((len(labels), encoder.config.hidden_size)),
                                        np.zeros(len(labels)), labels, 1.0, pooling=pooling,
                                        max_length=p.max_length, predict_batch_size=p.predict_batch_size)
@@ -402,7 +404,8 @@ class TransformerFamily:
                                           max_length=p.max_length, predict_batch_size=p.predict_batch_size,
                                           info=info)
         return _finetune(encoder, tokenizer, texts, y, held, labels, weight, bias, p, pooling, seed, say,
-                         checkpoint_root / checkpoint_key(train, p, seed) if checkpoint_root else None, info)
+                         checkpoint_root / checkpoint_key(train, p, seed) if checkpoint_root else None, info,
+                         fit_started)
 
 
 def _full_logits(clf, emb: np.ndarray, n_labels: int) -> np.ndarray:
@@ -445,7 +448,7 @@ def _eta(seconds: float) -> str:
 
 def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndarray, labels: list[str],
               weight, bias, p: TransformerParams, pooling: str, seed: int, say: Callable[[str], None],
-              ckpt_dir: Path | None, info: dict[str, Any]) -> TransformerIntentModel:
+              ckpt_dir: Path | None, info: dict[str, Any], fit_started: float) -> TransformerIntentModel:
     import torch
     from torch import nn
 
@@ -483,22 +486,28 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
     optimizer = torch.optim.AdamW([{"params": body, "lr": p.learning_rate},
                                    {"params": head_params, "lr": p.head_learning_rate}],
                                   weight_decay=p.weight_decay)
-    warmup = int(total * p.warmup_fraction)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
+    def set_lr(progress: float) -> None:
+        """Linear warm-up over the first ``warmup_fraction`` of the run, then linear decay to 0.
+        ``progress`` is the larger of the fraction of steps done and the fraction of the time
+        budget spent, so a time-limited run still anneals instead of stopping at a high rate."""
+        if progress < p.warmup_fraction:
+            factor = min(1.0, (progress + 1 / total) / p.warmup_fraction)
+        else:
+            factor = max(0.0, (1 - progress) / max(1e-9, 1 - p.warmup_fraction))
+        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base_lr * factor
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     step, best_score, bad_evals, history, resumed_from = 0, -1.0, 0, [], 0
+    time_done = 0.0  # fraction of the time budget spent by the runs before a resume
     if ckpt_dir is not None and (ckpt_dir / _CHECKPOINT).is_file():
         state = torch.load(ckpt_dir / _CHECKPOINT, map_location=device, weights_only=False)
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         step, best_score, bad_evals, history = state["step"], state["best_score"], state["bad_evals"], state["history"]
+        time_done = float(state.get("time_done", 0.0))
         resumed_from = step
         say(f"resuming from step {step}/{total} (checkpoint {ckpt_dir})")
 
@@ -508,7 +517,7 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         tmp = ckpt_dir / (_CHECKPOINT + ".tmp")
         torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "step": step, "best_score": best_score,
+                    "time_done": time_fraction(), "step": step, "best_score": best_score,
                     "bad_evals": bad_evals, "history": history}, tmp)
         os.replace(tmp, ckpt_dir / _CHECKPOINT)  # a crash mid-write leaves the previous one whole
 
@@ -552,20 +561,37 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
         say(f"step {step}: validation accuracy {score:.4f} (best {best_score:.4f}, "
             f"{bad_evals}/{p.patience} without improvement)")
 
+    eval_s = 0.0
     if len(val_rows) and best_score < 0:
+        eval_started = time.perf_counter()
         best_score, _ = evaluate_val()
+        eval_s = time.perf_counter() - eval_started
         history.append({"step": 0, "val_accuracy": round(best_score, 4)})
         remember_best(best_score)
         say(f"step 0/{total}: validation accuracy {best_score:.4f} (before fine-tuning)")
+    # The loop's share of max_minutes: what is left after embedding and the probe, less the
+    # closing validation and calibration passes.
+    loop_budget = 0.0
+    if p.max_minutes:
+        loop_budget = max(1.0, p.max_minutes * 60 - (time.perf_counter() - fit_started) - 3 * eval_s - 5)
+        say(f"time limit {p.max_minutes:g} min: {loop_budget / 60:.1f} min of fine-tuning left")
     say(f"fine-tuning {sum(q.numel() for q in net.parameters()) / 1e6:.1f}M parameters for {total} steps "
         f"({p.epochs} epochs of {steps_per_epoch}, batch {p.batch_size}) on {device}"
         + (f" with {str(amp_dtype).removeprefix('torch.')} autocast" if amp_dtype else ""))
     net.train()
     started = time.perf_counter()
+
+    def time_fraction() -> float:
+        if not loop_budget:
+            return 0.0
+        # A resumed run spreads what was left of the schedule over its own budget.
+        return time_done + (1 - time_done) * (time.perf_counter() - started) / loop_budget
+
     step_at_start = step
     running = None
     stop_reason = "finished"
     while step < total:
+        set_lr(max(step / total, time_fraction()))
         epoch, offset = divmod(step, steps_per_epoch)
         # The order of an epoch depends only on the seed and the epoch: a resumed run skips
         # exactly the batches the interrupted one trained on.
@@ -587,15 +613,17 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
-        scheduler.step()
         step += 1
         value = float(loss.detach())
         running = value if running is None else 0.9 * running + 0.1 * value
         elapsed = time.perf_counter() - started
         per_step = elapsed / (step - step_at_start)
         if step % p.log_every_steps == 0 or step == total:
+            eta = per_step * (total - step)
+            if loop_budget:
+                eta = min(eta, (1 - time_fraction()) * loop_budget / max(1e-9, 1 - time_done))
             say(f"step {step}/{total} epoch {epoch + 1}/{p.epochs} loss {running:.4f} "
-                f"lr {scheduler.get_last_lr()[0]:.2e} {per_step:.2f}s/step ETA {_eta(per_step * (total - step))}")
+                f"lr {optimizer.param_groups[0]['lr']:.2e} {per_step:.2f}s/step ETA {_eta(eta)}")
         if len(val_rows) and (step % eval_every == 0 or step == total):
             validate()
             if bad_evals >= p.patience:
@@ -608,7 +636,7 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
             save_checkpoint()
             raise TrainingInterrupted(f"stopped after {step} steps (stop_after_steps hook); "
                                       f"checkpoint in {ckpt_dir}")
-        if p.max_minutes and elapsed > p.max_minutes * 60:
+        if loop_budget and time_fraction() >= 1:
             stop_reason = f"time limit ({p.max_minutes:g} min) at step {step}"
             if len(val_rows) and history[-1]["step"] != step:
                 validate()  # the steps since the last evaluation count too

@@ -64,3 +64,22 @@ def test_training_flow_compares_modes_and_registers_the_better(overlays):
     assert "holdout" in table.description
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["settings"] for r in rows] == ["mode=frozen", "mode=finetune"]
+
+
+def test_without_refit_the_chosen_holdout_model_is_registered(overlays, monkeypatch):
+    # selection.refit false: the winner is not fitted a second time on the whole training set
+    monkeypatch.setenv("DRIFTLOOP__SELECTION__REFIT", "false")
+    out = training(reason="transformer family, no refit", trigger="test", config=overlays)
+    result = out.selection
+    assert result is not None and not result.refit
+    assert [s.model is None for s in result.scores] == [s is not result.chosen for s in result.scores]
+
+    parts = wiring.build(load_settings(overlays))
+    tags = parts.registry.version_tags(out.candidate)
+    assert tags["selection.refit"] == "false"
+    # a 25% holdout of the training set: the registered model saw only the other rows
+    rows = int(tags["data.rows"])
+    assert int(tags["training.rows"]) == result.chosen.train_rows < rows
+    assert abs(result.chosen.train_rows - 0.75 * rows) <= 5   # stratified per label, so about 3/4
+    model = parts.registry.load(out.candidate)
+    assert model.info["mode"] == result.chosen.candidate.overrides["mode"]

@@ -111,6 +111,22 @@ def test_finetune_resumes_from_its_checkpoint_after_an_interruption(small_frame,
     assert not folder.exists()   # a finished run removes its checkpoint
 
 
+def test_a_time_limit_anneals_the_rate_to_zero_and_keeps_the_best(small_frame, tiny_transformer_base):
+    # 1000 epochs would take minutes: the time limit (about 3 s of fine-tuning, after the 5 s
+    # kept back for the closing passes) ends the run, and the rate reaches ~0 by then
+    # instead of stopping at its peak.
+    cfg = params(tiny_transformer_base, mode="finetune", epochs=1000, learning_rate=1e-3, max_minutes=0.15,
+                 patience=100_000)
+    messages: list[str] = []
+    model = get_family("transformer").fit(small_frame, cfg, seed=0, progress=messages.append)
+    assert model.info["stop"].startswith("time limit") and model.info["steps"] < model.info["total_steps"]
+    rates = [float(m.split(" lr ")[1].split()[0]) for m in messages if m.startswith("step ") and " lr " in m]
+    assert max(rates) > 0.5e-3          # it warmed up to near the full rate ...
+    assert rates[-1] < 0.25e-3          # ... and decayed towards 0 at the limit
+    assert any(m.startswith("time limit 0.15 min:") for m in messages)
+    assert model.predict_proba(TEXTS).shape == (3, 4)
+
+
 def test_ensemble_averages_calibrated_members(small_frame, tiny_transformer_base):
     model = get_family("ensemble").fit(small_frame, params(tiny_transformer_base, mode="frozen", char_min_df=1),
                                        seed=0)
@@ -134,6 +150,16 @@ def test_holdout_comparison_chooses_the_better_family(small_frame, tiny_transfor
     assert scores[1].score > scores[0].score
     assert result.chosen.candidate.model.family == "tfidf"
     assert [len(s.fold_scores) for s in scores] == [1, 1]
+
+
+def test_refit_false_needs_a_single_holdout():
+    from pydantic import ValidationError
+
+    from driftloop.settings import SelectionSettings
+
+    assert not SelectionSettings(refit=False, folds=1).refit
+    with pytest.raises(ValidationError, match="refit: false needs folds: 1"):
+        SelectionSettings(refit=False, folds=3)
 
 
 def test_the_overlay_loads_and_a_bad_mode_fails_at_start(monkeypatch):
