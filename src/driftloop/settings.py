@@ -279,6 +279,9 @@ class ServingSettings(_Section):
     reload_interval_s: float = Field(1.0, gt=0)
     max_text_chars: int = Field(2000, gt=0)
     max_batch: int = Field(256, gt=0)
+    # Requests not answered inline (a transformer's, or many texts) that arrive while the model
+    # is busy are predicted together, up to this many texts a forward pass (0: one call each).
+    micro_batch_texts: int = Field(64, ge=0)
     # The prediction log is fsynced at least this often (bounds the loss on a machine crash;
     # a crash of the server process itself loses nothing, each line is written at once).
     fsync_interval_s: float = Field(1.0, gt=0)

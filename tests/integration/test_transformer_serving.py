@@ -4,6 +4,7 @@ and served over real HTTP with batching and real token counts in /metrics and th
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 
 import httpx
@@ -85,3 +86,26 @@ def test_served_in_batches_with_real_token_counts(logged, tmp_path):
     logged_rows = read_predictions(tmp_path)
     by_text = logged_rows[logged_rows["text"].isin(TEXTS)].drop_duplicates("text").set_index("text")
     assert [int(by_text.loc[t, "tokens"]) for t in TEXTS] == counts
+
+
+def test_concurrent_requests_share_forward_passes(logged, tmp_path):
+    # 32 single-text requests at once: the model answers while others arrive, so they are
+    # predicted together (serving.micro_batch_texts), each still getting its own answer.
+    registry, ref, model = logged
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(32)]
+    expected = {t: p.intent for t, p in zip(texts, model.predict(texts))}
+
+    async def send_all(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"text": t}) for t in texts))
+
+    with serve_in_thread(create_app(CFG, registry, tmp_path)) as url, \
+            httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
+        answers = asyncio.run(send_all(url))
+        assert [a.status_code for a in answers] == [200] * len(texts)
+        assert [a.json()["predictions"][0]["intent"] for a in answers] == [expected[t] for t in texts]
+        samples = metric_samples(client)
+        slot = {"model_version": ref.version, "slot": "champion"}
+        passes = sample(samples, "driftloop_batch_texts_count", **slot)
+        assert sample(samples, "driftloop_batch_texts_sum", **slot) == len(texts)
+        assert passes < len(texts)   # some requests shared a forward pass
