@@ -7,6 +7,7 @@ Against a local server a flow costs about a second of overhead, against Prefect'
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+log = logging.getLogger(__name__)
 
 # Servers this process started, so stop_server can reap them (a zombie still answers killpg).
 _STARTED: dict[int, subprocess.Popen] = {}
@@ -80,13 +83,34 @@ def ensure_server(home: Path, port: int, host: str = "127.0.0.1", timeout_s: flo
             return PrefectServer(api_url, proc.pid, log_path)
         time.sleep(0.3)
     _STARTED[proc.pid] = proc
-    stop_server(PrefectServer(api_url, proc.pid))
+    stop_server(PrefectServer(api_url, proc.pid), flush=False)  # it never answered: nothing to send
     raise TimeoutError(f"Prefect server not healthy after {timeout_s:.0f}s; see {log_path}")
 
 
-def stop_server(server: PrefectServer, timeout_s: float = 15) -> None:
+def flush_client(timeout_s: float = 30) -> None:
+    """Send what this process still has queued for the Prefect API (flow-run logs, events).
+
+    Prefect ships them from background workers, at the latest when the interpreter exits; a
+    server stopped before that leaves them retrying against a closed port (about a minute of
+    retries, then "Error logging to API") and the logs are lost.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout_s, at_exit=False)
+        except Exception:  # flushing is best effort; stopping the server must go on
+            log.warning("flushing %s before stopping the Prefect server failed", worker.__name__, exc_info=True)
+
+
+def stop_server(server: PrefectServer, timeout_s: float = 15, flush: bool = True) -> None:
+    """Stop a server this process started (a server it only reused is left running), after
+    flushing this process's queued logs and events to it."""
     if server.pid is None:
         return
+    if flush:
+        flush_client()
     try:
         os.killpg(server.pid, signal.SIGTERM)
     except ProcessLookupError:
