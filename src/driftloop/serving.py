@@ -21,7 +21,6 @@ import os
 import queue
 import random
 import re
-import sys
 import threading
 import time
 import zlib
@@ -294,9 +293,9 @@ class MicroBatcher:
                     self._on_batch(len(texts))
                 try:
                     predictions, tokens = await run_in_threadpool(self._predict, texts)
-                except Exception:
+                except Exception as exc:
                     if len(batch) == 1:
-                        _settle(batch[0][1], exc=sys.exc_info()[1])
+                        _settle(batch[0][1], exc=exc)
                         continue
                     for part, future in batch:  # find the culprit: each request on its own
                         try:
@@ -310,7 +309,7 @@ class MicroBatcher:
                     at += len(part)
         finally:
             self._running = False
-            if self._pending:  # arrived after the loop's last look
+            if self._pending:  # left behind by an exception that ended the loop: start over
                 self._running = True
                 asyncio.get_running_loop().create_task(self._drain())
 
@@ -964,9 +963,6 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
     feedback_body = {"requestBody": {"required": True, "content": {
         _JSON: {"schema": FeedbackRequest.model_json_schema()}}}}
 
-    def predict_with(part: _Slot, texts: list[str]) -> tuple[list[Prediction], list[int]]:
-        return predict_texts(part.loaded.model, texts)
-
     async def serve_predict(scope: dict[str, Any], receive: Receive) -> tuple[int, bytes, str] | None:
         """Status, JSON body and HTTP request id of one /predict call, in its span; shared by
         the fast path and the route. None: the client left before its body arrived."""
@@ -1013,11 +1009,11 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         while True:
             try:
                 if inline:
-                    predictions, tokens = predict_with(part, texts)
+                    predictions, tokens = predict_texts(part.loaded.model, texts)
                 elif part.batcher is not None:
                     predictions, tokens = await part.batcher.submit(texts)
                 else:
-                    predictions, tokens = await run_in_threadpool(predict_with, part, texts)
+                    predictions, tokens = await run_in_threadpool(predict_texts, part.loaded.model, texts)
                 break
             except Exception as exc:
                 bound = part.bound

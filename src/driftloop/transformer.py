@@ -372,7 +372,7 @@ class TransformerFamily:
         held = validation_split(train[LABEL].astype(str).tolist(), p.validation_fraction, seed)
         if held.sum() == 0 or (~held).sum() == 0:
             held = np.zeros(len(texts), dtype=bool)
-        started = fit_started = time.perf_counter()
+        started = time.perf_counter()
         probe = TransformerIntentModel(encoder, tokenizer, np.zeros((len(labels), encoder.config.hidden_size)),
                                        np.zeros(len(labels)), labels, 1.0, pooling=pooling,
                                        max_length=p.max_length, predict_batch_size=p.predict_batch_size)
@@ -405,7 +405,7 @@ class TransformerFamily:
                                           info=info)
         return _finetune(encoder, tokenizer, texts, y, held, labels, weight, bias, p, pooling, seed, say,
                          checkpoint_root / checkpoint_key(train, p, seed) if checkpoint_root else None, info,
-                         fit_started)
+                         started)
 
 
 def _full_logits(clf, emb: np.ndarray, n_labels: int) -> np.ndarray:
