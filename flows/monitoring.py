@@ -71,12 +71,17 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
         logger.info(decision.reason)
         return MonitorOutcome(champion, None, decision)
 
-    splits = data.prepare(settings.data, parts.prepared_dir)
     champion_model = model.load_model(parts.registry, champion)
-    # The champion's own reference (refreshed by the retrain that made it), else the prepared one.
-    md5 = model.version_tags(parts.registry, champion).get("reference.md5")
-    source = (data.restore_dataset(parts.datasets, md5, parts.reports_dir / f"reference-{md5}.csv")
-              if md5 else splits["reference"])
+    # The champion's own reference (refreshed by the retrain that made it), else the prepared one
+    # of the data set it was trained on.
+    champion_tags = model.version_tags(parts.registry, champion)
+    md5 = champion_tags.get("reference.md5")
+    if md5:
+        source = data.restore_dataset(parts.datasets, md5, parts.reports_dir / f"reference-{md5}.csv")
+    else:
+        splits = data.prepare(settings.data, parts.prepared_dir)
+        dataset.require_same_data(splits, champion_tags, str(champion))
+        source = splits["reference"]
     reference = monitor.predict_reference(champion_model, dataset.read_labelled(source, TEXT, LABEL))
     # A champion with sentence embeddings (the transformer family) adds embedding drift.
     embed = getattr(champion_model, "embed", None)

@@ -34,18 +34,21 @@ def retraining(reason: str, requested_by: str = "manual", window_id: str = "", r
     logger = get_run_logger()
     run_id = str(flow_run.id or "local")
     splits = data.prepare(settings.data, parts.prepared_dir)
-    eval_texts = list(dataset.read_labelled(splits["eval"], TEXT, LABEL)[TEXT])
+    eval_texts = list(splits.read("eval")[TEXT])
     label_set = list(dataset.read_labels(splits["labels"]))
 
     # The previous set is the champion's own, restored by its DVC hash: retraining never guesses.
     current = model.champion_ref(parts.registry)
-    md5 = model.version_tags(parts.registry, current).get("data.md5") if current else None
+    champion_tags = model.version_tags(parts.registry, current) if current else {}
+    if current is not None:
+        dataset.require_same_data(splits, champion_tags, str(current))
+    md5 = champion_tags.get("data.md5")
     if md5:
         path = data.restore_dataset(parts.datasets, md5, parts.retrain_dir / f"previous-{md5}.csv")
         previous = dataset.read_labelled(path, TEXT, LABEL)
         logger.info("previous training set: %s's, %d rows (md5 %s)", current, len(previous), md5)
     else:
-        previous = dataset.read_labelled(splits["train"], TEXT, LABEL)
+        previous = splits.read("train")
     needed = settings.retrain.min_new_labels if min_new_labels is None else min_new_labels
     labelled = data.wait_for_labels(parts.log_root, previous, eval_texts, label_set, needed, settings.retrain)
     merged = curation.merge_training_set(previous, labelled.rows, eval_texts)

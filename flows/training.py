@@ -66,7 +66,7 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     splits = data.prepare(settings.data, parts.prepared_dir)
     source = Path(training_set) if training_set else splits["train"]
     frame = dataset.read_labelled(source, TEXT, LABEL)
-    eval_set = dataset.read_labelled(splits["eval"], TEXT, LABEL)
+    eval_set = splits.read("eval")
     label_set = dataset.read_labels(splits["labels"])
 
     data.validate_training_set(frame, source=str(source), known_labels=label_set,
@@ -88,14 +88,18 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     scores, rows = model.evaluate(candidate_model, eval_set)
 
     current = model.champion_ref(parts.registry)
+    champion_tags = model.version_tags(parts.registry, current) if current is not None else {}
+    if champion_tags.get("data.key", splits.key) != splits.key:
+        logger.warning("the champion %s was trained on data set %r (key %s); this candidate on %r (key %s): "
+                       "both are evaluated on the latter's evaluation set", current,
+                       champion_tags.get("data.name"), champion_tags["data.key"], splits.name, splits.key)
     reference_tags: dict[str, str] = {}
     if reference_set:
         ref_version = data.commit_dataset(parts.datasets, dataset.read_labelled(reference_set, TEXT, LABEL),
                                           "reference")
         reference_tags = {"reference.md5": ref_version.md5, "reference.rows": str(ref_version.rows)}
     elif current is not None:
-        inherited = model.version_tags(parts.registry, current)
-        reference_tags = {k: v for k, v in inherited.items() if k.startswith("reference.")}
+        reference_tags = {k: v for k, v in champion_tags.items() if k.startswith("reference.")}
     champion_report = None
     if current is not None:
         champion_report, _ = model.evaluate(model.load_model(parts.registry, current), eval_set)
@@ -106,6 +110,7 @@ def training(training_set: str | None = None, reason: str = "initial training", 
     eval_dir = parts.reports_dir / f"eval-{run_id}"
     model.write_eval_artifacts(scores, rows, eval_dir)
     tags = {
+        **splits.lineage(),   # which data set, the key of its prepared splits, the raw files' hashes
         "data.md5": version.md5, "data.rows": str(version.rows), "data.labels": str(frame[LABEL].nunique()),
         "training.rows": str(fitted_rows),   # fewer than data.rows with selection.refit false
         "eval.md5": scores.eval_md5, "git.commit": git_commit(), "config.hash": settings.config_hash(),

@@ -19,13 +19,11 @@ from driftloop.versioning import DatasetStore
 
 
 @task(cache_policy=NO_CACHE)
-def prepare(cfg: DataSettings, out_dir: Path) -> dict[str, Path]:
-    """Build the scenario's splits once; later runs reuse them (raw data is immutable)."""
-    names = ("train", "eval", "reference", "live_known", "live_new", "labels")
-    existing = {n: out_dir / (f"{n}.json" if n == "labels" else f"{n}.csv") for n in names}
-    if all(p.exists() for p in existing.values()):
-        return existing
-    return dataset.prepare(cfg, out_dir)
+def prepare(cfg: DataSettings, root: Path) -> dataset.PreparedData:
+    """The splits of the configured data set, built once per key (settings + raw files' hashes)."""
+    prepared = dataset.ensure_prepared(cfg, root)
+    get_run_logger().info("data set %s: prepared splits %s (key %s)", prepared.name, prepared.dir, prepared.key)
+    return prepared
 
 
 @task(cache_policy=NO_CACHE)

@@ -7,20 +7,26 @@ downstream knows which data set it runs on.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
+from driftloop.errors import InputError
 from driftloop.settings import DataSettings
 
 TEXT = "text"
 LABEL = "label"
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """A data file that cannot be read as a labelled text set; the message names file and field."""
 
 
@@ -116,6 +122,9 @@ def _stratified_take(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[p
 def build_splits(cfg: DataSettings) -> ScenarioSplits:
     train = read_labelled(cfg.train_path, cfg.text_field, cfg.label_field)
     test = read_labelled(cfg.test_path, cfg.text_field, cfg.label_field)
+    for frame, path in ((train, cfg.train_path), (test, cfg.test_path)):
+        if frame.empty:
+            raise DataError(f"{path}: no rows (a header alone is an empty data set)")
     labels = tuple(sorted(set(train[LABEL]) | set(test[LABEL])))
     unknown = sorted(set(cfg.new_labels) - set(labels))
     if unknown:
@@ -145,15 +154,158 @@ def build_splits(cfg: DataSettings) -> ScenarioSplits:
     )
 
 
-def prepare(cfg: DataSettings, out_dir: Path) -> dict[str, Path]:
-    """Write the scenario's splits as CSV files (the DVC ``prepare`` stage and the demo's start)."""
+SPLIT_FILES = ("train", "eval", "reference", "live_known", "live_new")
+# Bumped whenever build_splits changes what it makes of the same inputs: old prepared splits
+# then get a new key and are rebuilt, never reused.
+SPLIT_FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def raw_hashes(cfg: DataSettings) -> dict[str, str]:
+    """The content hash of each raw file, by role (``train``, ``test``); a missing one is an error."""
+    out = {}
+    for role, setting in (("train", "train_path"), ("test", "test_path")):
+        path = getattr(cfg, setting)
+        if path is None:
+            raise DataError(f"data.{setting} is not set (configs/base.yaml or an overlay names the raw file)")
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: file not found (data.{setting})")
+        out[role] = file_sha256(path)
+    return out
+
+
+def data_key(cfg: DataSettings, hashes: Mapping[str, str]) -> str:
+    """What made the prepared splits: the data settings that shape them and the raw files' content.
+
+    ``data.name`` is a label for people and plays no part (the same files split the same way are
+    the same data, whatever they are called)."""
+    shape = {"format": SPLIT_FORMAT, "raw": dict(sorted(hashes.items())),
+             "train_path": str(cfg.train_path), "test_path": str(cfg.test_path),
+             "text_field": cfg.text_field, "label_field": cfg.label_field,
+             "new_labels": sorted(cfg.new_labels), "eval_fraction": cfg.eval_fraction,
+             "reference_fraction": cfg.reference_fraction, "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Prepared splits of one data set, in a folder named by their key.
+
+    Index it by split name (``prepared["train"]``, ``prepared["labels"]``) for the file's path."""
+
+    name: str
+    key: str
+    dir: Path
+    raw: Mapping[str, str] = field(default_factory=dict)   # role -> sha256 of the raw file
+    rows: Mapping[str, int] = field(default_factory=dict)  # split -> rows written
+
+    def __getitem__(self, split: str) -> Path:
+        if split == "labels":
+            return self.dir / "labels.json"
+        if split not in SPLIT_FILES:
+            raise KeyError(split)
+        return self.dir / f"{split}.csv"
+
+    def items(self) -> list[tuple[str, Path]]:
+        """Every split's file, the label list last."""
+        return [(name, self[name]) for name in (*SPLIT_FILES, "labels")]
+
+    def read(self, split: str) -> pd.DataFrame:
+        return read_labelled(self[split])
+
+    def lineage(self) -> dict[str, str]:
+        """Tags for a model version and its run: which data set, which key, which raw files."""
+        return {"data.name": self.name, "data.key": self.key,
+                **{f"data.raw.{role}.sha256": digest for role, digest in self.raw.items()}}
+
+
+def require_same_data(prepared: PreparedData, tags: Mapping[str, str], who: str) -> None:
+    """Refuse to mix a model's data with another data set's: ``who`` (a model version) was
+    trained on the data its ``data.key`` tag names; the configuration now prepares ``prepared``.
+    Versions registered before the tag existed are not checked."""
+    key = tags.get("data.key")
+    if key and key != prepared.key:
+        raise DataError(
+            f"{who} was trained on data set {tags.get('data.name', '?')!r} (data key {key}), but data.* now "
+            f"prepares {prepared.name!r} (data key {prepared.key}, from {prepared.dir}): train a first model "
+            f"on it (`driftloop train`), or give it its own registry.model_name")
+
+
+def _write_splits(cfg: DataSettings, out_dir: Path, key: str, hashes: Mapping[str, str]) -> PreparedData:
     splits = build_splits(cfg)
-    paths = {}
-    for name in ("train", "eval", "reference", "live_known", "live_new"):
-        paths[name] = write_labelled(getattr(splits, name), out_dir / f"{name}.csv")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name in SPLIT_FILES:
+        frame = getattr(splits, name)
+        write_labelled(frame, out_dir / f"{name}.csv")
+        rows[name] = len(frame)
     (out_dir / "labels.json").write_text(json.dumps(list(splits.labels), indent=0))
-    paths["labels"] = out_dir / "labels.json"
-    return paths
+    prepared = PreparedData(cfg.name, key, out_dir, dict(hashes), rows)
+    manifest = {"name": cfg.name, "key": key, "raw": dict(hashes), "rows": rows,
+                "settings": cfg.model_dump(mode="json")}
+    # Written last: a folder without its manifest is a build that did not finish.
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return prepared
+
+
+def prepare(cfg: DataSettings, out_dir: Path) -> PreparedData:
+    """Write the scenario's splits into ``out_dir`` as they are now (the DVC ``prepare`` stage)."""
+    hashes = raw_hashes(cfg)
+    return _write_splits(cfg, Path(out_dir), data_key(cfg, hashes), hashes)
+
+
+def ensure_prepared(cfg: DataSettings, root: Path) -> PreparedData:
+    """The splits for the data settings as configured now, built once per key under ``root``.
+
+    The key covers the settings that shape the splits and the raw files' hashes, so another data
+    set, another seed or an edited raw file gets its own folder and is built afresh; switching
+    back finds the earlier folder again. A missing raw file is an error, whatever was built before.
+    A build goes to a temporary folder that is renamed into place once complete: a crash never
+    leaves splits that look finished."""
+    hashes = raw_hashes(cfg)
+    key = data_key(cfg, hashes)
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in (cfg.name or "data"))[:40]
+    final = Path(root) / f"{slug}-{key}"
+    found = _read_complete(final, key)
+    if found is not None:
+        return found
+    Path(root).mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{slug}-{key}-", dir=root))
+    try:
+        _write_splits(cfg, building, key, hashes)
+        if final.exists() and _read_complete(final, key) is None:
+            shutil.rmtree(final)   # an unfinished folder left by a crash before manifests existed
+        try:
+            os.replace(building, final)
+        except OSError:
+            if _read_complete(final, key) is None:   # not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    found = _read_complete(final, key)
+    if found is None:
+        raise DataError(f"{final}: the prepared splits could not be completed")
+    return found
+
+
+def _read_complete(folder: Path, key: str) -> PreparedData | None:
+    """The prepared data in ``folder`` if its build finished for ``key``, else None."""
+    try:
+        meta = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key or not all((folder / f"{n}.csv").exists() for n in SPLIT_FILES):
+        return None
+    return PreparedData(meta["name"], key, folder, meta.get("raw", {}), meta.get("rows", {}))
 
 
 def read_labels(path: Path) -> tuple[str, ...]:

@@ -147,6 +147,38 @@ def live_accuracy(log_root: Path) -> pd.DataFrame:
             .agg(labelled=("correct", "size"), accuracy=("correct", "mean")).reset_index())
 
 
+def estimate_minutes(settings: Settings, train_rows: int, plan: simulator.TrafficPlan) -> tuple[float, float]:
+    """Typical and worst-case minutes for the whole demo on 2 CPU cores, from the settings, said
+    before it starts.
+
+    Measured on this project's reference machine (2 cores): TF-IDF fits ~10k rows in ~15 s, the
+    frozen transformer embeds ~60 texts/s, and a fine-tune runs to its ``max_minutes``. Two
+    trainings (v1, v2), the traffic, four monitoring runs, and with a rollout its stages
+    (at least their samples' worth of traffic, at most every stage's ``max_duration_s``)."""
+    from driftloop.transformer import TransformerParams
+
+    rows = max(train_rows, 1)
+    family = settings.model.family
+    if family in ("transformer", "ensemble"):
+        params = TransformerParams.from_params(settings.model.params)
+        if params.mode == "finetune":
+            fit = params.max_minutes * 60 if params.max_minutes else rows / 3.0 * params.epochs
+        else:
+            fit = rows / 60.0
+        if family == "ensemble":
+            fit += rows / 700.0
+    else:
+        fit = rows / 700.0
+    requests = plan.quiet + plan.drift + plan.after
+    base = 2 * fit + requests / 150.0 + 4 * 20.0 + 30.0
+    low, high = base, base * 1.5
+    if settings.rollout.enabled:
+        stages = settings.rollout.stages
+        low += sum(s.min_samples for s in stages) / 100.0 + settings.rollout.bake.min_samples / 100.0
+        high += sum(s.max_duration_s for s in stages) + settings.rollout.bake.max_duration_s
+    return low / 60.0, high / 60.0
+
+
 def run_demo(settings: Settings, config: list[str], console: Console, server) -> dict:
     from driftloop import prefect_server  # noqa: F401  (environment already set by the CLI)
 
@@ -163,6 +195,20 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
     parts = wiring.build(settings)
     demo = settings.demo
 
+    # The data first: a bad file or a data set too small for the scenario is said before anything runs.
+    prepared = dataset.ensure_prepared(settings.data, parts.prepared_dir)
+    splits = {n: prepared.read(n) for n in ("live_known", "live_new")}
+    plan = simulator.plan_traffic(demo.quiet_requests, demo.drift_requests, demo.after_requests, demo.new_share,
+                                  len(splits["live_known"]), len(splits["live_new"]), settings.monitor.min_window)
+    tl.step(f"data set {prepared.name}: {prepared.rows.get('train', '?')} training rows, "
+            f"{len(settings.data.new_labels)} labels withheld as new, prepared in {prepared.dir} (key {prepared.key})")
+    if plan.scaled:
+        tl.step(f"   [yellow]traffic scaled to the data set's pools[/yellow] ({len(splits['live_known'])} known-label, "
+                f"{len(splits['live_new'])} new-label texts): {plan.summary()}")
+    typical, worst = estimate_minutes(settings, prepared.rows.get("train", 0), plan)
+    tl.step(f"expected duration on 2 CPU cores: about {typical:.0f} min, at most {worst:.0f} min "
+            f"({settings.model.family} trained twice{'; rollout stages end by their max_duration_s' if settings.rollout.enabled else ''})")
+
     tl.step(f"[bold]1. version 1[/bold]: training without the {len(settings.data.new_labels)} new intents …")
     with (tl.timed("training flow (v1)"),
           console.status("training flow: validate → train → evaluate → register → promote")):
@@ -170,16 +216,14 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
     tl.step(f"   {v1.candidate}: eval accuracy {v1.report.accuracy:.3f} (the eval set already holds the new "
             f"intents), macro-F1 {v1.report.macro_f1:.3f} → {'champion' if v1.decision.promote else 'rejected'}")
 
-    splits = {n: dataset.read_labelled(parts.prepared_dir / f"{n}.csv", TEXT, LABEL)
-              for n in ("live_known", "live_new")}
     serving = ServingProcess(settings, config)
     try:
         with tl.timed("serving start"):
             serving.wait_ready()
         tl.step(f"   serving {serving.url} answers with v{serving.version()}")
 
-        tl.step(f"[bold]2. quiet traffic[/bold]: {demo.quiet_requests} requests of known intents …")
-        quiet = simulator.mix(splits["live_known"], splits["live_new"], demo.quiet_requests, 0.0, demo.seed)
+        tl.step(f"[bold]2. quiet traffic[/bold]: {plan.quiet} requests of known intents …")
+        quiet = simulator.mix(splits["live_known"], splits["live_new"], plan.quiet, 0.0, demo.seed)
         with tl.timed("quiet traffic"):
             answers = simulator.send(serving.url, quiet, demo.concurrency)
         failed = sum(a.status != 200 for a in answers)
@@ -187,8 +231,9 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
             out = monitoring(config=config)
         tl.step(f"   monitor → [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
 
-        tl.step(f"[bold]3. drift[/bold]: {demo.drift_requests} requests, {demo.new_share:.0%} of them new intents …")
-        drifted = simulator.mix(splits["live_known"], splits["live_new"], demo.drift_requests, demo.new_share,
+        tl.step(f"[bold]3. drift[/bold]: {plan.drift} requests, {demo.new_share:.0%} of them new intents …")
+        # Drawn from the texts the phase after the retrain leaves alone (the plan keeps them apart).
+        drifted = simulator.mix(splits["live_known"], splits["live_new"], plan.drift, demo.new_share,
                                 demo.seed + 1)
         with tl.timed("drift traffic"):
             drift_answers = simulator.send(serving.url, drifted, demo.concurrency)
@@ -257,7 +302,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         used = set(drifted[TEXT])
         after = simulator.mix(splits["live_known"][~splits["live_known"][TEXT].isin(used)],
                               splits["live_new"][~splits["live_new"][TEXT].isin(used)],
-                              demo.after_requests, demo.new_share, demo.seed + 2)
+                              plan.after, demo.new_share, demo.seed + 2)
         after_answers = simulator.send(serving.url, after, demo.concurrency)
         failed += sum(a.status != 200 for a in after_answers)
         simulator.annotate(serving.url, after_answers, demo.label_share, demo.seed + 3, token=serving.token)

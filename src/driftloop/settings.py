@@ -32,11 +32,16 @@ class ProjectSettings(_Section):
 
 
 class DataSettings(_Section):
-    name: str = "banking77"
-    train_path: Path = Path("data/raw/banking77/train.csv")
-    test_path: Path = Path("data/raw/banking77/test.csv")
-    text_field: str = "text"
-    label_field: str = "category"
+    """The labelled text set the loop runs on; configs/base.yaml names the demo's, an overlay
+    another (see configs/hwu64.yaml). Nothing in the code knows which one it is."""
+
+    # A name for people: run titles, the prepared folder, the model version's `data.name` tag.
+    name: str = Field("dataset", min_length=1)
+    # The raw files (CSV, JSON or JSON Lines), immutable: prepared splits are keyed by their hashes.
+    train_path: Path | None = None
+    test_path: Path | None = None
+    text_field: str = Field("text", min_length=1)
+    label_field: str = Field("label", min_length=1)
     # Labels withheld from the first model: they appear later in production (the drift scenario).
     new_labels: tuple[str, ...] = ()
     # Share of the test split kept as the held-out evaluation set (stratified, never trained on).

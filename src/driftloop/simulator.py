@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from driftloop.dataset import LABEL, TEXT
+from driftloop.dataset import LABEL, TEXT, DataError
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,57 @@ def mix(known: pd.DataFrame, new: pd.DataFrame, n: int, new_share: float, seed: 
         parts.append(new.iloc[rng.choice(len(new), n_new, replace=False)])
     out = pd.concat(parts, ignore_index=True)
     return out.iloc[rng.permutation(len(out))].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class TrafficPlan:
+    """How many requests each phase of the scenario sends, sized to the data set's pools."""
+
+    quiet: int
+    drift: int
+    after: int
+    scaled: bool   # fewer than configured: the pools are too small for the configured traffic
+
+    def summary(self) -> str:
+        return f"{self.quiet} quiet, {self.drift} drifted, {self.after} after the retrain"
+
+
+def plan_traffic(quiet: int, drift: int, after: int, new_share: float, known_pool: int, new_pool: int,
+                 min_window: int) -> TrafficPlan:
+    """Fit the configured traffic into the pools without repeating a text within a phase.
+
+    The quiet phase draws from the whole known pool; the drifted phase and the one after the
+    retrain must not share texts (v2 trains on the drifted phase's labelled ones), so together
+    they scale down, in proportion, to what the pools hold. A data set whose pools cannot fill
+    even a monitoring window (``min_window``) in each phase is refused with what it lacks."""
+    scale = 1.0
+    later = drift + after
+    if later and new_share < 1:
+        scale = min(scale, known_pool / (later * (1 - new_share)))
+    if later and new_share > 0:
+        scale = min(scale, new_pool / (later * new_share))
+    n_drift, n_after = int(drift * scale), int(after * scale)
+
+    def fits() -> bool:   # mix() rounds each phase's new-label count on its own
+        new_needed = round(n_drift * new_share) + round(n_after * new_share)
+        return new_needed <= new_pool and n_drift + n_after - new_needed <= known_pool
+
+    while (n_drift or n_after) and not fits():
+        if n_after:
+            n_after -= 1
+        else:
+            n_drift -= 1
+    plan = TrafficPlan(quiet=min(quiet, known_pool), drift=n_drift, after=n_after,
+                       scaled=scale < 1 or quiet > known_pool)
+    short = [f"{name} phase {n} < {min_window}" for name, n in (("quiet", plan.quiet), ("drift", plan.drift))
+             if n < min_window]
+    if short:
+        raise DataError(
+            f"the data set leaves {known_pool} known-label and {new_pool} new-label texts for simulated traffic: "
+            f"too few for monitoring windows of monitor.min_window={min_window} ({'; '.join(short)}); "
+            f"lower data.eval_fraction or data.reference_fraction, withhold more data.new_labels, or lower "
+            f"monitor.min_window")
+    return plan
 
 
 async def _send_all(base_url: str, frame: pd.DataFrame, concurrency: int, timeout: float) -> list[Answer]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from driftloop.dataset import PreparedData, ensure_prepared
 from driftloop.history import ChampionHistory, TriggerLedger
 from driftloop.registry import Registry
-from driftloop.settings import Settings
+from driftloop.settings import DataSettings, Settings
 from driftloop.versioning import DatasetStore
 
 
@@ -18,9 +19,14 @@ class Components:
     ledger: TriggerLedger
     datasets: DatasetStore
     log_root: Path
-    prepared_dir: Path
+    prepared_dir: Path   # one folder per data key below it (dataset.ensure_prepared)
     reports_dir: Path
     retrain_dir: Path
+    data: DataSettings
+
+    def prepared(self) -> PreparedData:
+        """The configured data set's prepared splits (built on first use, keyed by what made them)."""
+        return ensure_prepared(self.data, self.prepared_dir)
 
 
 def build(settings: Settings) -> Components:
@@ -35,4 +41,5 @@ def build(settings: Settings) -> Components:
         prepared_dir=state / "prepared",
         reports_dir=settings.reports_dir,
         retrain_dir=state / "retrain",
+        data=settings.data,
     )

@@ -59,3 +59,34 @@ def test_loop_closes(state, monkeypatch):
     assert out["v2"].rollout.result == "promoted", out["v2"].rollout.reason
     # the promotion of v2 names the drift that started it and the analysis that let it through
     assert "drift confirmed" in moves[1].reason and moves[1].report.endswith("-canary-50.md")
+
+
+def test_the_loop_closes_on_a_second_data_set_by_configuration(state, monkeypatch):
+    """HWU64 (configs/hwu64.yaml: another domain, label column `intent`, a small test split): the
+    demo sizes its traffic to the data, the quiet window stays quiet, six withheld intents fire
+    the monitor, and the retrained model answers the drifted traffic better."""
+    from driftloop.demo import run_demo
+    from driftloop.prefect_server import PrefectServer
+    from driftloop.settings import load_settings
+
+    monkeypatch.setenv("DRIFTLOOP__SERVING__PORT", str(free_port()))
+    settings = load_settings(["hwu64"])
+    console = Console(record=True, width=200)
+    from prefect.settings import PREFECT_API_URL
+
+    try:
+        out = run_demo(settings, ["hwu64"], console, PrefectServer(PREFECT_API_URL.value(), None))
+    except SystemExit:
+        pytest.fail("the demo stopped early:\n" + console.export_text())
+    text = console.export_text()
+    print(text)
+    assert "data set hwu64" in text and "traffic scaled to the data set's pools" in text
+    assert "no drift" in text                                      # quiet
+    assert out["drift"].drift_detected                             # six new intents fire
+    v1, v2 = out["v1"], out["v2"]
+    assert v1.candidate.name == "hwu64-router" and v2.decision.promote and v2.candidate.version == "2"
+    assert v2.report.accuracy > v1.report.accuracy
+    acc = out["accuracy"].set_index("model_version")["accuracy"]
+    assert acc["2"] > acc["1"] + 0.05, acc                         # live accuracy recovers
+    assert out["failed"] == 0
+    assert not out["steady"].decision.retrain, out["steady"].decision.reason

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from driftloop import predlog, simulator, wiring
-from driftloop.dataset import read_labelled
 from flows.monitoring import monitoring
 from flows.training import training
 
@@ -62,7 +61,7 @@ def champion_parts(settings):
 def test_quiet_window_does_not_trigger(champion_parts):
     parts = champion_parts
     before = retrain_runs()
-    known = read_labelled(parts.prepared_dir / "live_known.csv")
+    known = parts.prepared().read("live_known")
     serve_window(parts, known.sample(400, random_state=3), "quiet")
     out = monitoring()
     assert out.drift is not None and out.drift.n_current == 400
@@ -85,8 +84,8 @@ def test_drift_triggers_exactly_once(champion_parts, monkeypatch):
     monkeypatch.setenv("DRIFTLOOP__RETRAIN__LABEL_WAIT_TIMEOUT_S", "0")
     before = retrain_runs()
     champion = parts.registry.champion()
-    known = read_labelled(parts.prepared_dir / "live_known.csv")
-    new = read_labelled(parts.prepared_dir / "live_new.csv")
+    known = parts.prepared().read("live_known")
+    new = parts.prepared().read("live_new")
     serve_window(parts, simulator.mix(known, new, 400, 0.35, seed=5), "drift")
     first = monitoring()
     assert first.drift.drift_detected and first.decision.retrain
@@ -105,7 +104,7 @@ def test_drift_triggers_exactly_once(champion_parts, monkeypatch):
 
 def test_too_small_window_is_not_judged(champion_parts):
     parts = champion_parts
-    known = read_labelled(parts.prepared_dir / "live_known.csv")
+    known = parts.prepared().read("live_known")
     serve_window(parts, known.head(20), "small")
     out = monitoring()
     assert out.drift is None and not out.decision.retrain and "min_window" in out.decision.reason
@@ -120,7 +119,7 @@ def test_a_promotion_that_regresses_is_undone_by_the_next_monitor_run(champion_p
     parts = champion_parts
     monkeypatch.setenv("DRIFTLOOP__ROLLOUT__BAKE__MIN_SAMPLES", "150")
     v1 = parts.registry.champion()
-    known = read_labelled(parts.prepared_dir / "live_known.csv")
+    known = parts.prepared().read("live_known")
     serve_window(parts, known.head(300), "before")           # v1's baseline: 1 ms per request
     slow = SlowClassifier(parts.registry.load(v1), delay_s=0.0)
     v2 = parts.registry.register_model(slow, run_name="hand-made", input_example=["where is my card"])
@@ -165,8 +164,8 @@ def test_event_dispatch_emits_one_drift_event_per_window_instead_of_retraining(c
     parts = champion_parts
     monkeypatch.setenv("DRIFTLOOP__RETRAIN__DISPATCH", "event")
     before = retrain_runs()
-    known = read_labelled(parts.prepared_dir / "live_known.csv")
-    new = read_labelled(parts.prepared_dir / "live_new.csv")
+    known = parts.prepared().read("live_known")
+    new = parts.prepared().read("live_new")
     serve_window(parts, simulator.mix(known, new, 400, 0.35, seed=5), "drift")
     first = monitoring()
     window = first.drift.window_id

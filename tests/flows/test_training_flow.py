@@ -49,7 +49,7 @@ def test_worse_candidate_is_not_promoted(settings, tmp_path, monkeypatch):
     first = training(reason="first", trigger="test")
     monkeypatch.setenv("DRIFTLOOP__PROMOTION__MIN_SCORE", "0.1")  # so the regression rule decides
     parts = wiring.build(settings)
-    small = read_labelled(parts.prepared_dir / "train.csv").groupby("label").head(3)
+    small = parts.prepared().read("train").groupby("label").head(3)
     path = tmp_path / "small.csv"
     small.to_csv(path, index=False)
     second = training(training_set=str(path), reason="tiny data", trigger="test")
@@ -65,7 +65,7 @@ def test_worse_candidate_is_not_promoted(settings, tmp_path, monkeypatch):
 def test_validation_failure_leaves_champion_unchanged(settings, tmp_path):
     first = training(reason="first", trigger="test")
     parts = wiring.build(settings)
-    bad = read_labelled(parts.prepared_dir / "train.csv").head(200).copy()
+    bad = parts.prepared().read("train").head(200).copy()
     bad.loc[3, "text"] = "   "
     bad.loc[7, "label"] = "not_an_intent"
     path = tmp_path / "bad.csv"

@@ -158,7 +158,6 @@ def _pg(stack, sql: str, db: str = "mlflow") -> list[tuple]:
 
 def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     from driftloop import simulator, wiring
-    from driftloop.dataset import read_labelled
     from driftloop.settings import load_settings
     from driftloop.versioning import DatasetStore
     from flows.monitoring import monitoring
@@ -172,8 +171,8 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     v1 = training(reason="v1 on the stack", trigger="test")
     assert v1.champion == v1.candidate and v1.candidate.version == "1"
 
-    known = read_labelled(parts.prepared_dir / "live_known.csv")
-    new = read_labelled(parts.prepared_dir / "live_new.csv")
+    known = parts.prepared().read("live_known")
+    new = parts.prepared().read("live_new")
     serve_window(parts, simulator.mix(known, new, 400, 0.35, seed=5), "drift", label_share=0.5)
     out = monitoring()
     assert out.drift.drift_detected and out.decision.retrain
@@ -289,7 +288,7 @@ def with_champion(on_stack, small_data, tmp_path, monkeypatch):
     v1 = training(reason="v1", trigger="test")
     parts = wiring.build(load_settings())
     extra = tmp_path / "v2.csv"
-    write_labelled(read_labelled(parts.prepared_dir / "train.csv").sample(frac=0.9, random_state=4), extra)
+    write_labelled(parts.prepared().read("train").sample(frac=0.9, random_state=4), extra)
     return parts, v1.candidate, extra
 
 

@@ -169,7 +169,10 @@ def test_the_overlay_loads_and_a_bad_mode_fails_at_start(monkeypatch):
 
     settings = load_settings(["transformer"])
     assert settings.model.family == "transformer" and settings.selection.folds == 1
-    assert TransformerParams.from_params(settings.model.params).mode == "finetune"
+    # minutes on 2 CPU cores by default; fine-tuning (an hour a fit there) is asked for by name
+    assert TransformerParams.from_params(settings.model.params).mode == "frozen"
+    tuned = TransformerParams.from_params(load_settings(["transformer", "finetune"]).model.params)
+    assert (tuned.mode, tuned.max_minutes) == ("finetune", 60)
     monkeypatch.setenv("DRIFTLOOP__MODEL__PARAMS__MODE", "distil")
     with pytest.raises(ValidationError, match="model.params.mode"):
         load_settings(["transformer"])
