@@ -168,6 +168,10 @@ class TfidfFamily:
         def fit_on(frame: pd.DataFrame):
             vecs = make()
             x = sp.hstack([v.fit_transform(frame[TEXT]) for v in vecs]).tocsr()
+            for v in vecs:
+                # scikit-learn caches id(stop_words), a memory address: without it the same data
+                # and seed give a byte-identical model file (DVC's lock, MLflow artifacts).
+                vars(v).pop("_stop_words_id", None)
             clf = LinearSVC(C=c_value, random_state=seed).fit(x, frame[LABEL])
             return vecs, clf
 
