@@ -3,19 +3,81 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
+import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import pydantic
 import typer
 from rich.console import Console
+from rich.rule import Rule
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from driftloop.settings import Settings, load_settings
+from driftloop import errors
+from driftloop.errors import DriftloopError, InputError, RunFailed
+from driftloop.settings import Settings, config_files, load_settings
+
+# The help's epilog: single newlines are kept (the exit statuses' table); the last paragraph is
+# one line, wrapped to the terminal by the help formatter.
+EPILOG = (
+    "Exit status:\n"
+    "  0  done\n"
+    "  1  a run failed or was refused, or a bug (shown with its traceback)\n"
+    "  2  bad usage, configuration or input: an option, a setting, a file, a row\n"
+    "  3  a server did not answer: MLflow, Prefect or S3 (its URL is named)\n\n"
+    "An error is reported in one or two lines: what is wrong, and the Prefect flow run it failed in, "
+    "whose log (in the Prefect UI) keeps the traceback. --debug, or DRIFTLOOP_DEBUG=1, prints the full "
+    "tracebacks here too."
+)
+
+
+class _LogConsole(Console):
+    """The console when stdout is not a terminal (a CI log, ``| tee``, a file): plain text, and
+    lines as long as their content: a wide page, so that tables keep their natural width and never
+    fold an id, and no soft wrapping. Only rules, which fill the page, keep a terminal's width."""
+
+    RULE_WIDTH = 100
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(width=100_000, soft_wrap=True, color_system=None, force_terminal=False,
+                         force_interactive=False, highlight=False, **kwargs)
+
+    def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line",
+             align: Any = "center") -> None:
+        self.print(Rule(title=title, characters=characters, style=style, align=align), width=self.RULE_WIDTH)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A terminal's console, or, when the stream is not a terminal, one that never wraps or colours."""
+    stream = sys.stderr if stderr else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return Console(stderr=stderr)
+    return _LogConsole(stderr=stderr)
+
+
+class _CommandErrors(TyperGroup):
+    """Every command's errors end here: a project error (``driftloop.errors``) is one or two lines
+    and its category's exit status; anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):   # click's own: --help, usage errors
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported, then the exit status says which kind
+            raise typer.Exit(_report(exc)) from None
+
 
 app = typer.Typer(help="driftloop: the closed retraining loop (train → evaluate → register → deploy → monitor).",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+                  epilog=EPILOG, cls=_CommandErrors, no_args_is_help=True, pretty_exceptions_show_locals=False)
 data_app = typer.Typer(help="Data sets: prepare splits, restore a model's exact training set.", no_args_is_help=True)
 ui_app = typer.Typer(help="Open the Prefect or MLflow UI on 127.0.0.1.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -28,21 +90,90 @@ app.add_typer(rollout_app, name="rollout")
 stack_app = typer.Typer(help="The real stack on 127.0.0.1 without Docker: PostgreSQL, SeaweedFS (S3), MLflow "
                              "server, Prefect server + worker, Prometheus.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
-console = Console()
+console = make_console()
+
+
+@dataclass
+class _Session:
+    """What the error report needs to know about this invocation."""
+
+    debug: bool = False
+    settings: Settings | None = None
+    server: Any = None          # the PrefectServer flows run against, once _orchestrator chose it
+    run_log: Any = None         # the _RunLogFilter on Prefect's console handler
+
+
+_session = _Session()
+
+
+@app.callback()
+def _global(debug: bool = typer.Option(False, "--debug", envvar="DRIFTLOOP_DEBUG",
+                                       help="Print full tracebacks (Prefect's run log and the error's).")) -> None:
+    global _session
+    _session = _Session(debug=debug)   # a fresh one per invocation (tests invoke the app repeatedly)
+
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config overlay(s) from configs/ (name or path); repeatable.")
 
 
-def _settings(config: Optional[list[str]]) -> Settings:
+def _settings(config: Optional[list[str]], options: Optional[dict[str, str]] = None, **overrides: Any) -> Settings:
+    """The settings of this command; a wrong key or value is an :class:`InputError` naming the key,
+    its value and where it was set. ``overrides`` are command-line options (``serving={"port": 80}``),
+    validated like any setting; ``options`` names the option that set a key (``{"serving.port": "--port"}``)."""
     try:
-        settings = load_settings(config)
-    except Exception as exc:  # a wrong key or value: say which, no traceback
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        settings = load_settings(config, **overrides)
+    except pydantic.ValidationError as exc:
+        raise InputError(_settings_problems(exc, config, options or {})) from exc
+    except (OSError, ValueError) as exc:   # an overlay that does not exist, a file that is not YAML
+        raise InputError(f"configuration: {exc}") from exc
     from driftloop import stack
 
     stack.export_client_env(settings)  # the local stack's S3 keys, unless the environment has them
+    _session.settings = settings
     return settings
+
+
+def _settings_problems(exc: pydantic.ValidationError, config: Optional[list[str]], options: dict[str, str]) -> str:
+    """One line per wrong setting: ``monitor.window_size = 'abc' (in o.yaml): Input should be …``."""
+    lines = []
+    for problem in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ").removeprefix(f"{key}: ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown setting"
+        origin = options.get(key) or _setting_origin(problem["loc"], config)
+        value = problem.get("input")
+        shown = f" = {value!r}" if value is not None and not isinstance(value, dict) else ""
+        where = f" ({origin})" if origin else ""
+        lines.append(f"{key}{shown}{where}: {message}" if key else message)
+    head = "configuration: " if len(lines) == 1 else "configuration:\n  "
+    return head + "\n  ".join(lines)
+
+
+def _setting_origin(loc: tuple, config: Optional[list[str]]) -> str | None:
+    """Where a setting came from: its environment variable, else the last YAML file that sets it."""
+    env = "DRIFTLOOP__" + "__".join(str(part).upper() for part in loc)
+    if any(name.upper() == env for name in os.environ):
+        return f"from ${env}"
+    import yaml
+
+    for path in reversed(config_files(config)):
+        try:
+            node: Any = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        for part in loc:
+            if not isinstance(node, dict):
+                break   # a list or a value set in this file replaced everything below it
+            node = node.get(part, _MISSING)
+            if node is _MISSING:
+                break
+        if node is not _MISSING:
+            return f"in {path}"
+    return None
+
+
+_MISSING = object()
 
 
 def _orchestrator(settings: Settings):
@@ -57,14 +188,126 @@ def _orchestrator(settings: Settings):
     else:
         with console.status("starting the local Prefect server on 127.0.0.1 …"):
             server = prefect_server.ensure_server(home, settings.prefect.port)
+    home.mkdir(parents=True, exist_ok=True)   # Prefect's home; a reused server did not make it
     prefect_server.use_server(server, home)
+    _session.server = server
+    _session.run_log = _RunLogFilter.install(debug=_session.debug)
     return server
+
+
+def _flow_run_url(server, flow_run_id: Any) -> str:
+    return f"{server.ui_url}/runs/flow-run/{flow_run_id}"
+
+
+class _RunLogFilter(logging.Filter):
+    """On Prefect's console handler: remembers the flow run each exception failed, and keeps the
+    terminal to one report per error. Only the console is filtered: the records themselves, and
+    what the API handler sends to the server (the run's log in the UI), keep their tracebacks.
+
+    Prefect logs a failing task and each flow around it at ERROR with the exception's traceback
+    (``logger.exception`` in its flow and task engines), and the exception then leaves the flow
+    call. Without --debug, the console drops those records when the exception is a project error
+    (the CLI reports it once, with the run's URL) and shows any other one without its traceback
+    (the CLI prints that once, at the end); the runs' "Finished in state Failed(...)" lines stay.
+    """
+
+    _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+    def __init__(self, debug: bool):
+        super().__init__()
+        self.debug = debug
+        self._failed: list[tuple[BaseException, str]] = []   # (exception, the first flow run it failed)
+
+    @classmethod
+    def install(cls, debug: bool) -> "_RunLogFilter":
+        import prefect.main  # noqa: F401 - Prefect's entry module sets up its logging (the console handler)
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        run_log = cls(debug)
+        for name in ("", "prefect", *cls._RUN_LOGGERS):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, PrefectConsoleHandler):
+                    # Installed once per handler: a process that runs several commands replaces it.
+                    for old in [f for f in handler.filters if isinstance(f, cls)]:
+                        handler.removeFilter(old)
+                    handler.addFilter(run_log)
+                    inner = handler.formatter
+                    if isinstance(inner, _WithoutTraceback):
+                        inner = inner.inner
+                    handler.setFormatter(inner if debug else _WithoutTraceback(inner))
+        return run_log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not record.name.startswith(self._RUN_LOGGERS):
+            return True
+        flow_run_id = getattr(record, "flow_run_id", None)
+        # The innermost run logs first: a subflow's failure names the subflow's run.
+        if flow_run_id and not any(seen is exc for seen, _ in self._failed):
+            self._failed.append((exc, str(flow_run_id)))
+        # Reported by the CLI itself (once, with the run's URL): a project error, an unreachable server.
+        reported = isinstance(exc, DriftloopError) or errors.as_unreachable(exc) is not None
+        return self.debug or not reported
+
+    def flow_run_of(self, exc: BaseException) -> str | None:
+        return next((run for seen, run in self._failed if seen is exc), None)
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a copy of the record without its traceback; the record itself is left whole for
+    the other handlers (the API handler sends the traceback to the server)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            record = logging.makeLogRecord(record.__dict__)
+            record.exc_info = record.exc_text = record.stack_info = None
+        return self.inner.format(record)
+
+
+def _known_servers() -> dict[str, str | None]:
+    """The servers this command may talk to, by the setting that names them (for error messages)."""
+    settings = _session.settings
+    servers: dict[str, str | None] = {}
+    if settings is not None:
+        servers["the MLflow tracking server (registry.tracking_uri)"] = settings.tracking_uri
+        servers["the S3 server (storage.s3_endpoint_url)"] = settings.storage.s3_endpoint_url
+    if _session.server is not None:
+        servers["the Prefect API (prefect.api_url / PREFECT_API_URL)"] = _session.server.api_url
+    return servers
+
+
+def _report(exc: Exception) -> int:
+    """Tell the person what went wrong, on stderr; the exit status for ``exc``."""
+    err = make_console(stderr=True)
+    run_log = _session.run_log
+    run = run_log.flow_run_of(exc) if run_log is not None else None
+    where = f"flow run: {_flow_run_url(_session.server, run)}" if run and _session.server is not None else None
+    known = errors.as_unreachable(exc, _known_servers()) if not isinstance(exc, DriftloopError) else exc
+    if known is None:
+        # A bug: its traceback is what a report of it needs (Python's, once, without locals).
+        traceback.print_exception(exc, file=sys.stderr)
+        err.print(Text.assemble(("unexpected error", "bold red"), f" ({type(exc).__name__}: {exc}); "
+                                "this is a bug, please report it with the traceback above"))
+        if where:
+            err.print(Text(where))
+        return errors.EXIT_RUN_FAILED
+    if _session.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    err.print(Text.assemble(("error: ", "bold red"), str(known)))
+    if where:
+        err.print(Text(where + " (its log has the traceback)"))
+    return known.exit_code
 
 
 @app.command()
 def demo(config: Optional[list[str]] = ConfigOpt,
          keep_servers: bool = typer.Option(False, help="Leave the Prefect server running afterwards.")) -> None:
-    """Run the whole loop once on BANKING77: v1, quiet traffic, drift, labels, v2, rollout."""
+    """Run the whole loop once on the configured data set (data.*): v1, quiet traffic, drift, labels, v2,
+    rollout."""
     from driftloop.demo import run_demo
 
     settings = _settings(config)
@@ -144,8 +387,7 @@ def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; s
     try:
         extra = parse_params(param or [], allowed)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        raise InputError(str(exc)) from exc
     parameters = {"reason": reason, "requested_by": requested_by, "min_new_labels": min_new_labels,
                   **({"config": list(config)} if config else {}), **extra}
     run_tags = [f"requested_by:{requested_by}", "trigger:manual"]
@@ -157,11 +399,10 @@ def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; s
         try:
             run = run_deployment(target, parameters=parameters, tags=run_tags, timeout=0, as_subflow=False)
         except ObjectNotFound:
-            console.print(f"[red]no deployment {target!r} on {server.api_url}[/red]: run `prefect deploy --all` "
-                          "in the project directory first")
-            raise typer.Exit(1) from None
+            raise RunFailed(f"no deployment {target!r} on {server.api_url}: run `prefect deploy --all` "
+                            "in the project directory first") from None
         console.print(f"created flow run {run.name} of {target} (a worker of its pool runs it):\n"
-                      f"{server.ui_url}/runs/flow-run/{run.id}")
+                      f"{_flow_run_url(server, run.id)}")
         return
     with prefect_tags(*run_tags):
         out = retraining(**parameters)
@@ -170,20 +411,26 @@ def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; s
 
 
 @app.command()
-def serve(config: Optional[list[str]] = ConfigOpt) -> None:
+def serve(config: Optional[list[str]] = ConfigOpt,
+          host: Optional[str] = typer.Option(None, help="Bind this address (default: serving.host, 127.0.0.1; "
+                                                        "0.0.0.0 needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1)."),
+          port: Optional[int] = typer.Option(None, help="Bind this port (default: serving.port).")) -> None:
     """Serve the champion over HTTP (reloads when the alias moves)."""
     from driftloop import serving, wiring
 
-    settings = _settings(config)
+    # The options are settings like any other: validated (the loopback guard included) and named
+    # in an error as the option that set them.
+    chosen = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = _settings(config, options={f"serving.{k}": f"from --{k}" for k in chosen},
+                         **({"serving": chosen} if chosen else {}))
     parts = wiring.build(settings)
     console.print(f"serving {settings.registry.model_name}@champion on http://{settings.serving.host}:{settings.serving.port}")
     try:
         serving.run_server(settings.serving, parts.registry, parts.log_root,
                            low_confidence=settings.monitor.low_confidence, monitor_status=settings.monitor_status_path,
                            trace_cfg=settings.tracing)
-    except serving.MissingApiToken as exc:  # refuse to start, saying what to set; no traceback
-        console.print(f"[red]not starting:[/red] {exc}")
-        raise typer.Exit(2) from None
+    except serving.MissingApiToken as exc:  # refuse to start, saying what to set
+        raise InputError(f"not starting: {exc}") from exc
 
 
 @app.command()
@@ -206,8 +453,10 @@ def status(config: Optional[list[str]] = ConfigOpt) -> None:
     runs = parts.registry.recent_runs()
     if runs:
         recent = Table(title="last runs (MLflow; the Prefect flow run id links them to the Prefect UI)")
+        # An id is never folded, in a narrow terminal either: the other columns give way first.
+        id_width = max(len(str(r["flow_run"])) for r in runs)
         for col in ("started", "run", "kind", "status", "prefect flow run"):
-            recent.add_column(col, overflow="fold")
+            recent.add_column(col, overflow="fold", min_width=id_width if col == "prefect flow run" else None)
         for r in runs:
             started = datetime.fromtimestamp(r["start"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
             recent.add_row(started, r["name"], r["kind"], r["status"], r["flow_run"])
@@ -252,8 +501,7 @@ def rollout_start(config: Optional[list[str]] = ConfigOpt,
     promote or roll back, then watch the new champion (needs the serving app and traffic)."""
     settings = _settings(config)
     if strategy is not None and strategy not in ("progressive", "bluegreen", "ab"):
-        console.print(f"[red]--strategy {strategy!r}:[/red] expected progressive, bluegreen or ab")
-        raise typer.Exit(2)
+        raise InputError(f"--strategy {strategy!r}: expected progressive, bluegreen or ab")
     _orchestrator(settings)
     from flows.rollout import rollout
 
@@ -310,8 +558,7 @@ def rollout_promote(reason: str = typer.Option(..., "--reason", help="Why; recor
     parts = wiring.build(_settings(config))
     target = parts.registry.challenger()
     if target is None:
-        console.print("[red]no challenger to promote[/red]")
-        raise typer.Exit(1)
+        raise RunFailed("no challenger to promote (the challenger alias is not set)")
     rollout.promote(parts.registry, parts.history, target, reason=reason, actor=f"manual:{who}")
     console.print(f"{target} is the champion (by {who}: {reason})")
 
@@ -336,8 +583,7 @@ def rollback(reason: str = typer.Option(..., "--reason", help="Why; recorded in 
     parts = wiring.build(_settings(config))
     entry = rollout.rollback_champion(parts.registry, parts.history, reason=reason, actor=f"manual:{who}")
     if entry is None:
-        console.print("[red]the history names no earlier good champion to return to[/red]")
-        raise typer.Exit(1)
+        raise RunFailed("the history names no earlier good champion to return to")
     console.print(f"champion: v{entry.from_version} → v{entry.to_version} (by {who}: {reason})")
 
 
@@ -364,8 +610,7 @@ def data_restore(version: str = typer.Option(..., help="Model version whose trai
     parts = wiring.build(settings)
     md5 = parts.registry.version_tags(ModelRef(settings.registry.model_name, version)).get("data.md5")
     if not md5:
-        console.print(f"[red]version {version} has no data.md5 tag[/red]")
-        raise typer.Exit(1)
+        raise RunFailed(f"version {version} of {settings.registry.model_name} has no data.md5 tag")
     dest = out or Path(f"restored-v{version}-{md5[:8]}.csv")
     parts.datasets.restore(md5, dest)
     console.print(f"restored the training set of v{version} (md5 {md5}) to {dest}")
@@ -465,8 +710,7 @@ def stack_up(config: Optional[list[str]] = ConfigOpt,
     try:
         out = mod.up(stack, service or None, progress=lambda m: console.print(f"  {m}"))
     except mod.StackError as exc:
-        console.print(f"[red]stack up failed:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise RunFailed(f"stack up failed: {exc}") from exc
     took = (datetime.now(timezone.utc) - t0).total_seconds()
     table = Table("service", "url", "state")
     for s in out:

@@ -85,7 +85,10 @@ def _reason(chain: list[BaseException]) -> str:
         return "unknown host"
     if any(isinstance(e, TimeoutError) or "Timeout" in type(e).__name__ for e in chain):
         return "timed out"
-    return str(chain[-1]) or type(chain[-1]).__name__
+    last = chain[-1]
+    if isinstance(last, OSError) and last.strerror:
+        return last.strerror[:1].lower() + last.strerror[1:]
+    return str(last) or type(last).__name__
 
 
 def _url_in(chain: list[BaseException]) -> str | None:

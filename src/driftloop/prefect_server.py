@@ -18,10 +18,16 @@ from pathlib import Path
 
 import httpx
 
+from driftloop.errors import ServerUnreachable
+
 log = logging.getLogger(__name__)
 
 # Servers this process started, so stop_server can reap them (a zombie still answers killpg).
 _STARTED: dict[int, subprocess.Popen] = {}
+
+
+class PrefectServerError(ServerUnreachable, RuntimeError):
+    """The local Prefect server did not start (its log, named in the message, says why)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,8 @@ def ensure_server(home: Path, port: int, host: str = "127.0.0.1", timeout_s: flo
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"Prefect server exited with {proc.returncode}; see {log_path}")
+            raise PrefectServerError(f"the local Prefect server on {host}:{port} exited with {proc.returncode} "
+                                     f"(prefect.port taken?); see {log_path}", url=api_url)
         if healthy(api_url):
             (home / "server.pid").write_text(str(proc.pid))
             _STARTED[proc.pid] = proc
@@ -84,7 +91,8 @@ def ensure_server(home: Path, port: int, host: str = "127.0.0.1", timeout_s: flo
         time.sleep(0.3)
     _STARTED[proc.pid] = proc
     stop_server(PrefectServer(api_url, proc.pid), flush=False)  # it never answered: nothing to send
-    raise TimeoutError(f"Prefect server not healthy after {timeout_s:.0f}s; see {log_path}")
+    raise PrefectServerError(f"the local Prefect server on {host}:{port} was not healthy after {timeout_s:.0f}s; "
+                             f"see {log_path}", url=api_url)
 
 
 def flush_client(timeout_s: float = 30) -> None:

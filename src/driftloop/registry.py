@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from driftloop.errors import RunFailed
 from driftloop.modelling import TextClassifier
 from driftloop.types import ModelRef, RolloutState, Routing
 
@@ -78,7 +79,7 @@ class IntentPyfunc(mlflow.pyfunc.PythonModel):
                              "confidence": [p.confidence for p in preds]})
 
 
-class RegistryError(RuntimeError):
+class RegistryError(RunFailed, RuntimeError):
     pass
 
 

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from driftloop import tracing
+from driftloop.errors import InputError
 from driftloop.modelling import TextClassifier
 from driftloop.predlog import FeedbackLog, PredictionLog
 from driftloop.settings import ServingSettings, TracingSettings
@@ -736,7 +737,7 @@ def http_request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return new_request_id()
 
 
-class MissingApiToken(RuntimeError):
+class MissingApiToken(InputError, RuntimeError):
     """``serving.require_token`` is true and the token's environment variable is unset."""
 
 

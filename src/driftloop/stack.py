@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 
 import httpx
 
+from driftloop.errors import RunFailed
 from driftloop.prefect_server import CLIENT_RETRIES
 from driftloop.settings import Settings, StackSettings
 
@@ -38,7 +39,7 @@ SYSTEM_PACKAGES = {"postgres": "postgresql", "prometheus": "prometheus"}
 INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "infra" / "install-system-deps.sh"
 
 
-class StackError(RuntimeError):
+class StackError(RunFailed, RuntimeError):
     pass
 
 

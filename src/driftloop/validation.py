@@ -7,10 +7,11 @@ from typing import Iterable
 import pandas as pd
 
 from driftloop.dataset import LABEL, TEXT, normalise
+from driftloop.errors import InputError
 from driftloop.types import ValidationIssue, ValidationReport
 
 
-class ValidationError(ValueError):
+class ValidationError(InputError, ValueError):
     def __init__(self, report: ValidationReport):
         super().__init__(report.summary())
         self.report = report
