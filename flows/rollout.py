@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 
 from driftloop import analysis, tracing, wiring
 from driftloop import rollout as plan_
+from driftloop.errors import RunFailed
 from driftloop.settings import load_settings
 from driftloop.types import ModelRef
 from flows import source_version
@@ -73,7 +74,7 @@ def rollout(challenger: str | None = None, strategy: str | None = None, requeste
     target = (ModelRef(parts.registry.model_name, str(challenger)) if challenger
               else parts.registry.challenger())
     if current is None or target is None:
-        raise ValueError("a rollout needs a champion and a challenger "
+        raise RunFailed("a rollout needs a champion and a challenger "
                          f"(champion: {current}, challenger: {target})")
     rollout_id = plan_.new_rollout_id()
     why = reason or f"rollout of {target} requested by {requested_by}"

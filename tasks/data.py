@@ -13,9 +13,14 @@ from prefect.cache_policies import NO_CACHE
 from tasks import SERVER_RETRIES
 
 from driftloop import curation, dataset, predlog, validation
+from driftloop.errors import RunFailed
 from driftloop.settings import DataSettings, RetrainPolicy
 from driftloop.types import DataVersion, ValidationReport
 from driftloop.versioning import DatasetStore
+
+
+class LabelWaitTimeout(RunFailed, TimeoutError):
+    """Too few new labelled rows arrived in time; the retrain run ends and the champion stays."""
 
 
 @task(cache_policy=NO_CACHE)
@@ -64,7 +69,7 @@ def wait_for_labels(log_root: Path, previous: pd.DataFrame, eval_texts: list[str
                                sorted(set(labelled.quarantined["label"]))[:5])
             return labelled
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"only {fresh} new labelled rows after {policy.label_wait_timeout_s:.0f}s "
+            raise LabelWaitTimeout(f"only {fresh} new labelled rows after {policy.label_wait_timeout_s:.0f}s "
                                f"(need {min_new}); the champion is unchanged")
         logger.info("waiting for labels: %d/%d", fresh, min_new)
         time.sleep(policy.label_poll_s)

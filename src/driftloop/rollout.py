@@ -18,6 +18,7 @@ import pandas as pd
 
 from driftloop import analysis, champion, predlog
 from driftloop.analysis import ArmStats
+from driftloop.errors import RunFailed
 from driftloop.history import ChampionHistory, now_iso
 from driftloop.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.settings import RolloutSettings, StageSpec
@@ -137,9 +138,9 @@ def enter_step(registry: Registry, history: ChampionHistory, rollout_id: str, ch
     out (set here too, so a rollout of a version given by number is visible in the registry)."""
     current = registry.champion()
     if current is None:
-        raise ValueError("no champion: a rollout needs a version to compare the challenger with")
+        raise RunFailed("no champion: a rollout needs a version to compare the challenger with")
     if current == challenger:
-        raise ValueError(f"{challenger} is already the champion")
+        raise RunFailed(f"{challenger} is already the champion")
     if registry.challenger() != challenger:
         registry.set_alias(CHALLENGER, challenger)
     state = RolloutState(rollout_id=rollout_id, mode=step.mode, challenger=challenger.version,
