@@ -590,11 +590,12 @@ def rollback(reason: str = typer.Option(..., "--reason", help="Why; recorded in 
 @data_app.command("prepare")
 def data_prepare(config: Optional[list[str]] = ConfigOpt,
                  out: Path = typer.Option(Path("data/prepared"), help="Where to write the splits.")) -> None:
-    """Write the scenario's splits (train, eval, reference, traffic pools)."""
-    from driftloop import dataset
+    """Write the configured data set's splits (train, eval, reference, traffic pools) into --out."""
+    from driftloop import pipeline
 
-    settings = _settings(config)
-    for name, path in dataset.prepare(settings.data, out).items():
+    prepared = pipeline.prepare(_settings(config), out)
+    console.print(f"data set {prepared.name}, key {prepared.key}")
+    for name, path in prepared.items():
         console.print(f"{name:12s} {path}")
 
 
@@ -621,20 +622,9 @@ def pipeline_train(train_set: Path = typer.Option(Path("data/prepared/train.csv"
                    out: Path = typer.Option(Path("models/model.joblib")),
                    config: Optional[list[str]] = ConfigOpt) -> None:
     """DVC stage: validate and train on a prepared training set, save the model."""
-    import joblib
+    from driftloop import pipeline
 
-    from driftloop import dataset, modelling, validation
-
-    settings = _settings(config)
-    frame = dataset.read_labelled(train_set)
-    validation.require_valid(validation.validate_training_set(frame, source=str(train_set)))
-    # A crashed `dvc repro` of a long fine-tune resumes from its checkpoint on the next run.
-    model = modelling.get_family(settings.model.family).fit(frame, dict(settings.model.params),
-                                                             seed=settings.data.seed, progress=console.print,
-                                                             checkpoint_root=settings.checkpoints_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, out)
-    console.print(f"saved {out}")
+    console.print(f"saved {pipeline.train(_settings(config), train_set, out, progress=console.print)}")
 
 
 @pipeline_app.command("evaluate")
@@ -642,18 +632,9 @@ def pipeline_evaluate(model_path: Path = typer.Option(Path("models/model.joblib"
                       eval_set: Path = typer.Option(Path("data/prepared/eval.csv"), "--eval"),
                       out: Path = typer.Option(Path("metrics"))) -> None:
     """DVC stage: score the model on the held-out set; metrics for ``dvc metrics show``."""
-    import joblib
+    from driftloop import pipeline
 
-    from driftloop import dataset, evaluation
-
-    model = joblib.load(model_path)
-    frame = dataset.read_labelled(eval_set)
-    report, rows = evaluation.evaluate(model, frame)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(
-        {"accuracy": round(report.accuracy, 4), "macro_f1": round(report.macro_f1, 4),
-         "ece": round(report.ece, 4), "n": report.n}, indent=2))
-    evaluation.write_eval_artifacts(report, rows, out / "plots")
+    report = pipeline.evaluate(model_path, eval_set, out)
     console.print(f"accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}  ECE {report.ece:.4f}")
 
 
