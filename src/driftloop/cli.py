@@ -442,12 +442,12 @@ def status(config: Optional[list[str]] = ConfigOpt) -> None:
     parts = wiring.build(settings)
     versions = parts.registry.versions()
     table = Table(title=f"{settings.registry.model_name} ({settings.tracking_uri})")
-    for col in ("version", "aliases", "accuracy", "macro-F1", "data md5", "trigger", "decision"):
+    for col in ("version", "aliases", "accuracy", "macro-F1", "data set", "data md5", "trigger", "decision"):
         table.add_column(col, overflow="fold")
     for v in versions:
         tags = v["tags"]
-        table.add_row(v["version"], ", ".join(v["aliases"]), tags.get("metric.accuracy", "")[:6],
-                      tags.get("metric.macro_f1", "")[:6], tags.get("data.md5", "")[:10],
+        table.add_row(v["version"], ", ".join(v["aliases"]), _metric(tags.get("metric.accuracy")),
+                      _metric(tags.get("metric.macro_f1")), tags.get("data.name", ""), tags.get("data.md5", "")[:10],
                       tags.get("trigger", ""), tags.get("decision", ""))
     console.print(table if versions else "no model registered yet")
     runs = parts.registry.recent_runs()
@@ -464,6 +464,14 @@ def status(config: Optional[list[str]] = ConfigOpt) -> None:
     triggers = parts.ledger.records()
     if triggers:
         console.print(f"last retrain trigger: window {triggers[-1].window_id[:12]} at {triggers[-1].time.isoformat()}")
+
+
+def _metric(value: str | None) -> str:
+    """A metric tag as the flows print it (rounded to 4 places, not cut)."""
+    try:
+        return f"{float(value):.4f}" if value else ""
+    except ValueError:
+        return value or ""
 
 
 @app.command()
