@@ -8,6 +8,11 @@ The hot path is kept lean on purpose (the model itself costs ~0.3 ms a text): th
 by hand instead of through FastAPI's model binding, a few texts are predicted inline on the event
 loop (a thread hop costs more than the prediction), responses are pre-serialised, and the metric
 children of the serving version are bound once per model swap.
+
+The contract is the behaviour: /openapi.json states exactly what the parsers take (one of
+``text``/``texts``, non-empty texts without NUL within the configured limits, UTF-8 JSON only)
+and every refusal, each a 4xx naming its field; tests/integration/test_http_contract.py holds
+the server to it with schemathesis and hostile bodies.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from driftloop import tracing
@@ -104,14 +109,49 @@ def predict_texts(model: Any, texts: list[str]) -> tuple[list[Prediction], list[
     return model.predict(texts), [count(t) for t in texts]
 
 
-# -- request and response shapes (documentation: the bodies are parsed by hand, see _parse_*) ---
+# -- the HTTP contract: request schemas (the bodies are parsed by hand, see _parse_*) and the ---
+# -- response shapes -----------------------------------------------------------------------------
 
-class PredictRequest(BaseModel):
-    """Either one text or a list of texts."""
+# What str.isspace() calls whitespace, as a regex class every dialect reads alike (Python's \s
+# matches these, ECMA's \s differs: it has U+FEFF and lacks U+001C-U+001F and U+0085). A text
+# of only these is refused, so the schema's pattern says so in these exact characters.
+SPACE_CLASS = r"\t-\r\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# A text the server takes: no NUL (U+0000) anywhere, at least one character that is not
+# whitespace. (Length limits are minLength/maxLength beside it.)
+TEXT_PATTERN = rf"^[^\u0000]*[^\u0000{SPACE_CLASS}][^\u0000]*$"
 
-    model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(None, description="one text to classify")
-    texts: list[str] | None = Field(None, description="several texts (at most serving.max_batch)")
+
+def _text_schema(max_chars: int, description: str) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": TEXT_PATTERN,
+            "description": f"{description}: 1 to {max_chars} characters, not only whitespace, no NUL "
+                           f"(U+0000)"}
+
+
+def request_schemas(cfg: ServingSettings) -> dict[str, dict[str, Any]]:
+    """The JSON Schemas of the request bodies, exactly as :func:`parse_predict` and
+    :func:`parse_feedback` judge them (OpenAPI components; the limits come from ``cfg``)."""
+    text = _text_schema(cfg.max_text_chars, "one text to classify")
+    return {
+        "OneText": {"title": "OneText", "type": "object", "required": ["text"], "additionalProperties": False,
+                    "properties": {"text": text}, "examples": [{"text": "my card has not arrived yet"}]},
+        "ManyTexts": {"title": "ManyTexts", "type": "object", "required": ["texts"], "additionalProperties": False,
+                      "properties": {"texts": {
+                          "type": "array", "minItems": 1, "maxItems": cfg.max_batch,
+                          "items": _text_schema(cfg.max_text_chars, "a text"),
+                          "description": f"several texts, 1 to {cfg.max_batch} (serving.max_batch)"}},
+                      "examples": [{"texts": ["I lost my card", "what is the exchange rate?"]}]},
+        "PredictRequest": {"title": "PredictRequest",
+                           "description": "Exactly one of `text` (one text) or `texts` (a batch); no other field.",
+                           "oneOf": [{"$ref": "#/components/schemas/OneText"},
+                                     {"$ref": "#/components/schemas/ManyTexts"}]},
+        "FeedbackRequest": {"title": "FeedbackRequest", "type": "object", "required": ["request_id", "label"],
+                            "additionalProperties": False, "properties": {
+                                "request_id": _text_schema(MAX_ID_CHARS, "the request_id /predict answered with"),
+                                "label": _text_schema(MAX_LABEL_CHARS, "the true intent; may be one the model "
+                                                                       "does not know yet")},
+                            "examples": [{"request_id": "3f0c2a9e8d6b4c1fa7e5d2b9c8a1f0e4",
+                                          "label": "card_arrival"}]},
+    }
 
 
 class PredictionOut(BaseModel):
@@ -125,15 +165,36 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
 
 
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    request_id: str
-    label: str = Field(description="the true intent; may be one the model does not know yet")
+class FeedbackAccepted(BaseModel):
+    status: str = Field(description='always "accepted"')
+    request_id: str = Field(description="the request_id as recorded (surrounding whitespace dropped)")
+
+
+class Health(BaseModel):
+    status: str = Field(description='always "ok"')
+    model_version: str | None = Field(description="the serving version; null before one is loaded")
+
+
+class Ready(BaseModel):
+    status: str = Field(description='"ready"')
+    model: str
+    model_version: str
+
+
+class NotReady(BaseModel):
+    status: str = Field(description='"not ready"')
+    detail: str
+
+
+class Problem(BaseModel):
+    field: str = Field(description="the field, header or part of the request concerned: text, texts[3], "
+                                   "label, body, Content-Type, Authorization, model")
+    message: str
 
 
 class ErrorResponse(BaseModel):
     detail: str = Field(description="every problem, each prefixed with the field it concerns")
-    errors: list[dict[str, str]] = Field(description="the same problems as {field, message}")
+    errors: list[Problem] = Field(description="the same problems as {field, message}")
 
 
 class BadRequest(Exception):
@@ -669,22 +730,56 @@ def _read_monitor_status(path: Path | None, seen: list[float]) -> dict[str, Any]
 # -- request parsing -----------------------------------------------------------------------------
 
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {dict: "an object", _Repeated: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 class _Disconnected(Exception):
     """The client went away before its body arrived; there is no one to answer."""
 
 
+_JSON_TYPE = b"application/json"
+
+
+def _unsupported_type(content_type: bytes | None) -> BadRequest | None:
+    """The 415 for a body that is not declared as UTF-8 JSON; None when it is.
+
+    ``application/json``, any case, with ``charset=utf-8`` or no charset: JSON is UTF-8
+    (RFC 8259), and a form, a text/plain body or an undeclared one is refused rather than
+    guessed at."""
+    if content_type == _JSON_TYPE:
+        return None  # the usual case: one comparison
+    if content_type is None:
+        return BadRequest(415, "unsupported_media_type",
+                          [("Content-Type", "missing; send 'Content-Type: application/json'")])
+    shown = _clip(content_type.decode("latin-1"))
+    media, _, params = content_type.partition(b";")
+    if media.strip().lower() != _JSON_TYPE:
+        return BadRequest(415, "unsupported_media_type",
+                          [("Content-Type", f"{shown!r} is not accepted; send 'application/json'")])
+    for param in params.split(b";"):
+        name, _, value = param.partition(b"=")
+        if name.strip().lower() == b"charset" and value.strip().strip(b'"').lower() not in (b"utf-8", b"utf8"):
+            return BadRequest(415, "unsupported_media_type",
+                              [("Content-Type", f"{shown!r}: the body must be UTF-8 JSON (charset=utf-8)")])
+    return None
+
+
 async def _receive_body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
-    """The request body from raw ASGI messages, refusing more than ``limit`` bytes (413)."""
-    too_large = BadRequest(413, "too_large", [("body", f"larger than the limit of {limit} bytes")])
+    """The request body from raw ASGI messages: more than ``limit`` bytes is refused (413), and
+    so is a body not declared as JSON (415), both before it is read."""
+    length = content_type = None
     for name, value in scope["headers"]:
         if name == b"content-length":
-            if not value.isdigit() or int(value) > limit:
-                raise too_large
-            break
+            length = value
+        elif name == b"content-type" and content_type is None:
+            content_type = value
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise _too_large(limit)
+    if content_type != _JSON_TYPE:
+        refused = _unsupported_type(content_type)
+        if refused is not None:
+            raise refused
     message = await receive()
     if message["type"] != "http.request":
         raise _Disconnected()
@@ -699,7 +794,7 @@ async def _receive_body(scope: dict[str, Any], receive: Receive, limit: int) -> 
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -766,6 +861,44 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
+# At most this many problems are listed in one answer (enough to fix; the answer stays small
+# however many fields a body has), and a field name is shown up to this many characters.
+MAX_PROBLEMS = 10
+MAX_FIELD_SHOWN = 64
+
+
+def _clip(name: str) -> str:
+    return name if len(name) <= MAX_FIELD_SHOWN else name[:MAX_FIELD_SHOWN - 3] + "..."
+
+
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(413, "too_large", [("body", f"larger than the limit of {limit} bytes")])
+
+
+class _Repeated(dict):
+    """A JSON object that named a key more than once (the keys in ``repeated``); json keeps the
+    last value silently, the server refuses instead of guessing which was meant."""
+
+    repeated: list[str]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    out = _Repeated(obj)
+    out.repeated = sorted({k for k, _ in pairs if k in seen or seen.add(k)})
+    return out
+
+
+# One decoder for every body (json.loads with options builds one per call). Integers are read
+# as floats: a valid body holds none, and int() refuses more than 4,300 digits with an error
+# about the interpreter (a float just overflows to inf, named as "a number" in its field).
+# Nesting deeper than the interpreter's recursion limit raises RecursionError (caught below).
+_DECODER = json.JSONDecoder(parse_int=float, object_pairs_hook=_object)
+
+
 def _parse_json_object(body: bytes, shape: str) -> dict[str, Any]:
     if not body:
         raise BadRequest(400, "invalid_json", [("body", f"empty; expected a JSON object like {shape}")])
@@ -775,12 +908,20 @@ def _parse_json_object(body: bytes, shape: str) -> dict[str, Any]:
         raise BadRequest(400, "invalid_utf8",
                          [("body", f"not valid UTF-8 (byte {exc.start}: {exc.reason})")]) from None
     try:
-        value = json.loads(decoded)
+        value = _DECODER.decode(decoded)
+    except RecursionError:
+        raise BadRequest(400, "invalid_json", [("body", f"nested too deeply to parse; expected a JSON "
+                                                        f"object like {shape}")]) from None
     except ValueError as exc:
-        raise BadRequest(400, "invalid_json", [("body", f"not valid JSON: {exc}")]) from None
+        problem = ("starts with a byte order mark (U+FEFF); send JSON without one" if decoded[:1] == "\ufeff"
+                   else f"not valid JSON: {exc}")
+        raise BadRequest(400, "invalid_json", [("body", problem)]) from None
     if not isinstance(value, dict):
         raise BadRequest(422, "invalid_request",
                          [("body", f"expected a JSON object like {shape}, got {_type_name(value)}")])
+    if type(value) is _Repeated:
+        raise BadRequest(422, "invalid_request", [(_clip(k), "given more than once; send each field once")
+                                                  for k in value.repeated[:MAX_PROBLEMS]])
     return value
 
 
@@ -791,6 +932,20 @@ def _check_text(field: str, value: Any, max_chars: int, problems: list[tuple[str
         problems.append((field, "must not be empty or only whitespace"))
     elif len(value) > max_chars:
         problems.append((field, f"{len(value)} characters, more than the limit of {max_chars}"))
+    elif "\x00" in value:
+        # Never language, and no store downstream keeps it (PostgreSQL text, C strings, CSV tools).
+        problems.append((field, "contains a NUL character (\\u0000), which a text must not"))
+
+
+_PREDICT_FIELDS = {"text", "texts"}
+_FEEDBACK_FIELDS = {"request_id", "label"}
+
+
+def _unknown_fields(value: dict[str, Any], known: set[str], expected: str,
+                    problems: list[tuple[str, str]]) -> None:
+    if not value.keys() <= known:  # the usual case: no unknown field, no set built
+        for key in sorted(set(value) - known)[:MAX_PROBLEMS]:
+            problems.append((_clip(key), f"unknown field; expected {expected}"))
 
 
 def parse_predict(body: bytes, cfg: ServingSettings) -> list[str]:
@@ -798,9 +953,7 @@ def parse_predict(body: bytes, cfg: ServingSettings) -> list[str]:
     shape = '{"text": "..."} or {"texts": ["...", ...]}'
     value = _parse_json_object(body, shape)
     problems: list[tuple[str, str]] = []
-    unknown = sorted(set(value) - {"text", "texts"})
-    for key in unknown:
-        problems.append((key, "unknown field; expected 'text' or 'texts'"))
+    _unknown_fields(value, _PREDICT_FIELDS, "'text' or 'texts'", problems)
     has_text, has_texts = "text" in value, "texts" in value
     if has_text and has_texts:
         problems.append(("text", "give either 'text' or 'texts', not both"))
@@ -821,11 +974,11 @@ def parse_predict(body: bytes, cfg: ServingSettings) -> list[str]:
         else:
             for i, text in enumerate(raw):
                 _check_text(f"texts[{i}]", text, cfg.max_text_chars, problems)
-                if len(problems) >= 10:
-                    break  # enough to fix; the response stays small
+                if len(problems) >= MAX_PROBLEMS:
+                    break
             texts = raw
     if problems:
-        raise BadRequest(422, "invalid_request", problems)
+        raise BadRequest(422, "invalid_request", problems[:MAX_PROBLEMS])
     return texts
 
 
@@ -833,15 +986,14 @@ def parse_feedback(body: bytes) -> tuple[str, str]:
     """(request_id, label) of a /feedback body, or :class:`BadRequest`."""
     value = _parse_json_object(body, '{"request_id": "...", "label": "..."}')
     problems: list[tuple[str, str]] = []
-    for key in sorted(set(value) - {"request_id", "label"}):
-        problems.append((key, "unknown field; expected 'request_id' and 'label'"))
+    _unknown_fields(value, _FEEDBACK_FIELDS, "'request_id' and 'label'", problems)
     for key, limit in (("request_id", MAX_ID_CHARS), ("label", MAX_LABEL_CHARS)):
         if key not in value:
             problems.append((key, "missing"))
         else:
             _check_text(key, value[key], limit, problems)
     if problems:
-        raise BadRequest(422, "invalid_request", problems)
+        raise BadRequest(422, "invalid_request", problems[:MAX_PROBLEMS])
     return value["request_id"].strip(), value["label"].strip()
 
 
@@ -956,13 +1108,42 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         errors_total.labels("invalid_request").inc()
         return BadRequest(status, "invalid_request", problems or [("body", "invalid")]).response()
 
-    error_responses: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorResponse} for code in (400, 413, 422)
-    }
+    # The documented contract (GET /openapi.json): what each endpoint takes and every answer it
+    # can give, so a schema-driven client or fuzzer sees the same rules as the parsers above.
+    def errors(codes: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+        return {code: {"model": ErrorResponse, "description": text} for code, text in codes.items()}
+
+    body_errors = errors({
+        400: "the body is empty, not UTF-8, not JSON, or nested too deeply to parse (field: body)",
+        413: f"the body is larger than any valid request could be (field: body; /predict: {body_limit} "
+             f"bytes, /feedback: {FEEDBACK_BODY_LIMIT})",
+        415: "Content-Type is missing or not application/json (charset, when given, utf-8; field: Content-Type)",
+        422: "well-formed JSON that breaks the contract: not an object, an unknown, missing, repeated or "
+             "empty field, a text too long, a batch too large, a NUL character; each problem names its field"})
+    request_id_header = {"X-Request-Id": {
+        "description": "the HTTP exchange's id: the caller's own X-Request-Id when it is plain "
+                       "([A-Za-z0-9._:-]{1,128}), else a new one", "schema": {"type": "string"}}}
     predict_body = {"requestBody": {"required": True, "content": {
-        _JSON: {"schema": PredictRequest.model_json_schema()}}}}
+        _JSON: {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}}}
     feedback_body = {"requestBody": {"required": True, "content": {
-        _JSON: {"schema": FeedbackRequest.model_json_schema()}}}}
+        _JSON: {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}}}}
+    bearer = "bearerAuth"
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)  # builds and caches app.openapi_schema
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(request_schemas(cfg))
+            if expected_token is not None:
+                # Only when the server has a token: without one /feedback is open, and saying
+                # otherwise would be a contract the server does not keep.
+                components["securitySchemes"] = {bearer: {
+                    "type": "http", "scheme": "bearer",
+                    "description": f"the token in ${cfg.api_token_env} (serving.api_token_env)"}}
+                schema["paths"]["/feedback"]["post"]["security"] = [{bearer: []}]
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     async def serve_predict(scope: dict[str, Any], receive: Receive) -> tuple[int, bytes, str] | None:
         """Status, JSON body and HTTP request id of one /predict call, in its span; shared by
@@ -1076,9 +1257,11 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         await send({"type": "http.response.body", "body": payload})
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=predict_body,
-              responses={**error_responses, 503: {"model": ErrorResponse}})
+              responses={200: {"headers": request_id_header}, **body_errors,
+                         **errors({503: "no model loaded yet; retry when /ready says 200 (field: model)"})})
     async def predict(request: Request) -> Response:
-        """Classify one text or a batch; each text gets its own ``request_id``."""
+        """Classify one text (``{"text": ...}``) or a batch (``{"texts": [...]}``); each text gets its
+        own ``request_id``. The body is UTF-8 JSON (``Content-Type: application/json``)."""
         # Reached only when the fast path steps aside (see ServingApp); same answers.
         answered = await serve_predict(request.scope, request.receive)
         if answered is None:
@@ -1105,10 +1288,15 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         return Response(body, 401, media_type=_JSON, headers={"WWW-Authenticate": challenge})
 
     feedback_responses: dict[int | str, dict[str, Any]] = {
-        **error_responses, 202: {"description": "recorded"},
-        401: {"model": ErrorResponse, "description": "no or wrong bearer token (when one is configured)"}}
+        202: {"model": FeedbackAccepted, "description": "recorded", "headers": request_id_header}, **body_errors,
+        401: {"model": ErrorResponse, "description": "no or wrong bearer token (field: Authorization)",
+              "headers": {"WWW-Authenticate": {"description": 'Bearer realm="driftloop"',
+                                               "schema": {"type": "string"}}}}}
+    if expected_token is None:
+        del feedback_responses[401]
 
-    @app.post("/feedback", status_code=202, openapi_extra=feedback_body, responses=feedback_responses)
+    @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, openapi_extra=feedback_body,
+              responses=feedback_responses)
     async def feedback(request: Request) -> Response:
         """Record the true label of an answered request (any label, known to the model or not).
         Needs ``Authorization: Bearer <token>`` when the server has a token (``serving.api_token_env``)."""
@@ -1157,7 +1345,7 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         return Response(json.dumps({"status": "accepted", "request_id": request_id}), 202,
                         media_type=_JSON)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health() -> Response:
         """Liveness: always 200 while the process answers, with the serving version or null."""
         current = holder.current
@@ -1165,7 +1353,8 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         requests_total.labels("health", "200", version or "none", "none").inc()
         return Response(json.dumps({"status": "ok", "model_version": version}), media_type=_JSON)
 
-    @app.get("/ready", responses={503: {"description": "no model loaded yet"}})
+    @app.get("/ready", response_model=Ready,
+             responses={503: {"model": NotReady, "description": "no model loaded yet"}})
     async def ready() -> Response:
         """Readiness: 200 once a model is loaded, 503 before."""
         current = holder.current
@@ -1177,7 +1366,8 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         return Response(json.dumps({"status": "ready", "model": current.ref.name,
                                     "model_version": current.ref.version}), media_type=_JSON)
 
-    @app.get("/routing")
+    @app.get("/routing", responses={503: {"description": "no model loaded yet (champion null)",
+                                           "content": {_JSON: {"schema": {"type": "object"}}}}})
     async def routing() -> Response:
         """The routing this replica applies now: champion, challenger and the rollout state it
         converged to (``complete`` is false while the challenger could not be loaded)."""
@@ -1198,7 +1388,9 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
                       "weight": state.weight, "stage": state.stage, "since": state.since},
         }), media_type=_JSON)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {
+        "description": "the Prometheus text exposition format", "content": {
+            CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     async def metrics_endpoint() -> Response:
         """Prometheus text format."""
         current = holder.current

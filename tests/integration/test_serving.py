@@ -140,7 +140,8 @@ def test_every_answer_is_in_the_prediction_log(served):
 
 def test_a_lone_surrogate_is_answered_and_logged(served):
     # Valid JSON, not encodable as UTF-8: must not crash the response or the log write.
-    response = served.client.post("/predict", content=b'{"text": "card \\ud800 arrived"}')
+    response = served.client.post("/predict", content=b'{"text": "card \\ud800 arrived"}',
+                                  headers={"content-type": "application/json"})
     assert response.status_code == 200
     rid = response.json()["predictions"][0]["request_id"]
     logged = read_predictions(served.log_root).set_index("request_id")
@@ -273,7 +274,8 @@ def test_middleware_turns_the_direct_path_off_with_the_same_answers(registry_for
     app.add_middleware(Tag)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         good = predict(client, {"texts": TEXTS[:2]})
-        bad = client.post("/predict", content=b'{"texts": ["ok", ""]}')
+        bad = client.post("/predict", content=b'{"texts": ["ok", ""]}',
+                          headers={"content-type": "application/json"})
     reference = predict(served.client, {"texts": TEXTS[:2]})
     assert good.headers.get("x-tag") == "1"
     assert good.status_code == 200

@@ -1,0 +1,37 @@
+"""Entry point of a serving subprocess for the HTTP contract tests: ``serve_contract_app.py
+TRACKING_URI MODEL_NAME LOG_ROOT SETTINGS_JSON``.
+
+Like ``serve_app.py``, but the serving settings come from SETTINGS_JSON (e.g. smaller text and
+batch limits, so a schema-driven fuzzer's out-of-bounds bodies stay small). Binds a free port on
+127.0.0.1 itself, prints ``PORT <n>`` on stdout, then serves the champion of MODEL_NAME until
+killed. Only the tests use it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from driftloop.registry import Registry
+from driftloop.serving import create_app
+from driftloop.settings import ServingSettings
+
+
+def main(argv: list[str]) -> None:
+    tracking_uri, model_name, log_root, settings = argv
+    cfg = ServingSettings(**{"port": 1, **json.loads(settings)})
+    app = create_app(cfg, Registry(tracking_uri, model_name), Path(log_root))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
