@@ -118,7 +118,8 @@ def main() -> None:
     print("\n-- drift confirmed -> new champion answering requests --")
     print(f"total                                       {swap:7.2f} s   (target < 60 s)")
     print(f"  retraining flow (incl. training subflow)  {flow:7.2f} s")
-    print(f"  serving notices the alias and swaps       {pickup:7.2f} s   (poll every {settings.serving.reload_interval_s} s)")
+    print(f"  serving notices the alias and swaps       {pickup:7.2f} s   "
+          f"(poll every {settings.serving.reload_interval_s} s)")
     print("-- the same work as plain function calls --")
     for name, sec in plain.items():
         print(f"  {name:42s}{sec:7.2f} s")

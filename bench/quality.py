@@ -123,7 +123,8 @@ def main() -> None:
     device = "a CUDA GPU" if _cuda() else "no GPU"
     print(f"BANKING77 test set (3,080 texts, 77 intents); trained on {rows[0]['train_rows'] if rows else '?'} rows; "
           f"{os.cpu_count()} CPU cores, {device}")
-    print(f"{'model':58s} {'accuracy':>9s} {'macro-F1':>9s} {'ECE':>6s} {'train s':>8s} {'ms/text':>8s} {'peak MB':>8s}")
+    print(f"{'model':58s} {'accuracy':>9s} {'macro-F1':>9s} {'ECE':>6s} {'train s':>8s} {'ms/text':>8s} "
+          f"{'peak MB':>8s}")
     for row in rows:
         print(f"{_label(row):58s} {row['accuracy'] * 100:8.2f}% {row['macro_f1'] * 100:8.2f}% {row['ece']:6.3f} "
               f"{row['fit_s']:8.0f} {row['predict_ms']:8.2f} {row['peak_rss_mb']:8.0f}")

@@ -182,11 +182,11 @@ class RoutingWatch:
                 try:
                     body = client.get("/routing").json()
                     self.samples.append((time.time(), body["champion"], body["slots"]))
-                except Exception:
+                except Exception:  # noqa: BLE001, S110  the server is restarting or busy: sample again
                     pass
                 self._stop.wait(self.every_s)
 
-    def stop(self) -> "RoutingWatch":
+    def stop(self) -> RoutingWatch:
         self._stop.set()
         self._thread.join(timeout=10)
         return self
@@ -336,8 +336,9 @@ def part_a(base: Path, models: dict[str, Any], texts: list[str], levels: list[in
         canary3 = every[(every["model_version"] == v3.version) & (every["slot"] == "canary")]
         t_stage = epoch(stage.time)
         t_back = epoch(back.time) if back else float("nan")
-        first_seen = watch.first(t_stage, lambda c, s: s.get("canary") == v3.version)
-        cleared = watch.first(t_back, lambda c, s: s.get("canary") != v3.version) if back else None
+        # the lambdas are called at once, in this iteration
+        first_seen = watch.first(t_stage, lambda c, s: s.get("canary") == v3.version)  # noqa: B023
+        cleared = watch.first(t_back, lambda c, s: s.get("canary") != v3.version) if back else None  # noqa: B023
         rows.append({
             "conns": conns, "good": good.result == PROMOTED, "good_result": good.result,
             "bad": bad.result == ROLLED_BACK, "bad_result": f"{bad.result} at {bad.stage}",

@@ -38,7 +38,7 @@ def free_port() -> int:
 
 def _warm() -> str:
     """Run on each worker of the long-lived cluster: the imports a first task would pay for."""
-    import sklearn.feature_extraction.text  # noqa: F401
+    import sklearn.feature_extraction.text
     import sklearn.svm  # noqa: F401
 
     import tasks.selection  # noqa: F401
@@ -74,7 +74,8 @@ def main() -> None:
     prefect_server.use_server(server, state / "prefect")  # workers inherit the API URL
     cluster = None
     try:
-        import sklearn.feature_extraction.text  # noqa: F401  the sequential run starts warm too
+        # the sequential run starts warm too
+        import sklearn.feature_extraction.text
         import sklearn.svm  # noqa: F401
         from distributed import Client, LocalCluster
 

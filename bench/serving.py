@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -289,7 +290,7 @@ def main() -> None:
                 continue
             port = free_port()
             mlflow_bin = Path(sys.executable).parent / "mlflow"
-            mlflow_log = open(work / f"mlflow-serve-{name}.log", "wb")
+            mlflow_log = open(work / f"mlflow-serve-{name}.log", "wb")  # noqa: SIM115  closed once the server stops
             proc = subprocess.Popen(
                 [str(mlflow_bin), "models", "serve", "-m", f"models:/{ref.name}/{ref.version}",
                  "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", "1"],
@@ -334,10 +335,8 @@ def main() -> None:
             if proc.poll() is None:
                 proc.kill()
         if mlflow_group is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(mlflow_group, signal.SIGKILL)  # the scoring server under the CLI
-            except ProcessLookupError:
-                pass
         shutil.rmtree(work, ignore_errors=True)
 
 

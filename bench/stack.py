@@ -68,8 +68,7 @@ def main() -> None:
     os.chdir(ROOT)
     os.environ.setdefault("DRIFTLOOP_API_TOKEN", "bench-token")
     os.environ["DRIFTLOOP__RETRAIN__DISPATCH"] = "inline"   # the demo scenario retrains in process
-    from driftloop import prefect_server
-    from driftloop import stack as stack_mod
+    from driftloop import prefect_server, stack as stack_mod
     from driftloop.settings import StackSettings
 
     root = Path(tempfile.mkdtemp(prefix="driftloop-bench-stack-"))

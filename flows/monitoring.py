@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -17,8 +17,7 @@ from driftloop.types import DriftResult, HistoryEntry, ModelRef, RetrainDecision
 from flows import source_version
 from flows.retraining import retraining
 from flows.training import TrainingOutcome
-from tasks import data, dispatch, model, monitor
-from tasks import rollout as rollout_steps
+from tasks import data, dispatch, model, monitor, rollout as rollout_steps
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class MonitorOutcome:
 
 
 def _run_name() -> str:
-    return f"monitor {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+    return f"monitor {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def span_attributes(out: MonitorOutcome) -> dict[str, object]:

@@ -13,8 +13,7 @@ from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import load_settings
 from flows import source_version
 from flows.training import TrainingOutcome, span_attributes, training
-from tasks import data, model, monitor
-from tasks import retrain as retrain_steps
+from tasks import data, model, monitor, retrain as retrain_steps
 
 
 @flow(name="retraining", version=source_version(__file__),

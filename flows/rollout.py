@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from driftloop import analysis, tracing, wiring
-from driftloop import rollout as plan_
+from driftloop import analysis, rollout as plan_, tracing, wiring
 from driftloop.errors import RunFailed
 from driftloop.settings import load_settings
 from driftloop.types import ModelRef
 from flows import source_version
-from tasks import model
-from tasks import rollout as steps
+from tasks import model, rollout as steps
 
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled back"
@@ -114,7 +112,7 @@ def rollout(challenger: str | None = None, strategy: str | None = None, requeste
             steps.withdraw(parts.registry, parts.history, reason=decision.reason, actor=actor, report=report)
             return finish(ROLLED_BACK, step.name, decision.reason)
 
-    promoted_at = datetime.now(timezone.utc)
+    promoted_at = datetime.now(UTC)
     because = decision.reason if decision is not None else f"blue-green switch to {target}"
     steps.promote(parts.registry, parts.history, target, reason=f"{why}; rollout {rollout_id}: {because}",
                   actor=actor, report=report)

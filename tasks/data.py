@@ -10,13 +10,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import SERVER_RETRIES
-
 from driftloop import curation, dataset, predlog, validation
 from driftloop.errors import RunFailed
 from driftloop.settings import DataSettings, RetrainPolicy
 from driftloop.types import DataVersion, ValidationReport
 from driftloop.versioning import DatasetStore
+from tasks import SERVER_RETRIES
 
 
 class LabelWaitTimeout(RunFailed, TimeoutError):

@@ -8,14 +8,13 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import SERVER_RETRIES
-
 from driftloop import champion, evaluation, modelling
 from driftloop.history import ChampionHistory
 from driftloop.modelling import TextClassifier
 from driftloop.registry import Registry
 from driftloop.settings import ModelSettings
 from driftloop.types import EvalReport, HistoryEntry, ModelRef
+from tasks import SERVER_RETRIES
 
 
 @task(cache_policy=NO_CACHE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -81,7 +81,8 @@ def publish_drift(registry: Registry, result: DriftResult, model: ModelRef, flow
     report_uri = registry.artifact_uri(run_id, f"reports/{Path(result.report_path).name}") if result.report_path else ""
     rows = "\n".join(f"| {s.name} | {s.value:.4f} | {s.threshold:.4f} | {'**yes**' if s.drifted else 'no'} |"
                      for s in result.signals)
-    acc = f"{result.accuracy:.3f} on {result.n_labelled} labelled rows" if result.accuracy is not None else "no labels yet"
+    acc = (f"{result.accuracy:.3f} on {result.n_labelled} labelled rows" if result.accuracy is not None
+           else "no labels yet")
     create_markdown_artifact(
         f"## Drift check of {model}\n\n**{result.summary()}**\n\n"
         f"window `{result.window_id[:12]}`: {result.n_current} distinct texts vs {result.n_reference} reference\n\n"
@@ -101,4 +102,4 @@ def write_status(result: DriftResult, model: ModelRef, path: Path) -> None:
 @task(cache_policy=NO_CACHE)
 def should_retrain(result: DriftResult, monitor: MonitorSettings, retrain: RetrainPolicy,
                    ledger: TriggerLedger) -> RetrainDecision:
-    return policy.should_retrain(result, monitor, retrain, ledger.records(), datetime.now(timezone.utc))
+    return policy.should_retrain(result, monitor, retrain, ledger.records(), datetime.now(UTC))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -139,7 +139,7 @@ def check_promotion(history: ChampionHistory, log_root: Path, current: ModelRef,
                     low_confidence: float) -> StageDecision | None:
     """A recently promoted champion's live numbers against its predecessor's baseline (None when
     no promotion is under watch)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     entry = rollout.promotion_under_watch(history, current, now, cfg.bake.watch_s)
     if entry is None:
         return None

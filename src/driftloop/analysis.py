@@ -240,7 +240,7 @@ def required_sample_size(p_baseline: float, min_detectable_effect: float, alpha:
          + z_beta * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / delta ** 2
     corrected = n / 4 * (1 + math.sqrt(1 + 4 / (n * delta))) ** 2
     # Round before the ceiling so float noise (725.0000000001) does not add a whole row.
-    return int(math.ceil(round(corrected, 9)))
+    return math.ceil(round(corrected, 9))
 
 
 @dataclass(frozen=True)
@@ -483,7 +483,7 @@ def decide_ab(champion: ArmStats, challenger: ArmStats, ab: ABSettings, baseline
     guards = tuple(t for t in compare_arms(champion, challenger, guard) if t.metric in _AB_GUARD_METRICS)
 
     def decision(action: str, reason: str, accuracy: TestResult) -> StageDecision:
-        return StageDecision(action, reason, "ab", guards + (accuracy,), champion, challenger,
+        return StageDecision(action, reason, "ab", (*guards, accuracy), champion, challenger,
                              elapsed_s, sample_size=planned)
 
     labelled = min(champion.n_labelled, challenger.n_labelled)
@@ -495,7 +495,7 @@ def decide_ab(champion: ArmStats, challenger: ArmStats, ab: ABSettings, baseline
         z, p = two_proportion_ztest(challenger.correct, challenger.n_labelled,
                                     champion.correct, champion.n_labelled, "two-sided")
         acc_ch, acc_champ = challenger.accuracy, champion.accuracy
-        if p < ab.alpha:
+        if p < ab.alpha:  # noqa: SIM108  two questions (significant? which way?) read better apart
             verdict = VERDICT_BETTER if acc_ch > acc_champ else VERDICT_WORSE
         else:
             verdict = VERDICT_OK

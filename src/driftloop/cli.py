@@ -8,9 +8,9 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pydantic
 import typer
@@ -109,14 +109,14 @@ _session = _Session()
 @app.callback()
 def _global(debug: bool = typer.Option(False, "--debug", envvar="DRIFTLOOP_DEBUG",
                                        help="Print full tracebacks (Prefect's run log and the error's).")) -> None:
-    global _session
+    global _session  # noqa: PLW0603  the one session of this invocation, set by the callback
     _session = _Session(debug=debug)   # a fresh one per invocation (tests invoke the app repeatedly)
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config overlay(s) from configs/ (name or path); repeatable.")
 
 
-def _settings(config: Optional[list[str]], options: Optional[dict[str, str]] = None, **overrides: Any) -> Settings:
+def _settings(config: list[str] | None, options: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """The settings of this command; a wrong key or value is an :class:`InputError` naming the key,
     its value and where it was set. ``overrides`` are command-line options (``serving={"port": 80}``),
     validated like any setting; ``options`` names the option that set a key (``{"serving.port": "--port"}``)."""
@@ -133,7 +133,7 @@ def _settings(config: Optional[list[str]], options: Optional[dict[str, str]] = N
     return settings
 
 
-def _settings_problems(exc: pydantic.ValidationError, config: Optional[list[str]], options: dict[str, str]) -> str:
+def _settings_problems(exc: pydantic.ValidationError, config: list[str] | None, options: dict[str, str]) -> str:
     """One line per wrong setting: ``monitor.window_size = 'abc' (in o.yaml): Input should be …``."""
     lines = []
     for problem in exc.errors(include_url=False):
@@ -150,7 +150,7 @@ def _settings_problems(exc: pydantic.ValidationError, config: Optional[list[str]
     return head + "\n  ".join(lines)
 
 
-def _setting_origin(loc: tuple, config: Optional[list[str]]) -> str | None:
+def _setting_origin(loc: tuple, config: list[str] | None) -> str | None:
     """Where a setting came from: its environment variable, else the last YAML file that sets it."""
     env = "DRIFTLOOP__" + "__".join(str(part).upper() for part in loc)
     if any(name.upper() == env for name in os.environ):
@@ -219,7 +219,7 @@ class _RunLogFilter(logging.Filter):
         self._failed: list[tuple[BaseException, str]] = []   # (exception, the first flow run it failed)
 
     @classmethod
-    def install(cls, debug: bool) -> "_RunLogFilter":
+    def install(cls, debug: bool) -> _RunLogFilter:
         import prefect.main  # noqa: F401 - Prefect's entry module sets up its logging (the console handler)
         from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -304,7 +304,7 @@ def _report(exc: Exception) -> int:
 
 
 @app.command()
-def demo(config: Optional[list[str]] = ConfigOpt,
+def demo(config: list[str] | None = ConfigOpt,
          keep_servers: bool = typer.Option(False, help="Leave the Prefect server running afterwards.")) -> None:
     """Run the whole loop once on the configured data set (data.*): v1, quiet traffic, drift, labels, v2,
     rollout."""
@@ -327,9 +327,10 @@ def demo(config: Optional[list[str]] = ConfigOpt,
 
 
 @app.command()
-def train(config: Optional[list[str]] = ConfigOpt,
-          training_set: Optional[Path] = typer.Option(None, help="CSV/JSON with text,label (default: prepared v1 set)."),
-          reason: str = typer.Option("manual training", help="Why; recorded on the model version and history.")) -> None:
+def train(config: list[str] | None = ConfigOpt,
+          training_set: Path | None = typer.Option(None, help="CSV/JSON with text,label (default: prepared v1 set)."),
+          reason: str = typer.Option("manual training",
+                                     help="Why; recorded on the model version and history.")) -> None:
     """Run the training flow: validate → train → evaluate → register → promote."""
     settings = _settings(config)
     _orchestrator(settings)
@@ -344,7 +345,7 @@ def train(config: Optional[list[str]] = ConfigOpt,
 
 
 @app.command()
-def monitor(config: Optional[list[str]] = ConfigOpt,
+def monitor(config: list[str] | None = ConfigOpt,
             no_trigger: bool = typer.Option(False, help="Report only; never start a retrain.")) -> None:
     """Run the monitoring flow once on the newest window of the prediction log."""
     settings = _settings(config)
@@ -364,12 +365,12 @@ def monitor(config: Optional[list[str]] = ConfigOpt,
 
 @app.command()
 def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; shown in the UI and history."),
-            config: Optional[list[str]] = ConfigOpt,
+            config: list[str] | None = ConfigOpt,
             min_new_labels: int = typer.Option(0, help="Wait for this many new labelled rows first."),
             who: str = typer.Option(os.environ.get("USER", "data-scientist"), help="Who asks (recorded)."),
-            param: Optional[list[str]] = typer.Option(
+            param: list[str] | None = typer.Option(
                 None, "--param", "-p", help="A retraining flow parameter, key=value (JSON if it parses); repeatable."),
-            deployment: Optional[str] = typer.Option(
+            deployment: str | None = typer.Option(
                 None, help="Run this deployment (e.g. retraining/retrain) on the Prefect server instead of in "
                            "process (default: retrain.via_deployment).")) -> None:
     """Start a retrain run by hand, at any time: in process, or as a run of the deployment."""
@@ -411,10 +412,10 @@ def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; s
 
 
 @app.command()
-def serve(config: Optional[list[str]] = ConfigOpt,
-          host: Optional[str] = typer.Option(None, help="Bind this address (default: serving.host, 127.0.0.1; "
+def serve(config: list[str] | None = ConfigOpt,
+          host: str | None = typer.Option(None, help="Bind this address (default: serving.host, 127.0.0.1; "
                                                         "0.0.0.0 needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1)."),
-          port: Optional[int] = typer.Option(None, help="Bind this port (default: serving.port).")) -> None:
+          port: int | None = typer.Option(None, help="Bind this port (default: serving.port).")) -> None:
     """Serve the champion over HTTP (reloads when the alias moves)."""
     from driftloop import serving, wiring
 
@@ -434,7 +435,7 @@ def serve(config: Optional[list[str]] = ConfigOpt,
 
 
 @app.command()
-def status(config: Optional[list[str]] = ConfigOpt) -> None:
+def status(config: list[str] | None = ConfigOpt) -> None:
     """Champion, challenger, every model version and the last runs."""
     from driftloop import wiring
 
@@ -458,7 +459,7 @@ def status(config: Optional[list[str]] = ConfigOpt) -> None:
         for col in ("started", "run", "kind", "status", "prefect flow run"):
             recent.add_column(col, overflow="fold", min_width=id_width if col == "prefect flow run" else None)
         for r in runs:
-            started = datetime.fromtimestamp(r["start"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            started = datetime.fromtimestamp(r["start"] / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
             recent.add_row(started, r["name"], r["kind"], r["status"], r["flow_run"])
         console.print(recent)
     triggers = parts.ledger.records()
@@ -475,7 +476,7 @@ def _metric(value: str | None) -> str:
 
 
 @app.command()
-def history(config: Optional[list[str]] = ConfigOpt,
+def history(config: list[str] | None = ConfigOpt,
             as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
     """The champion history: every alias move, when, why, by whom."""
     from dataclasses import asdict
@@ -500,9 +501,10 @@ WhoOpt = typer.Option(os.environ.get("USER", "operator"), "--by", help="Who acts
 
 
 @rollout_app.command("start")
-def rollout_start(config: Optional[list[str]] = ConfigOpt,
-                  version: Optional[str] = typer.Option(None, help="Version to roll out (default: the challenger alias)."),
-                  strategy: Optional[str] = typer.Option(None, help="progressive, bluegreen or ab (default: rollout.strategy)."),
+def rollout_start(config: list[str] | None = ConfigOpt,
+                  version: str | None = typer.Option(None, help="Version to roll out (default: the challenger alias)."),
+                  strategy: str | None = typer.Option(None,
+                                                      help="progressive, bluegreen or ab (default: rollout.strategy)."),
                   reason: str = typer.Option("", help="Why; recorded in the history."),
                   who: str = WhoOpt) -> None:
     """Run the rollout flow: the challenger through the strategy's stages on live traffic, then
@@ -519,7 +521,7 @@ def rollout_start(config: Optional[list[str]] = ConfigOpt,
 
 
 @rollout_app.command("status")
-def rollout_status(config: Optional[list[str]] = ConfigOpt) -> None:
+def rollout_status(config: list[str] | None = ConfigOpt) -> None:
     """The desired traffic split, and the live numbers of the current stage so far."""
     from driftloop import analysis, rollout, wiring
 
@@ -542,11 +544,13 @@ def rollout_status(config: Optional[list[str]] = ConfigOpt) -> None:
     table = Table(title="live numbers of this stage")
     for col in ("slot", "version", "n", "errors", "p95 ms", "low-conf", "labelled", "accuracy", "agreement"):
         table.add_column(col)
-    fmt = (lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+    def fmt(v: object) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
     for row in rollout.status_rows(champ, chal):
         table.add_row(*(fmt(v) for v in row.values()))
     console.print(table)
-    elapsed = (datetime.now(timezone.utc) - since).total_seconds()
+    elapsed = (datetime.now(UTC) - since).total_seconds()
     if step.kind == rollout.KIND_AB:
         preview = analysis.decide_ab(champ, chal, settings.rollout.ab, settings.rollout.ab.baseline_accuracy or 0.8,
                                      elapsed, settings.rollout.guard)
@@ -559,7 +563,7 @@ def rollout_status(config: Optional[list[str]] = ConfigOpt) -> None:
 
 @rollout_app.command("promote")
 def rollout_promote(reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
-                    config: Optional[list[str]] = ConfigOpt, who: str = WhoOpt) -> None:
+                    config: list[str] | None = ConfigOpt, who: str = WhoOpt) -> None:
     """Promote the challenger to 100% now, skipping the remaining stages."""
     from driftloop import rollout, wiring
 
@@ -573,7 +577,7 @@ def rollout_promote(reason: str = typer.Option(..., "--reason", help="Why; recor
 
 @rollout_app.command("abort")
 def rollout_abort(reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
-                  config: Optional[list[str]] = ConfigOpt, who: str = WhoOpt) -> None:
+                  config: list[str] | None = ConfigOpt, who: str = WhoOpt) -> None:
     """Withdraw the challenger: the champion answers 100% again at once."""
     from driftloop import rollout, wiring
 
@@ -584,7 +588,7 @@ def rollout_abort(reason: str = typer.Option(..., "--reason", help="Why; recorde
 
 @app.command()
 def rollback(reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
-             config: Optional[list[str]] = ConfigOpt, who: str = WhoOpt) -> None:
+             config: list[str] | None = ConfigOpt, who: str = WhoOpt) -> None:
     """Return the champion to the last good version in the history (any rollout is withdrawn)."""
     from driftloop import rollout, wiring
 
@@ -596,7 +600,7 @@ def rollback(reason: str = typer.Option(..., "--reason", help="Why; recorded in 
 
 
 @data_app.command("prepare")
-def data_prepare(config: Optional[list[str]] = ConfigOpt,
+def data_prepare(config: list[str] | None = ConfigOpt,
                  out: Path = typer.Option(Path("data/prepared"), help="Where to write the splits.")) -> None:
     """Write the configured data set's splits (train, eval, reference, traffic pools) into --out."""
     from driftloop import pipeline
@@ -609,8 +613,8 @@ def data_prepare(config: Optional[list[str]] = ConfigOpt,
 
 @data_app.command("restore")
 def data_restore(version: str = typer.Option(..., help="Model version whose training set to restore."),
-                 out: Optional[Path] = typer.Option(None, help="Destination file."),
-                 config: Optional[list[str]] = ConfigOpt) -> None:
+                 out: Path | None = typer.Option(None, help="Destination file."),
+                 config: list[str] | None = ConfigOpt) -> None:
     """Restore the exact training set of a registered model version (via its DVC hash)."""
     from driftloop import wiring
     from driftloop.types import ModelRef
@@ -628,7 +632,7 @@ def data_restore(version: str = typer.Option(..., help="Model version whose trai
 @pipeline_app.command("train")
 def pipeline_train(train_set: Path = typer.Option(Path("data/prepared/train.csv")),
                    out: Path = typer.Option(Path("models/model.joblib")),
-                   config: Optional[list[str]] = ConfigOpt) -> None:
+                   config: list[str] | None = ConfigOpt) -> None:
     """DVC stage: validate and train on a prepared training set, save the model."""
     from driftloop import pipeline
 
@@ -647,7 +651,7 @@ def pipeline_evaluate(model_path: Path = typer.Option(Path("models/model.joblib"
 
 
 @app.command("stop-server")
-def stop_server(config: Optional[list[str]] = ConfigOpt) -> None:
+def stop_server(config: list[str] | None = ConfigOpt) -> None:
     """Stop the local Prefect server that train/monitor/retrain started (it keeps running for the UI)."""
     from driftloop import prefect_server
 
@@ -657,7 +661,7 @@ def stop_server(config: Optional[list[str]] = ConfigOpt) -> None:
 
 
 @ui_app.command("prefect")
-def ui_prefect(config: Optional[list[str]] = ConfigOpt) -> None:
+def ui_prefect(config: list[str] | None = ConfigOpt) -> None:
     """Start the Prefect server and UI on 127.0.0.1 with this project's run history (Ctrl-C stops)."""
     from driftloop import prefect_server
 
@@ -666,23 +670,23 @@ def ui_prefect(config: Optional[list[str]] = ConfigOpt) -> None:
     env = os.environ | prefect_server.prefect_env(home)
     env.pop("PREFECT_API_URL", None)
     console.print(f"Prefect UI: http://127.0.0.1:{settings.prefect.port}")
-    os.execvpe(str(Path(os.sys.executable).parent / "prefect"),
+    os.execvpe(str(Path(sys.executable).parent / "prefect"),
                ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect.port)], env)
 
 
 @ui_app.command("mlflow")
-def ui_mlflow(config: Optional[list[str]] = ConfigOpt, port: int = typer.Option(5000)) -> None:
+def ui_mlflow(config: list[str] | None = ConfigOpt, port: int = typer.Option(5000)) -> None:
     """Start the MLflow UI on 127.0.0.1 over this project's tracking store (Ctrl-C stops)."""
     settings = _settings(config)
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     console.print(f"MLflow UI: http://127.0.0.1:{port}")
-    os.execvpe(str(Path(os.sys.executable).parent / "mlflow"),
+    os.execvpe(str(Path(sys.executable).parent / "mlflow"),
                ["mlflow", "server", "--backend-store-uri", settings.tracking_uri,
                 "--default-artifact-root", settings.artifact_root.as_uri(),
                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env)
 
 
-def _stack(config: Optional[list[str]]):
+def _stack(config: list[str] | None):
     from driftloop import stack as stack_mod
 
     # configs/stack.yaml describes the stack; further overlays (-c) may move its ports or folder.
@@ -690,17 +694,17 @@ def _stack(config: Optional[list[str]]):
 
 
 @stack_app.command("up")
-def stack_up(config: Optional[list[str]] = ConfigOpt,
-             service: Optional[list[str]] = typer.Option(None, "--service", "-s",
+def stack_up(config: list[str] | None = ConfigOpt,
+             service: list[str] | None = typer.Option(None, "--service", "-s",
                                                          help="Only these services (repeatable).")) -> None:
     """Start the stack (what is already healthy is left alone); print the URLs."""
     mod, stack = _stack(config)
-    t0 = datetime.now(timezone.utc)
+    t0 = datetime.now(UTC)
     try:
         out = mod.up(stack, service or None, progress=lambda m: console.print(f"  {m}"))
     except mod.StackError as exc:
         raise RunFailed(f"stack up failed: {exc}") from exc
-    took = (datetime.now(timezone.utc) - t0).total_seconds()
+    took = (datetime.now(UTC) - t0).total_seconds()
     table = Table("service", "url", "state")
     for s in out:
         table.add_row(s.name, s.url, "started" if s.started_s is not None else "already running")
@@ -710,7 +714,7 @@ def stack_up(config: Optional[list[str]] = ConfigOpt,
 
 
 @stack_app.command("down")
-def stack_down(config: Optional[list[str]] = ConfigOpt) -> None:
+def stack_down(config: list[str] | None = ConfigOpt) -> None:
     """Stop every server of the stack (data is kept)."""
     mod, stack = _stack(config)
     stopped = mod.down(stack, progress=lambda m: console.print(f"  {m}"))
@@ -718,7 +722,7 @@ def stack_down(config: Optional[list[str]] = ConfigOpt) -> None:
 
 
 @stack_app.command("status")
-def stack_status(config: Optional[list[str]] = ConfigOpt) -> None:
+def stack_status(config: list[str] | None = ConfigOpt) -> None:
     """Health of every server of the stack."""
     mod, stack = _stack(config)
     table = Table("service", "url", "healthy")
@@ -731,7 +735,7 @@ def stack_status(config: Optional[list[str]] = ConfigOpt) -> None:
 
 
 @stack_app.command("env")
-def stack_env(config: Optional[list[str]] = ConfigOpt) -> None:
+def stack_env(config: list[str] | None = ConfigOpt) -> None:
     """Print `export` lines for a shell that uses the stack: eval "$(driftloop stack env)"."""
     import shlex
 

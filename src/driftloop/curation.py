@@ -5,8 +5,8 @@ Pure functions over frames; reading the logs and writing versions are the adapte
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import pandas as pd
 

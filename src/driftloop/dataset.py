@@ -12,9 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -113,7 +113,7 @@ def _stratified_take(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[p
     for _, group in frame.groupby(LABEL, sort=True):
         idx = group.index.to_numpy().copy()
         rng.shuffle(idx)
-        k = int(round(len(idx) * fraction))
+        k = round(len(idx) * fraction)
         taken.extend(idx[:k].tolist())
     mask = frame.index.isin(taken)
     return frame[mask].reset_index(drop=True), frame[~mask].reset_index(drop=True)

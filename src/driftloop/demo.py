@@ -27,11 +27,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pandas as pd
@@ -100,10 +100,10 @@ class ServingProcess:
         self.settings = settings
         self.url = f"http://{settings.serving.host}:{settings.serving.port}"
         exe = Path(sys.executable).parent / "driftloop"
-        cmd = [str(exe), "serve"] + sum((["-c", c] for c in config), [])
+        cmd = [str(exe), "serve", *(arg for c in config for arg in ("-c", c))]
         log = settings.state_dir / "serving.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log, "ab")
+        self._log = open(log, "ab")  # noqa: SIM115  the server's log, open as long as the server runs
         # /feedback needs a bearer token: the user's, or one made up for this demo run only (the
         # server refuses to start without one, and the annotators must send it).
         token_env = settings.serving.api_token_env
@@ -206,8 +206,9 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         tl.step(f"   [yellow]traffic scaled to the data set's pools[/yellow] ({len(splits['live_known'])} known-label, "
                 f"{len(splits['live_new'])} new-label texts): {plan.summary()}")
     typical, worst = estimate_minutes(settings, prepared.rows.get("train", 0), plan)
+    stages = "; rollout stages end by their max_duration_s" if settings.rollout.enabled else ""
     tl.step(f"expected duration on 2 CPU cores: about {typical:.0f} min, at most {worst:.0f} min "
-            f"({settings.model.family} trained twice{'; rollout stages end by their max_duration_s' if settings.rollout.enabled else ''})")
+            f"({settings.model.family} trained twice{stages})")
 
     tl.step(f"[bold]1. version 1[/bold]: training without the {len(settings.data.new_labels)} new intents …")
     with (tl.timed("training flow (v1)"),

@@ -40,10 +40,10 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -158,7 +158,7 @@ def window_id_for(request_ids: Iterable[str]) -> str:
 def reference_hash(reference: pd.DataFrame) -> str:
     """Hash of a reference's texts and the champion's predictions on them (a cache key part)."""
     rows = _distinct(reference)[list(_COLUMNS)]
-    payload = json.dumps(sorted(zip(rows["text"], rows["intent"], rows["confidence"].round(6))))
+    payload = json.dumps(sorted(zip(rows["text"], rows["intent"], rows["confidence"].round(6), strict=True)))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -483,7 +483,7 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSet
 def write_status(result: DriftResult, model_version: str, path: Path) -> None:
     """The latest verdict as a small JSON file (replaced atomically), which the serving app
     exports as the ``driftloop_drift_*`` gauges for Prometheus."""
-    status = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model_version": model_version,
+    status = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "model_version": model_version,
               "window_id": result.window_id, "drift_detected": result.drift_detected,
               "share_drifted": result.share_drifted, "n_current": result.n_current,
               "signals": {s.name: {"value": s.value, "threshold": s.threshold, "drifted": s.drifted}

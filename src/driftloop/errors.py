@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
 
 

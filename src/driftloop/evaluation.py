@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,13 @@ from driftloop.types import EvalReport
 
 def frame_md5(frame: pd.DataFrame) -> str:
     payload = frame[[TEXT, LABEL]].to_csv(index=False).encode()
-    return hashlib.md5(payload).hexdigest()
+    return hashlib.md5(payload, usedforsecurity=False).hexdigest()
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         mask = (confidence > lo) & (confidence <= hi)
         if mask.any():
             ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
@@ -50,7 +51,7 @@ def evaluate(model: TextClassifier, eval_set: pd.DataFrame) -> tuple[EvalReport,
         macro_f1=float(np.mean(per)),
         n=len(rows),
         ece=expected_calibration_error(rows["confidence"].to_numpy(), correct),
-        per_intent_f1={lab: float(f) for lab, f in zip(labels, per)},
+        per_intent_f1={lab: float(f) for lab, f in zip(labels, per, strict=True)},
         eval_md5=frame_md5(eval_set),
     )
     return report, rows
@@ -83,7 +84,7 @@ def write_eval_artifacts(report: EvalReport, rows: pd.DataFrame, out_dir: Path) 
     correct = (rows[LABEL] == rows["intent"]).to_numpy()
     edges = np.linspace(0, 1, 11)
     centers, accs = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         mask = (conf > lo) & (conf <= hi)
         if mask.any():
             centers.append(conf[mask].mean())

@@ -17,9 +17,9 @@ import logging
 import os
 import threading
 import time
-from datetime import date, datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -55,7 +55,7 @@ class _PartitionedAppender:
             raise ValueError(f"fsync_interval_s must be positive, got {fsync_interval_s}")
         self.directory = Path(directory)
         self.fsync_interval_s = float(fsync_interval_s)
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         self._file_name = f"part-{os.getpid()}-{started:%Y%m%dT%H%M%S%fZ}.jsonl"
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -100,7 +100,7 @@ class _PartitionedAppender:
 
     def _open_for(self, now: float) -> None:
         day_start = int(now // _DAY_S) * _DAY_S
-        day = datetime.fromtimestamp(day_start, timezone.utc).date()
+        day = datetime.fromtimestamp(day_start, UTC).date()
         partition = self.directory / f"date={day.isoformat()}"
         new_dirs = [d for d in (self.directory.parent, self.directory, partition) if not d.exists()]
         partition.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ class _Clock:
     """ISO-8601 UTC timestamps at a fraction of ``datetime.isoformat``'s cost (which is most of a
     log write): the date-and-seconds prefix is formatted once per second."""
 
-    __slots__ = ("_second", "_prefix", "_time_ns")
+    __slots__ = ("_prefix", "_second", "_time_ns")
 
     def __init__(self, time_ns: Callable[[], int] = time.time_ns) -> None:
         self._second = -1
@@ -181,7 +181,7 @@ class _Clock:
         second, micro = divmod(ns // 1000, 1_000_000)
         if second != self._second:
             # Two threads may both refresh at a second boundary; each writes a correct pair.
-            self._prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             self._second = second
         return ns / 1e9, f"{self._prefix}.{micro:06d}+00:00"
 
@@ -250,7 +250,7 @@ class PredictionLog(_AppendOnlyLog):
         lines = [
             f'{{"request_id":{_q(rid)},"time":"{stamp}","text":{_q(text)},"intent":{_q(p.intent)},'
             f'"confidence":{float(p.confidence)!r}{tail}{int(n)}}}\n'
-            for rid, text, p, n in zip(request_ids, texts, predictions, tokens)
+            for rid, text, p, n in zip(request_ids, texts, predictions, tokens, strict=True)
         ]
         self._out.append("".join(lines).encode("ascii"), now)
 
@@ -265,7 +265,7 @@ class PredictionLog(_AppendOnlyLog):
                 f'"latency_ms":{float(latency_ms):.3f},"slot":{_q(slot)},"tokens":0,'
                 f'"error":{_q(error[:500] or "error")}}}\n')
         lines = [f'{{"request_id":{_q(rid)},"time":"{stamp}","text":{_q(text)}{tail}'
-                 for rid, text in zip(request_ids, texts)]
+                 for rid, text in zip(request_ids, texts, strict=True)]
         self._out.append("".join(lines).encode("ascii"), now)
 
 
@@ -292,8 +292,8 @@ def _partitions(directory: Path, since: datetime | None) -> list[Path]:
         return []
     first: date | None = None
     if since is not None:
-        first = (since.replace(tzinfo=timezone.utc) if since.tzinfo is None
-                 else since.astimezone(timezone.utc)).date()
+        first = (since.replace(tzinfo=UTC) if since.tzinfo is None
+                 else since.astimezone(UTC)).date()
     out = []
     for part in sorted(directory.glob("date=*")):
         try:

@@ -7,6 +7,7 @@ Against a local server a flow costs about a second of overhead, against Prefect'
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -139,10 +140,8 @@ def stop_server(server: PrefectServer, timeout_s: float = 15, flush: bool = True
         except ProcessLookupError:
             return
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def use_server(server: PrefectServer, home: Path) -> None:

@@ -10,10 +10,11 @@ import json
 import os
 import tempfile
 import threading
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import joblib
 import mlflow
@@ -52,7 +53,7 @@ def _requirements(model: TextClassifier | None = None) -> list[str]:
         try:
             # A local version label (torch's "+cpu") names a wheel index, not a release: pin the release.
             out.append(f"{pkg}=={version(pkg).split('+')[0]}")
-        except Exception:  # pragma: no cover - a package absent here is simply not pinned
+        except Exception:  # noqa: BLE001  pragma: no cover - a package absent here is simply not pinned
             out.append(pkg)
     return out
 
@@ -207,10 +208,8 @@ class Registry:
             try:
                 self.client.get_registered_model(self.model_name)
             except MlflowException:
-                try:
+                with suppress(MlflowException):  # created concurrently
                     self.client.create_registered_model(self.model_name)
-                except MlflowException:
-                    pass  # created concurrently
             version_tags = dict(tags)
             version_tags.update({f"metric.{k}": f"{v:.6f}" for k, v in (metrics or {}).items()})
             # Inside _uri(): MLflow resolves a models:/m-... source through the global tracking
@@ -261,10 +260,8 @@ class Registry:
         self.client.set_registered_model_alias(self.model_name, name, ref.version)
 
     def delete_alias(self, name: str) -> None:
-        try:
+        with suppress(MlflowException):
             self.client.delete_registered_model_alias(self.model_name, name)
-        except MlflowException:
-            pass
 
     def version_tags(self, ref: ModelRef) -> dict[str, str]:
         return dict(self.client.get_model_version(ref.name, ref.version).tags)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -227,7 +227,7 @@ def status_rows(champ: ArmStats | None, chal: ArmStats | None) -> list[dict[str,
 
 def parse_since(state: RolloutState) -> datetime:
     if not state.since:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     return datetime.fromisoformat(state.since)
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -112,7 +113,7 @@ def expand_grid(base: ModelSettings, grid: Mapping[str, Sequence[Any]]) -> list[
     keys = list(grid)
     candidates = []
     for index, values in enumerate(itertools.product(*(grid[k] for k in keys))):
-        overrides = dict(zip(keys, values))
+        overrides = dict(zip(keys, values, strict=True))
         family = overrides.get("family", base.family)
         params = {**base.params, **{k: v for k, v in overrides.items() if k != "family"}}
         candidates.append(Candidate(index, overrides, ModelSettings(family=family, params=params)))

@@ -30,16 +30,16 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -273,7 +273,7 @@ class ServingMetrics:
         self.swaps = Counter("driftloop_model_swaps", "Routing changes applied (champion or rollout)",
                              registry=r)
 
-    def bind(self, ref: ModelRef, slot: str, low_confidence: float) -> "_Bound":
+    def bind(self, ref: ModelRef, slot: str, low_confidence: float) -> _Bound:
         return _Bound(self, ref.version, slot, low_confidence)
 
     def render(self) -> bytes:
@@ -355,14 +355,14 @@ class MicroBatcher:
                     self._on_batch(len(texts))
                 try:
                     predictions, tokens = await run_in_threadpool(self._predict, texts)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001  a model's failure is the waiting requests' answer
                     if len(batch) == 1:
                         _settle(batch[0][1], exc=exc)
                         continue
                     for part, future in batch:  # find the culprit: each request on its own
                         try:
                             _settle(future, await run_in_threadpool(self._predict, part))
-                        except Exception as exc:
+                        except Exception as exc:  # noqa: BLE001  as above, for this request alone
                             _settle(future, exc=exc)
                     continue
                 at = 0
@@ -667,7 +667,7 @@ class ShadowRunner:
                 predictions = model.predict(texts)
                 count = token_counter(model)
                 tokens = [count(t) for t in texts]
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  a failing shadow is logged and counted, never raised
                 elapsed = time.perf_counter() - started
                 bound.failed.inc(len(texts))
                 self._log(ids, texts, None, bound.version, elapsed * 1000.0, None, SLOT_SHADOW,
@@ -677,7 +677,8 @@ class ShadowRunner:
             self._log(ids, texts, predictions, bound.version, elapsed * 1000.0, tokens, SLOT_SHADOW, "")
             bound.ok.inc()
             bound.observe(predictions, tokens, elapsed)
-            for mine, theirs in zip(predictions, answers):
+            # Best effort: a shadow model that answers a different number of rows must not stop this thread.
+            for mine, theirs in zip(predictions, answers, strict=False):
                 comparisons.labels(bound.version, "true" if mine.intent == theirs.intent else "false").inc()
 
     def _log(self, *line: Any) -> None:
@@ -699,7 +700,7 @@ class _Answers:
 
     def add(self, ids: list[str], version: str, slot: str, predictions: list[Prediction]) -> None:
         by_id, order = self._by_id, self._order
-        for rid, p in zip(ids, predictions):
+        for rid, p in zip(ids, predictions, strict=True):
             by_id[rid] = (version, slot, p.intent)
             order.append(rid)
         while len(order) > self.capacity:
@@ -1242,7 +1243,7 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
                            "driftloop.rollout_id": snap.routing.state.rollout_id or None})
         # By hand, as in the prediction log: json.dumps of the nested dicts costs more.
         items = [f'{{"request_id":"{rid}","intent":{_q(p.intent)},"confidence":{float(p.confidence)!r}}}'
-                 for rid, p in zip(ids, predictions)]
+                 for rid, p in zip(ids, predictions, strict=True)]
         return 200, f'{{"model_version":{bound.version_json},"predictions":[{",".join(items)}]}}'.encode()
 
     async def fast_predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:

@@ -97,7 +97,7 @@ class SelectionSettings(_Section):
     refit: bool = True
 
     @model_validator(mode="after")
-    def _refit(self) -> "SelectionSettings":
+    def _refit(self) -> SelectionSettings:
         if not self.refit and self.folds != 1:
             raise ValueError(f"selection.refit: false needs folds: 1 (got folds: {self.folds}; "
                              "k folds train k models, none of them on the whole split)")
@@ -189,7 +189,7 @@ class StageSpec(_Section):
     max_duration_s: float = Field(600, gt=0)
 
     @model_validator(mode="after")
-    def _weight_fits_kind(self) -> "StageSpec":
+    def _weight_fits_kind(self) -> StageSpec:
         if self.kind == "canary" and not 0 < self.weight < 1:
             raise ValueError(f"rollout stage {self.name!r}: a canary weight must be between 0 and 1 "
                              f"(exclusive), got {self.weight}")
@@ -308,7 +308,8 @@ class ServingSettings(_Section):
     @field_validator("host")
     @classmethod
     def _loopback_by_default(cls, value: str) -> str:
-        if value in {"0.0.0.0", "::"} and os.environ.get("DRIFTLOOP_ALLOW_PUBLIC_BIND") != "1":
+        # the check that refuses every-interface binds unless asked
+        if value in {"0.0.0.0", "::"} and os.environ.get("DRIFTLOOP_ALLOW_PUBLIC_BIND") != "1":  # noqa: S104
             raise ValueError("serving.host: binding every interface needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1")
         return value
 
@@ -446,7 +447,7 @@ class Settings(BaseSettings):
     demo: DemoSettings = DemoSettings()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         if self.monitor.min_window > self.monitor.window_size:
             raise ValueError("monitor.min_window must not exceed monitor.window_size")
         # A family ignores parameters it does not know, so a misspelt grid key would search
@@ -523,8 +524,8 @@ def config_files(overlays: list[str] | None = None, config_dir: Path = DEFAULT_C
     env = os.environ.get("DRIFTLOOP_CONFIG", "")
     names += [n for n in env.split(",") if n.strip()]
     files = [config_dir / "base.yaml"] if (config_dir / "base.yaml").exists() else []
-    for name in names:
-        name = name.strip()
+    for entry in names:
+        name = entry.strip()
         path = Path(name)
         if not path.suffix:
             path = config_dir / f"{name}.yaml"

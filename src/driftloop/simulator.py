@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import httpx
 import numpy as np
@@ -48,7 +48,7 @@ def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen | None = None,
 def mix(known: pd.DataFrame, new: pd.DataFrame, n: int, new_share: float, seed: int) -> pd.DataFrame:
     """``n`` texts, ``new_share`` of them from the new labels, each drawn without replacement."""
     rng = np.random.default_rng(seed)
-    n_new = int(round(n * new_share))
+    n_new = round(n * new_share)
     n_known = n - n_new
     if n_new > len(new) or n_known > len(known):
         raise ValueError(f"asked for {n_known} known + {n_new} new texts, pools hold {len(known)} + {len(new)}")
@@ -147,7 +147,7 @@ def annotate(base_url: str, answers: list[Answer], share: float, seed: int, toke
     """Post the true label of ``share`` of the answered requests to ``/feedback``; returns the count."""
     rng = np.random.default_rng(seed)
     ok = [a for a in answers if a.status == 200]
-    chosen = [ok[i] for i in sorted(rng.choice(len(ok), int(round(len(ok) * share)), replace=False))] if ok else []
+    chosen = [ok[i] for i in sorted(rng.choice(len(ok), round(len(ok) * share), replace=False))] if ok else []
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     posted = 0
     with httpx.Client(base_url=base_url, timeout=10.0, headers=headers) as client:
@@ -185,7 +185,7 @@ class LiveTraffic:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="live-traffic", daemon=True)
 
-    def __enter__(self) -> "LiveTraffic":
+    def __enter__(self) -> LiveTraffic:
         self._thread.start()
         return self
 
@@ -198,7 +198,7 @@ class LiveTraffic:
             try:
                 if self.start_when():
                     break
-            except Exception:  # the source is busy or briefly unreachable: ask again
+            except Exception:  # noqa: BLE001, S110  the source is busy or briefly unreachable: ask again
                 pass
             self._stop.wait(0.2)
         i = 0

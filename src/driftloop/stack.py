@@ -12,6 +12,7 @@ imports Prefect or MLflow, so the CLI can call it before either is configured.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -21,10 +22,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import httpx
 
@@ -90,7 +91,7 @@ class Stack:
         return f"http://127.0.0.1:{self.cfg.prometheus_port}"
 
     def database_url(self, db: str, driver: str = "postgresql+psycopg2") -> str:
-        assert self.secrets is not None
+        assert self.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
         return (f"{driver}://{self.cfg.postgres_user}:{self.secrets.pg_password}"
                 f"@127.0.0.1:{self.cfg.postgres_port}/{db}")
 
@@ -101,7 +102,7 @@ class Stack:
 
     def client_env(self) -> dict[str, str]:
         """What a driftloop process needs in its environment to use this stack."""
-        assert self.secrets is not None
+        assert self.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
         return {"AWS_ACCESS_KEY_ID": self.secrets.s3_access_key,
                 "AWS_SECRET_ACCESS_KEY": self.secrets.s3_secret_key,
                 "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
@@ -193,11 +194,10 @@ def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str] | None =
            cwd: Path | None = None) -> int:
     stack.path("run").mkdir(parents=True, exist_ok=True)
     stack.path("logs").mkdir(parents=True, exist_ok=True)
-    log = open(stack.path("logs", f"{name}.log"), "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=os.environ | (env or {}), cwd=str(cwd or stack.project_root),
-                            start_new_session=True)
-    log.close()
+    with open(stack.path("logs", f"{name}.log"), "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=os.environ | (env or {}), cwd=str(cwd or stack.project_root),
+                                start_new_session=True)
     _pidfile(stack, name).write_text(str(proc.pid))
     return proc.pid
 
@@ -210,10 +210,8 @@ def _kill_group(pid: int, timeout_s: float = 15.0) -> None:
             return
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             if not _alive(pid):
                 return
             time.sleep(0.1)
@@ -273,7 +271,7 @@ def install_system_packages(packages: list[str]) -> None:
     """Install Debian packages with the project's script (it keeps their services from starting)."""
     if not packages:
         return
-    result = subprocess.run(["bash", str(INSTALL_SCRIPT), *packages], capture_output=True, text=True)
+    result = subprocess.run(["bash", str(INSTALL_SCRIPT), *packages], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise StackError(f"installing {packages} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
@@ -288,7 +286,7 @@ def _as_postgres_user() -> list[str]:
 def _pg_ready(stack: Stack) -> bool:
     import psycopg2
 
-    assert stack.secrets is not None
+    assert stack.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
     try:
         conn = psycopg2.connect(host="127.0.0.1", port=stack.cfg.postgres_port, user=stack.cfg.postgres_user,
                                 password=stack.secrets.pg_password, dbname="postgres", connect_timeout=2)
@@ -335,7 +333,7 @@ def _pg_start(stack: Stack) -> None:
     opts = (f"-c listen_addresses=127.0.0.1 -p {stack.cfg.postgres_port} -c unix_socket_directories={data} "
             f"-c max_connections=200")
     result = subprocess.run([*_as_postgres_user(), str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log),
-                             "-o", opts, "-w", "-t", "60", "start"], capture_output=True, text=True)
+                             "-o", opts, "-w", "-t", "60", "start"], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
         raise StackError(f"PostgreSQL did not start: {result.stderr.strip()}\n{tail}")
@@ -362,7 +360,7 @@ def _pg_stop(stack: Stack) -> None:
     if not (data / "postmaster.pid").exists():
         return
     subprocess.run([*_as_postgres_user(), str(find_postgres_bin() / "pg_ctl"), "-D", str(data), "-m", "fast",
-                    "-w", "stop"], capture_output=True, text=True)
+                    "-w", "stop"], capture_output=True, text=True, check=False)
 
 
 # ---------------------------------------------------------------- SeaweedFS
@@ -371,7 +369,7 @@ def _s3_client(stack: Stack):
     import boto3
     from botocore.config import Config
 
-    assert stack.secrets is not None
+    assert stack.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
     return boto3.client("s3", endpoint_url=stack.s3_url, aws_access_key_id=stack.secrets.s3_access_key,
                         aws_secret_access_key=stack.secrets.s3_secret_key, region_name="us-east-1",
                         config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
@@ -381,7 +379,7 @@ def _s3_ready(stack: Stack) -> bool:
     try:
         _s3_client(stack).list_buckets()
         return True
-    except Exception:  # not up yet: connection refused, 503 while the filer starts
+    except Exception:  # noqa: BLE001  not up yet: connection refused, 503 while the filer starts
         return False
 
 
@@ -487,7 +485,7 @@ def _worker_start(stack: Stack) -> None:
     r = httpx.get(f"{stack.prefect_api_url}/work_pools/{pool}", timeout=5)
     if r.status_code == 404:
         made = subprocess.run([str(exe), "work-pool", "create", pool, "--type", "process"], env=os.environ | env,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if made.returncode != 0 and "already exists" not in made.stdout + made.stderr:
             raise StackError(f"creating work pool {pool!r} failed: {made.stdout[-1000:]}{made.stderr[-1000:]}")
     pid = _spawn(stack, "worker", [str(exe), "worker", "start", "--pool", pool, "--type", "process",
@@ -597,7 +595,7 @@ def deploy(stack: Stack) -> list[str]:
     exe = Path(sys.executable).parent / "prefect"
     env = os.environ | prefect_env(stack) | {"DRIFTLOOP_HOME": str(stack.project_root)}
     result = subprocess.run([str(exe), "--no-prompt", "deploy", "--all"], cwd=stack.project_root, env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, check=False)
     stack.path("logs").mkdir(parents=True, exist_ok=True)
     stack.path("logs", "deploy.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:

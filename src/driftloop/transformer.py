@@ -32,9 +32,10 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,7 +68,7 @@ class TransformerParams:
     max_length: int = 64                   # BANKING77's longest text is 79 tokens; 98% fit in 48
     batch_size: int = 32                   # training batch
     predict_batch_size: int = 64           # inference batch (serving, embedding the training set)
-    head_C: float = 10.0                   # inverse regularisation of the logistic-regression head
+    head_C: float = 10.0  # noqa: N815  scikit-learn's C; inverse regularisation of the logistic-regression head
     epochs: int = 8
     learning_rate: float = 5e-5
     head_learning_rate: float = 1e-3       # the head moves faster than the pretrained encoder
@@ -94,7 +95,7 @@ class TransformerParams:
                     "stop_after_steps", "device", "keep_checkpoint")
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "TransformerParams":
+    def from_params(cls, params: dict[str, Any]) -> TransformerParams:
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
         for key, value in params.items():
@@ -169,7 +170,7 @@ def _device(wanted: str) -> str:
 
 def _pool(hidden, mask, pooling: str):
     """Sentence embeddings, L2-normalised (as all-MiniLM-L6-v2's own Normalize module does)."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # noqa: N812  PyTorch's own convention
 
     if pooling == "cls":
         pooled = hidden[:, 0]
@@ -308,7 +309,7 @@ def validation_split(labels: Sequence[str], fraction: float, seed: int) -> np.nd
         if len(rows) < 2:
             continue
         rng.shuffle(rows)
-        mask[rows[:max(1, int(round(len(rows) * fraction)))]] = True
+        mask[rows[:max(1, round(len(rows) * fraction))]] = True
     return mask
 
 
@@ -496,7 +497,7 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
             factor = min(1.0, (progress + 1 / total) / p.warmup_fraction)
         else:
             factor = max(0.0, (1 - progress) / max(1e-9, 1 - p.warmup_fraction))
-        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base_lr * factor
 
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -691,7 +692,7 @@ class EnsembleIntentModel:
         return self._tokens.count_tokens(text)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return sum(w * m.predict_proba(texts) for w, m in zip(self.weights, self.members))
+        return sum(w * m.predict_proba(texts) for w, m in zip(self.weights, self.members, strict=True))
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         proba = self.predict_proba(texts)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 DRIFT_EVENT = "driftloop.drift.detected"
 # Fixed namespace: event ids must be the same on every machine and in every release.

@@ -73,7 +73,7 @@ class DatasetStore:
         """Bring back the exact file with this md5 (from the cache, else the remote) to ``dest``.
         A ``dest`` that already holds exactly that content is left as it is (monitor runs reuse it)."""
         dest = Path(dest)
-        if dest.is_file() and hashlib.md5(dest.read_bytes()).hexdigest() == md5:
+        if dest.is_file() and hashlib.md5(dest.read_bytes(), usedforsecurity=False).hexdigest() == md5:
             return dest
         with _LOCK:
             repo = self._repo()

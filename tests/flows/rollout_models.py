@@ -7,7 +7,7 @@ normal way (this module must be importable where the app runs: the repository ro
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -45,6 +45,6 @@ def test_a_missing_raw_file_fails_the_run_even_with_old_splits(state, tmp_path):
     overlay.write_text(f"data:\n  train_path: {tmp_path / 'nonexistent.csv'}\n")
     run = training(reason="stale", trigger="test", config=[str(overlay)], return_state=True)
     assert run.is_failed()
-    with pytest.raises(DataError, match="nonexistent.csv: file not found \\(data.train_path\\)"):
+    with pytest.raises(DataError, match=r"nonexistent\.csv: file not found \(data\.train_path\)"):
         run.result()
     assert len(parts.registry.versions()) == versions

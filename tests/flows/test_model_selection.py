@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import pytest
@@ -50,7 +50,7 @@ def search(tmp_path):
 
 
 def test_sequential_and_dask_choose_the_same_candidate(small_data, search, monkeypatch):
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     sequential = training(reason="select in process", trigger="test", config=[small_data, search])
     monkeypatch.setenv("DRIFTLOOP__SELECTION__RUNNER", "dask")
     monkeypatch.setenv("DRIFTLOOP__SELECTION__DASK__N_WORKERS", "2")

@@ -24,7 +24,7 @@ def serve_window(parts, frame: pd.DataFrame, tag: str, label_share: float = 0.0)
     if label_share:
         n = int(len(frame) * label_share)
         with predlog.FeedbackLog(parts.log_root) as fb:
-            for rid, label in zip(ids[:n], frame["label"].tolist()[:n]):
+            for rid, label in zip(ids[:n], frame["label"].tolist()[:n], strict=True):
                 fb.write(rid, label)
     return ids
 

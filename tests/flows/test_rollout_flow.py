@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -16,8 +17,8 @@ import yaml
 
 from driftloop import champion, predlog, wiring
 from driftloop.modelling import TfidfFamily
-from driftloop.settings import ServingSettings, load_settings
 from driftloop.serving import create_app
+from driftloop.settings import ServingSettings, load_settings
 from flows.rollout import PROMOTED, REGRESSED, ROLLED_BACK, rollout
 from tests.conftest import AUTH
 from tests.flows.rollout_models import DegradingClassifier, SlowClassifier
@@ -38,7 +39,7 @@ class Traffic:
     responses: list[tuple[float, str, int, str]] = field(default_factory=list)  # (time, caller, status, version)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> "Traffic":
+    def __enter__(self) -> Traffic:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -108,7 +109,7 @@ def serve(parts):
 
 
 def test_a_good_challenger_goes_through_shadow_and_canaries_and_is_promoted(loop, tmp_path):
-    parts, v1, big, traffic_rows = loop
+    parts, _v1, big, traffic_rows = loop
     v2 = register(parts, TfidfFamily().fit(big, PARAMS))
     config = overlay(tmp_path, stages=[
         {"name": "shadow", "kind": "shadow", "min_samples": 100},
@@ -156,7 +157,7 @@ def test_a_challenger_trained_on_shuffled_labels_is_rolled_back_in_shadow(loop, 
     assert not parts.registry.rollout_state().active
     last = parts.history.entries()[-1]
     assert (last.alias, last.action, last.from_version, last.to_version) == ("challenger", "rollback", "2", None)
-    assert last.report.endswith("-shadow.md") and "agreement" in open(last.report).read()
+    assert last.report.endswith("-shadow.md") and "agreement" in Path(last.report).read_text()
     # the registry shows how the version fared, and the rollout is an MLflow run with its analysis
     assert parts.registry.version_tags(v2)["rollout.result"].startswith("rolled back at shadow")
     [run] = [r for r in parts.registry.recent_runs(10) if r["kind"] == "rollout"]
@@ -209,7 +210,7 @@ def test_a_promotion_that_regresses_is_undone_and_a_retrain_opened(loop, tmp_pat
 
 
 def test_blue_green_switches_at_once_after_the_new_version_is_warm(loop, tmp_path):
-    parts, v1, big, traffic_rows = loop
+    parts, _v1, big, traffic_rows = loop
     v2 = register(parts, TfidfFamily().fit(big, PARAMS))
     config = overlay(tmp_path, strategy="bluegreen")
     with serve(parts) as url, Traffic(url, traffic_rows) as traffic:

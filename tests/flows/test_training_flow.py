@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from driftloop import tracing, wiring
@@ -41,7 +40,7 @@ def test_first_training_promotes_with_lineage(settings, tmp_path):
     assert parts.registry.challenger() is None
     # the exact training set comes back from its DVC hash alone
     restored = parts.datasets.restore(tags["data.md5"], tmp_path / "restored.csv")
-    assert hashlib.md5(restored.read_bytes()).hexdigest() == tags["data.md5"]
+    assert hashlib.md5(restored.read_bytes(), usedforsecurity=False).hexdigest() == tags["data.md5"]
     assert len(read_labelled(restored)) == int(tags["data.rows"])
 
 
@@ -74,7 +73,7 @@ def test_validation_failure_leaves_champion_unchanged(settings, tmp_path):
     history_before = len(parts.history.entries())
     state = training(training_set=str(path), reason="bad batch", trigger="test", return_state=True)
     assert state.is_failed()
-    with pytest.raises(Exception) as err:
+    with pytest.raises(Exception, match="empty_text") as err:
         state.result()
     message = str(err.value)
     assert "empty_text" in message and "rows [3]" in message and "unknown_label" in message
@@ -87,7 +86,7 @@ def test_other_dataset_by_configuration_alone(state, tmp_path, banking_train, mo
     """A JSON data set with other field names runs through the same flow by configuration."""
     labels = sorted(banking_train["label"].unique())[:8]
     rows = banking_train[banking_train["label"].isin(labels)].sample(frac=1.0, random_state=0)
-    records = [{"utterance": t, "intent": l} for t, l in zip(rows["text"], rows["label"])]
+    records = [{"utterance": t, "intent": label} for t, label in zip(rows["text"], rows["label"], strict=True)]
     half = len(records) * 3 // 4
     (tmp_path / "train.json").write_text(json.dumps(records[:half]))
     (tmp_path / "test.json").write_text(json.dumps({"data": records[half:]}))
@@ -119,4 +118,4 @@ def test_cli_status_history_and_restore(settings, tmp_path):
     dest = tmp_path / "v1.csv"
     restored = runner.invoke(app, ["data", "restore", "--version", out.candidate.version, "--out", str(dest)])
     assert restored.exit_code == 0, restored.output
-    assert hashlib.md5(dest.read_bytes()).hexdigest() == out.data_md5
+    assert hashlib.md5(dest.read_bytes(), usedforsecurity=False).hexdigest() == out.data_md5

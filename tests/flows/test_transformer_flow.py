@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from driftloop import wiring  # noqa: E402
-from driftloop.settings import load_settings  # noqa: E402
-from flows.training import training  # noqa: E402
+from driftloop import wiring
+from driftloop.settings import load_settings
+from flows.training import training
 
-from .test_monitoring_flow import artifacts  # noqa: E402
+from .test_monitoring_flow import artifacts
 
 
 @pytest.fixture

@@ -53,7 +53,8 @@ def driftloop(*args: str, state: Path, api_url: str | None = None, timeout: floa
     if api_url:
         full["DRIFTLOOP__PREFECT__API_URL"] = api_url
     full |= env
-    return subprocess.run([DRIFTLOOP, *args], cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([DRIFTLOOP, *args], cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def lines(done: subprocess.CompletedProcess) -> list[str]:

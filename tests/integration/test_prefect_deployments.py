@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from driftloop import prefect_server, predlog
+from driftloop import predlog, prefect_server
 from driftloop.triggers import DRIFT_EVENT, DriftEvent
 from driftloop.types import Prediction
 from tests.integration.conftest import bound_socket
@@ -55,7 +55,7 @@ def _project(tmp: Path, banking_train) -> Path:
         log.write_batch(ids, labelled["text"].tolist(), [Prediction(labels[0], 0.4)] * len(ids), "1", 1.0,
                         [1] * len(ids))
     with predlog.FeedbackLog(state / "logs") as fb:
-        for rid, label in zip(ids, labelled["label"]):
+        for rid, label in zip(ids, labelled["label"], strict=True):
             fb.write(rid, label)
     overlay = tmp / "deploy-it.yaml"
     overlay.write_text(yaml.safe_dump({
@@ -77,7 +77,7 @@ def _env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _query(api_url: str, fn):
@@ -163,7 +163,8 @@ def stack(tmp_path_factory, banking_train):
             [PREFECT, "worker", "start", "--pool", "driftloop", "--type", "process", "--limit", "1"],
             cwd=tmp, env=_env(server.api_url, home, DRIFTLOOP_CONFIG=str(overlay), PREFECT_WORKER_QUERY_SECONDS="1",
                               PREFECT_WORKER_PREFETCH_SECONDS="5"),
-            stdout=open(tmp / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=open(tmp / "worker.log", "w"),  # noqa: SIM115  the worker's log, open while it runs
+            stderr=subprocess.STDOUT, start_new_session=True)
         train = subprocess.Popen([DRIFTLOOP, "train", "-c", str(overlay), "--reason", "v1"], cwd=ROOT, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         _wait_for_pool(server.api_url, worker)
@@ -222,7 +223,9 @@ def test_one_retrain_run_per_drift_window_and_a_manual_run_with_parameters(stack
     wrong_out, _ = wrong.communicate(timeout=120)
     assert wrong.returncode == 2 and "min_new_label" in wrong_out, wrong_out
 
-    final = (lambda runs: [r for r in runs if r.state and r.state.is_final()])
+    def final(runs):
+        return [r for r in runs if r.state and r.state.is_final()]
+
     dispatches = _wait(api, "retrain-dispatch", lambda runs: len(final(runs)) >= 3, 300, worker)
     # Both windows' runs exist; the manual one and the first window's complete (the second
     # window's would take another full run, and proves nothing more).
@@ -277,13 +280,13 @@ def _screenshot(ui_url: str, run, tmp_path: Path) -> None:
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000", "--virtual-time-budget=15000"]
     png = tmp_path / "flow-run.png"
-    shot = subprocess.run(base + [f"--screenshot={png}", url], capture_output=True, text=True, timeout=120)
+    shot = subprocess.run([*base, f"--screenshot={png}", url], capture_output=True, text=True, timeout=120, check=False)
     assert png.exists() and png.stat().st_size > 20_000, shot.stderr[-2000:]
     import matplotlib.image
 
     pixels = matplotlib.image.imread(png)
     assert pixels.shape[:2] == (1000, 1400) and float(pixels[..., :3].std()) > 0.02   # not a blank page
     shutil.copy(png, Path(os.environ.get("DRIFTLOOP_SCREENSHOT", "/tmp/prefect-flow-run.png")))
-    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=False)
     assert "Something went wrong" not in dom.stdout and "t connect to Server API" not in dom.stdout
     assert run.name in dom.stdout.replace("&amp;", "&"), dom.stdout[-2000:]

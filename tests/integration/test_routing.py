@@ -128,9 +128,8 @@ def test_a_failing_canary_is_answered_by_the_champion_and_logged_against_the_can
     registry.set_alias(CHAMPION, v1)
     registry.set_rollout_state(RolloutState(rollout_id="f-1", mode="canary", challenger=v2.version, weight=0.99,
                                             stage="canary"))
-    with serve_in_thread(create_app(CFG, registry, tmp_path)) as url:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            responses = [client.post("/predict", json={"text": TEXTS[i % 5]}) for i in range(60)]
+    with serve_in_thread(create_app(CFG, registry, tmp_path)) as url, httpx.Client(base_url=url, timeout=10) as client:
+        responses = [client.post("/predict", json={"text": TEXTS[i % 5]}) for i in range(60)]
     assert all(r.status_code == 200 for r in responses)
     versions = [r.json()["model_version"] for r in responses]
     assert versions.count(v2.version) > 10 and versions.count(v1.version) > 10

@@ -29,7 +29,6 @@ from driftloop.serving import INLINE_TEXTS, create_app
 from driftloop.settings import ServingSettings
 from driftloop.simulator import wait_ready
 from driftloop.types import ModelRef
-
 from tests.conftest import AUTH
 
 from .conftest import TINY_PARAMS, serve_in_subprocess, serve_in_thread, tiny_frame
@@ -50,7 +49,7 @@ def v1_model(banking_train) -> TextClassifier:
 
 @pytest.fixture(scope="module")
 def v2_model(banking_train) -> TextClassifier:
-    return TfidfFamily().fit(tiny_frame(banking_train, LABELS_V1 + [NEW_LABEL]), TINY_PARAMS)
+    return TfidfFamily().fit(tiny_frame(banking_train, [*LABELS_V1, NEW_LABEL]), TINY_PARAMS)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +127,7 @@ def test_every_answer_is_in_the_prediction_log(served):
     texts = ["où est ma carte ? 💳", 'quotes " and \\ backslash\nnewline', TEXTS[2]]
     answers = predict(served.client, {"texts": texts}).json()["predictions"]
     logged = read_predictions(served.log_root).set_index("request_id")
-    for text, answer in zip(texts, answers):
+    for text, answer in zip(texts, answers, strict=True):
         row = logged.loc[answer["request_id"]]
         assert row["text"] == text
         assert row["intent"] == answer["intent"]
@@ -221,7 +220,7 @@ BAD_PREDICTS = [
 ]
 
 
-@pytest.mark.parametrize("body,status,message", [b[1:] for b in BAD_PREDICTS],
+@pytest.mark.parametrize(("body", "status", "message"), [b[1:] for b in BAD_PREDICTS],
                          ids=[b[0] for b in BAD_PREDICTS])
 def test_a_bad_predict_gets_a_4xx_naming_the_problem(served, body, status, message):
     content = body if isinstance(body, bytes) else body.encode()
@@ -248,7 +247,7 @@ BAD_FEEDBACK = [
 ]
 
 
-@pytest.mark.parametrize("payload,message", [b[1:] for b in BAD_FEEDBACK], ids=[b[0] for b in BAD_FEEDBACK])
+@pytest.mark.parametrize(("payload", "message"), [b[1:] for b in BAD_FEEDBACK], ids=[b[0] for b in BAD_FEEDBACK])
 def test_bad_feedback_gets_a_422_naming_the_field(served, payload, message):
     response = served.client.post("/feedback", json=payload)
     assert response.status_code == 422
@@ -354,7 +353,7 @@ def test_an_alias_move_under_load_fails_no_request(registry_for, v1_model, v2_mo
             assert v1.version not in versions[versions.index(v2.version):]
     assert sum(r[1] == v2.version for r in answered) >= 8
     logged = read_predictions(tmp_path).set_index("request_id")["model_version"]
-    for status, version, ids in answered:
+    for _status, version, ids in answered:
         for rid in ids:
             assert logged.get(rid) == version, f"{rid} answered by v{version} is not logged as such"
 

@@ -20,7 +20,6 @@ import pytest
 
 from driftloop import stack as stack_mod
 from driftloop.settings import StackSettings
-
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -37,7 +36,8 @@ def stack():
     # reachable by that user (pytest's tmp folders are private).
     root = Path(tempfile.mkdtemp(prefix="driftloop-stack-"))
     root.chmod(0o755)
-    cfg = StackSettings(dir=root, work_pool="driftloop-test", deploy=False, **PORTS)  # deploying: test_prefect_deployments
+    # deploying is test_prefect_deployments' part
+    cfg = StackSettings(dir=root, work_pool="driftloop-test", deploy=False, **PORTS)
     st = stack_mod.Stack(cfg, ROOT, serving_port=18000)
     saved = {k: os.environ.pop(k, None) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     try:
@@ -76,7 +76,7 @@ def on_stack(stack, tmp_path, monkeypatch):
 
 
 def _listening(pids: set[int]) -> list[str]:
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=False).stdout
     found = []
     for line in out.splitlines():
         owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
@@ -195,7 +195,7 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     fresh = DatasetStore(tmp_path / "fresh" / "datasets", settings.storage.dvc_remote,
                          settings.storage.s3_endpoint_url)
     restored = fresh.restore(md5, tmp_path / "restored.csv")
-    assert hashlib.md5(restored.read_bytes()).hexdigest() == md5
+    assert hashlib.md5(restored.read_bytes(), usedforsecurity=False).hexdigest() == md5
 
     # the runs are on the stack's Prefect server (PostgreSQL), completed
     runs = {r.name: r for r in _flow_runs(["training", "monitoring", "retraining"])
@@ -205,11 +205,11 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     assert len(_pg(stack, "SELECT id FROM flow_run", db="prefect")) >= 4
 
     # the serving app loads the champion from the MLflow server (artifacts from S3) and answers
-    from driftloop.serving import create_app
+    import httpx
 
+    from driftloop.serving import create_app
     from tests.conftest import API_TOKEN
     from tests.integration.conftest import serve_in_thread
-    import httpx
 
     app = create_app(settings.serving, parts.registry, tmp_path / "serve-logs", api_token=API_TOKEN)
     with serve_in_thread(app, port=stack.serving_port) as url:
@@ -280,7 +280,7 @@ def with_champion(on_stack, small_data, tmp_path, monkeypatch):
     """A champion (v1) on small data and a second training set (9/10 of v1's); each fault test
     then trains v2 on it."""
     from driftloop import wiring
-    from driftloop.dataset import read_labelled, write_labelled
+    from driftloop.dataset import write_labelled
     from driftloop.settings import load_settings
     from flows.training import training
 
@@ -311,7 +311,7 @@ def test_a_server_that_comes_back_is_ridden_out_by_task_retries(with_champion, o
     """The server goes away in the middle of the flow and is back a few seconds later: the task
     that needs it retries, the run completes, v2 is registered once and judged as usual."""
     caplog.set_level(logging.INFO, logger="prefect")
-    parts, v1, extra = with_champion
+    parts, _v1, extra = with_champion
     outage = _outage_mid_flow(on_stack, server, parts.datasets.root, down_s=down_s)
     state = _train_v2(extra)
     outage.join()
@@ -333,7 +333,7 @@ def test_the_prefect_server_restarting_mid_flow(with_champion, on_stack):
     try:
         state = _train_v2(extra)
         completed = state.is_completed()
-    except Exception:   # the engine could not report a state: the run did not finish
+    except Exception:  # noqa: BLE001  the engine could not report a state: the run did not finish
         completed = False
     restarter.join()
     if completed:

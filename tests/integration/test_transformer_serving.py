@@ -13,16 +13,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from driftloop.modelling import get_family  # noqa: E402
-from driftloop.predlog import read_predictions  # noqa: E402
-from driftloop.registry import CHAMPION, Registry  # noqa: E402
-from driftloop.serving import create_app  # noqa: E402
-from driftloop.settings import ServingSettings  # noqa: E402
+from driftloop.modelling import get_family
+from driftloop.predlog import read_predictions
+from driftloop.registry import CHAMPION, Registry
+from driftloop.serving import create_app
+from driftloop.settings import ServingSettings
+from tests.conftest import AUTH
 
-from tests.conftest import AUTH  # noqa: E402
-
-from .conftest import serve_in_thread, tiny_frame  # noqa: E402
-from .test_serving import LABELS_V1 as LABELS, TEXTS, metric_samples, sample  # noqa: E402
+from .conftest import serve_in_thread, tiny_frame
+from .test_serving import LABELS_V1 as LABELS, TEXTS, metric_samples, sample
 
 CFG = ServingSettings(reload_interval_s=0.2, max_text_chars=200, max_batch=32, fsync_interval_s=0.2)
 
@@ -93,7 +92,7 @@ def test_concurrent_requests_share_forward_passes(logged, tmp_path):
     # predicted together (serving.micro_batch_texts), each still getting its own answer.
     registry, ref, model = logged
     texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(32)]
-    expected = {t: p.intent for t, p in zip(texts, model.predict(texts))}
+    expected = {t: p.intent for t, p in zip(texts, model.predict(texts), strict=True)}
 
     async def send_all(url: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:

@@ -141,5 +141,5 @@ def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, 
     slots = every.groupby(["slot", "model_version"]).size().to_dict()
     assert slots[("shadow", "2")] >= 150 and slots[("canary", "2")] >= 100 and slots[("champion", "2")] >= 150
     failed = every[every["error"] != ""]
-    assert len(failed) >= 1 and set(zip(failed["slot"], failed["model_version"])) == {("canary", "3")}
+    assert len(failed) >= 1 and set(zip(failed["slot"], failed["model_version"], strict=True)) == {("canary", "3")}
     assert (answered["model_version"] == "3").any(), "the failing canary did answer some callers"

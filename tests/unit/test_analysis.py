@@ -1,5 +1,5 @@
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -59,7 +59,8 @@ def hand_ztest(x1, n1, x2, n2):
     return (x1 / n1 - x2 / n2) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
 
 
-@pytest.mark.parametrize("x1,n1,x2,n2", [(10, 100, 5, 100), (5, 100, 10, 100), (45, 300, 30, 250), (1, 30, 0, 30)])
+@pytest.mark.parametrize(("x1", "n1", "x2", "n2"),
+                         [(10, 100, 5, 100), (5, 100, 10, 100), (45, 300, 30, 250), (1, 30, 0, 30)])
 @pytest.mark.parametrize("alternative", ["larger", "smaller", "two-sided"])
 def test_ztest_matches_hand_computation(x1, n1, x2, n2, alternative):
     z, p = two_proportion_ztest(x1, n1, x2, n2, alternative)
@@ -77,8 +78,8 @@ def test_ztest_known_value():
     assert p == pytest.approx(0.0897, abs=1e-4)
 
 
-@pytest.mark.parametrize("x1,n1,x2,n2", [(0, 50, 0, 80), (50, 50, 80, 80)])
-@pytest.mark.parametrize("alternative,p", [("larger", 0.5), ("smaller", 0.5), ("two-sided", 1.0)])
+@pytest.mark.parametrize(("x1", "n1", "x2", "n2"), [(0, 50, 0, 80), (50, 50, 80, 80)])
+@pytest.mark.parametrize(("alternative", "p"), [("larger", 0.5), ("smaller", 0.5), ("two-sided", 1.0)])
 def test_ztest_degenerate_rates_give_no_nan(x1, n1, x2, n2, alternative, p):
     z, pval = two_proportion_ztest(x1, n1, x2, n2, alternative)
     assert z == 0.0 and pval == p
@@ -91,7 +92,7 @@ def test_ztest_extreme_but_different_rates():
 
 @pytest.mark.parametrize("args", [(0, 0, 1, 10), (1, 10, 0, 0), (11, 10, 1, 10), (-1, 10, 1, 10)])
 def test_ztest_rejects_impossible_counts(args):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="two_proportion_ztest: "):
         two_proportion_ztest(*args)
 
 
@@ -102,7 +103,7 @@ def test_ztest_rejects_unknown_alternative():
 
 # -- Wilson interval --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("x,n,alpha,low,high", [
+@pytest.mark.parametrize(("x", "n", "alpha", "low", "high"), [
     (0, 10, 0.05, 0.0, 0.2775),
     (10, 10, 0.05, 0.7225, 1.0),
     (5, 10, 0.05, 0.2366, 0.7634),
@@ -122,9 +123,9 @@ def test_wilson_narrows_with_more_data():
     assert large[0] < 0.5 < large[1]
 
 
-@pytest.mark.parametrize("x,n,alpha", [(0, 0, 0.05), (11, 10, 0.05), (1, 10, 0.0), (1, 10, 1.0)])
+@pytest.mark.parametrize(("x", "n", "alpha"), [(0, 0, 0.05), (11, 10, 0.05), (1, 10, 0.0), (1, 10, 1.0)])
 def test_wilson_rejects_bad_input(x, n, alpha):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="wilson_interval: "):
         wilson_interval(x, n, alpha)
 
 
@@ -140,7 +141,7 @@ def test_required_sample_size_textbook_value():
     assert required_sample_size(0.85, 0.05, 0.05, 0.8) == math.ceil(corrected) == 726
 
 
-@pytest.mark.parametrize("changed,direction", [
+@pytest.mark.parametrize(("changed", "direction"), [
     ({"min_detectable_effect": 0.10}, -1),
     ({"power": 0.9}, +1),
     ({"alpha": 0.01}, +1),
@@ -159,13 +160,13 @@ def test_required_sample_size_near_one_takes_the_effect_downwards():
 @pytest.mark.parametrize("args", [(0.0, 0.05, 0.05, 0.8), (1.0, 0.05, 0.05, 0.8), (0.5, 0.0, 0.05, 0.8),
                                   (0.5, 0.05, 0.0, 0.8), (0.5, 0.05, 0.05, 1.0)])
 def test_required_sample_size_rejects_bad_input(args):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="required_sample_size: "):
         required_sample_size(*args)
 
 
 # -- arm_stats --------------------------------------------------------------------------------------
 
-T0 = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
 
 def log_frame() -> pd.DataFrame:
@@ -223,7 +224,8 @@ def test_arm_stats_naive_since_means_utc():
     assert a.n == 2 and a.latencies_ms == (30.0, 40.0)
 
 
-@pytest.mark.parametrize("last,n,latencies", [(2, 2, (30.0, 40.0)), (0, 0, ()), (100, 5, (10.0, 20.0, 30.0, 40.0))])
+@pytest.mark.parametrize(("last", "n", "latencies"),
+                         [(2, 2, (30.0, 40.0)), (0, 0, ()), (100, 5, (10.0, 20.0, 30.0, 40.0))])
 def test_arm_stats_last_keeps_the_newest_rows(last, n, latencies):
     frame = log_frame().iloc[::-1]   # order of the frame must not matter
     a = arm_stats(frame, "1", SLOT_CHAMPION, 0.5, last=last)
@@ -237,7 +239,7 @@ def test_arm_stats_empty_arm():
 
 # -- compare_arms -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("champ_errors,ch_errors,verdict", [
+@pytest.mark.parametrize(("champ_errors", "ch_errors", "verdict"), [
     (0, 40, "worse"),
     (0, 0, "ok"),          # no errors on either side
     (0, 1, "ok"),          # 0.005 above: exactly the tolerance
@@ -261,7 +263,7 @@ def test_error_rate_tolerance_is_a_shift_not_a_threshold():
     assert t.verdict == "ok" and t.p_value == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("champ_n,ch_n", [(0, 100), (100, 0)])
+@pytest.mark.parametrize(("champ_n", "ch_n"), [(0, 100), (100, 0)])
 def test_compare_empty_arm_is_insufficient(champ_n, ch_n):
     tests = compare_arms(arm(champ_n), challenger(ch_n), GUARD)
     assert {t.verdict for t in tests} == {"insufficient"}
@@ -292,7 +294,7 @@ def test_compare_latency_without_successful_rows_is_insufficient():
     assert t.verdict == "insufficient" and t.challenger is None
 
 
-@pytest.mark.parametrize("champ_low,ch_low,verdict", [(10, 60, "worse"), (10, 20, "ok"), (0, 0, "ok")])
+@pytest.mark.parametrize(("champ_low", "ch_low", "verdict"), [(10, 60, "worse"), (10, 20, "ok"), (0, 0, "ok")])
 def test_compare_low_confidence(champ_low, ch_low, verdict):
     t = by_metric(compare_arms(arm(200, low=champ_low), challenger(200, low=ch_low), GUARD))["low_confidence_rate"]
     assert t.verdict == verdict
@@ -303,7 +305,7 @@ def test_low_confidence_rate_is_a_share_of_successful_rows():
     assert t.champion == pytest.approx(0.1) and t.challenger == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("agreed,verdict", [(10, "worse"), (41, "worse"), (42, "ok"), (90, "ok")])
+@pytest.mark.parametrize(("agreed", "verdict"), [(10, "worse"), (41, "worse"), (42, "ok"), (90, "ok")])
 def test_compare_agreement_uses_the_wilson_upper_bound(agreed, verdict):
     # One-sided 95% upper bounds: 41/100 -> 0.4922 (below 0.5), 42/100 -> 0.5022 (above).
     t = by_metric(compare_arms(arm(100), challenger(100, slot=SLOT_SHADOW, compared=100, agreed=agreed),
@@ -318,7 +320,7 @@ def test_agreement_is_tested_only_for_a_compared_arm():
     assert "agreement" not in by_metric(compare_arms(arm(100), challenger(100), GUARD))
 
 
-@pytest.mark.parametrize("champ_correct,ch_correct,verdict", [
+@pytest.mark.parametrize(("champ_correct", "ch_correct", "verdict"), [
     (90, 60, "worse"),
     (60, 90, "better"),
     (80, 79, "ok"),
@@ -331,8 +333,9 @@ def test_compare_accuracy(champ_correct, ch_correct, verdict):
     assert (t.p_value < GUARD.alpha) == (verdict != "ok")
 
 
-@pytest.mark.parametrize("champ_labelled,ch_labelled,verdict", [(29, 100, "insufficient"), (100, 29, "insufficient"),
-                                                                (30, 30, "worse")])
+@pytest.mark.parametrize(("champ_labelled", "ch_labelled", "verdict"),
+                         [(29, 100, "insufficient"), (100, 29, "insufficient"),
+                          (30, 30, "worse")])
 def test_compare_accuracy_needs_min_labelled(champ_labelled, ch_labelled, verdict):
     t = by_metric(compare_arms(arm(100, labelled=champ_labelled, correct=champ_labelled),
                                challenger(100, labelled=ch_labelled, correct=ch_labelled // 3), GUARD))["accuracy"]
@@ -345,7 +348,7 @@ CANARY = StageSpec(name="canary-10", kind="canary", weight=0.1, min_samples=200,
 SHADOW = StageSpec(name="shadow", kind="shadow", min_samples=100, max_duration_s=300)
 
 
-@pytest.mark.parametrize("n,elapsed,is_last,action", [
+@pytest.mark.parametrize(("n", "elapsed", "is_last", "action"), [
     (100, 10, False, "wait"),
     (199, 599, True, "wait"),
     (200, 10, False, "continue"),
@@ -369,7 +372,7 @@ def test_decide_stage_max_duration_reason():
     assert "not enough samples in max duration" in d.reason and "n=120" in d.reason and "need 200" in d.reason
 
 
-@pytest.mark.parametrize("n,action", [(29, "wait"), (30, "rollback")])
+@pytest.mark.parametrize(("n", "action"), [(29, "wait"), (30, "rollback")])
 def test_decide_stage_early_rollback_from_30_rows(n, action):
     assert EARLY_ROLLBACK_MIN_ROWS == 30
     d = decide_stage(arm(n), challenger(n, errors=n // 2), CANARY, GUARD, 5, False)
@@ -436,7 +439,7 @@ def test_decide_ab_rolls_back_after_max_duration():
     assert f"need {PLANNED}" in d.reason
 
 
-@pytest.mark.parametrize("ch_acc,promote_on_tie,action,verdict", [
+@pytest.mark.parametrize(("ch_acc", "promote_on_tie", "action", "verdict"), [
     (0.92, False, "promote", "better"),
     (0.65, True, "rollback", "worse"),
     (0.81, False, "rollback", "ok"),
@@ -480,7 +483,7 @@ def test_regression_rolls_back_on_a_worse_metric():
     assert "regresses" in d.reason and "error_rate" in d.reason
 
 
-@pytest.mark.parametrize("n,elapsed,action", [(100, 30, "wait"), (200, 30, "continue"), (100, 600, "continue")])
+@pytest.mark.parametrize(("n", "elapsed", "action"), [(100, 30, "wait"), (200, 30, "continue"), (100, 600, "continue")])
 def test_regression_without_a_worse_metric(n, elapsed, action):
     d = detect_regression(arm(500), challenger(n), BAKE, GUARD, elapsed)
     assert d.action == action

@@ -20,7 +20,8 @@ def piped(*args: str, state: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP__") and k != "DRIFTLOOP_CONFIG"}
     # What a CI runner often sets: neither may bring back wrapping or colour in a pipe.
     env |= {"DRIFTLOOP__PROJECT__STATE_DIR": str(state), "COLUMNS": "80", "FORCE_COLOR": "1"}
-    return subprocess.run([DRIFTLOOP, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([DRIFTLOOP, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def test_a_table_row_comes_out_whole(tmp_path):

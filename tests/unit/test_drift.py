@@ -67,7 +67,7 @@ def quiet_window(traffic: Traffic, seed: int) -> pd.DataFrame:
 
 
 def drifted_window(traffic: Traffic, seed: int) -> pd.DataFrame:
-    n_new = int(round(WINDOW * NEW_SHARE))
+    n_new = round(WINDOW * NEW_SHARE)
     parts = [traffic.live_new.sample(n_new, random_state=seed),
              traffic.live_known.sample(WINDOW - n_new, random_state=seed)]
     return pd.concat(parts).sample(frac=1, random_state=seed).reset_index(drop=True)
@@ -163,7 +163,7 @@ def test_window_id_is_order_independent_and_distinct():
     shuffled = list(np.random.default_rng(0).permutation(ids))
     assert drift.window_id_for(ids) == drift.window_id_for(shuffled)
     assert drift.window_id_for(ids) != drift.window_id_for(ids[:-1])
-    assert drift.window_id_for(ids) != drift.window_id_for(ids[:-1] + ["req-x"])
+    assert drift.window_id_for(ids) != drift.window_id_for([*ids[:-1], "req-x"])
     # No separator trick: ["a,b"] is not ["a", "b"].
     assert drift.window_id_for(["a,b"]) != drift.window_id_for(["a", "b"])
 

@@ -15,7 +15,7 @@ from driftloop.stack import StackError
 from driftloop.validation import ValidationError
 
 
-@pytest.mark.parametrize("cls,base,code", [
+@pytest.mark.parametrize(("cls", "base", "code"), [
     (DataError, ValueError, errors.EXIT_INPUT),
     (ValidationError, ValueError, errors.EXIT_INPUT),
     (MissingApiToken, RuntimeError, errors.EXIT_INPUT),
@@ -38,8 +38,8 @@ def raised(inner: BaseException, message: str) -> BaseException:
     try:
         try:
             raise inner
-        except BaseException:
-            raise ClientError(message)
+        except BaseException:  # noqa: BLE001  any error, chained as a client library does
+            raise ClientError(message)  # noqa: B904  implicit chaining (__context__) is what is tested
     except ClientError as exc:
         return exc
 
@@ -50,7 +50,7 @@ SERVERS = {"the MLflow tracking server (registry.tracking_uri)": MLFLOW,
            "the S3 server (storage.s3_endpoint_url)": None}
 
 
-@pytest.mark.parametrize("inner,url,expected", [
+@pytest.mark.parametrize(("inner", "url", "expected"), [
     (ConnectionRefusedError(111, "Connection refused"), f"{MLFLOW}/api/2.0/mlflow/runs/get",
      f"cannot reach the MLflow tracking server (registry.tracking_uri) at {MLFLOW}: connection refused"),
     (socket.gaierror(-2, "Name or service not known"), "http://127.0.0.1:4200/api/flow_runs/",

@@ -46,7 +46,7 @@ def test_requests_that_wait_share_one_forward_pass_and_get_their_own_answers():
     answers = asyncio.run(_send(batcher, model, requests))
     assert model.calls == [["a"], ["bb", "ccc cc", "dddd", "eeeee"]]
     assert batcher.batches == 2
-    for texts, (predictions, tokens) in zip(requests, answers):
+    for texts, (predictions, tokens) in zip(requests, answers, strict=True):
         assert [p.intent for p in predictions] == [str(len(t)) for t in texts]
         assert tokens == [len(t.split()) for t in texts]
 

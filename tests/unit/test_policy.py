@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,7 +25,7 @@ def test_floor_applies_even_to_first_model(acc):
     assert not d.promote and "floor" in d.reason
 
 
-@pytest.mark.parametrize("cand,champ,promote", [
+@pytest.mark.parametrize(("cand", "champ", "promote"), [
     (0.80, 0.80, True),    # equal: no regression
     (0.791, 0.80, True),   # within the 0.01 tolerance
     (0.789, 0.80, False),  # just beyond it
@@ -51,7 +51,7 @@ def test_different_eval_sets_refused():
     assert not d.promote and "different evaluation sets" in d.reason
 
 
-NOW = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 MON = MonitorSettings(min_window=100, window_size=400)
 RET = RetrainPolicy(cooldown_s=600)
 
@@ -71,7 +71,7 @@ def test_no_retrain_without_drift():
     assert not d.retrain and "no drift" in d.reason
 
 
-@pytest.mark.parametrize("n,expected", [(99, False), (100, True)])
+@pytest.mark.parametrize(("n", "expected"), [(99, False), (100, True)])
 def test_minimum_window(n, expected):
     assert should_retrain(drift(n=n), MON, RET, [], NOW).retrain is expected
 
@@ -82,7 +82,7 @@ def test_same_window_never_triggers_twice():
     assert not d.retrain and "already triggered" in d.reason
 
 
-@pytest.mark.parametrize("ago,expected", [(599, False), (601, True)])
+@pytest.mark.parametrize(("ago", "expected"), [(599, False), (601, True)])
 def test_cooldown_boundary(ago, expected):
     hist = [TriggerRecord("w0", NOW - timedelta(seconds=ago))]
     assert should_retrain(drift(wid="w2"), MON, RET, hist, NOW).retrain is expected
@@ -91,7 +91,7 @@ def test_cooldown_boundary(ago, expected):
 QUALITY = RetrainPolicy(cooldown_s=600, min_live_accuracy=0.75, min_labelled=50)
 
 
-@pytest.mark.parametrize("accuracy,n_labelled,expected", [
+@pytest.mark.parametrize(("accuracy", "n_labelled", "expected"), [
     (0.74, 50, True),     # below the floor with enough labels: retrain without drift
     (0.75, 50, False),    # at the floor
     (0.10, 49, False),    # too few labels to judge

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -28,7 +28,7 @@ WEIRD_TEXTS = ["plain", 'quote " backslash \\ tab \t', "line\nbreak\r\nand more"
 
 def at(iso: str, step_ns: int = 1000):
     """A clock starting at ``iso`` (UTC) that advances ``step_ns`` per call."""
-    start = round(datetime.fromisoformat(iso).replace(tzinfo=timezone.utc).timestamp() * 10**6) * 1000
+    start = round(datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp() * 10**6) * 1000
     calls = iter(range(10**9))
     return lambda: start + next(calls) * step_ns
 
@@ -83,12 +83,12 @@ def test_files_are_partitioned_by_utc_date_and_named_by_process(tmp_path):
         log.write("after", "t", Prediction("x", 0.5), "1", 1.0, 1)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jsonl"))
     assert len(files) == 2
-    for path, day in zip(files, ["2024-03-01", "2024-03-02"]):
+    for path, day in zip(files, ["2024-03-01", "2024-03-02"], strict=True):
         assert re.fullmatch(rf"predictions/date={day}/part-{os.getpid()}-\d{{8}}T\d{{12}}Z\.jsonl", path)
     assert list(read_predictions(tmp_path)["request_id"]) == ["before", "after"]
 
 
-@pytest.mark.parametrize("since", [datetime(2024, 3, 2), datetime(2024, 3, 2, tzinfo=timezone.utc)],
+@pytest.mark.parametrize("since", [datetime(2024, 3, 2), datetime(2024, 3, 2, tzinfo=UTC)],
                          ids=["naive-is-utc", "aware"])
 def test_since_keeps_only_newer_predictions(tmp_path, since):
     with PredictionLog(tmp_path, clock=at("2024-03-01T23:59:59", step_ns=2 * 10**9)) as log:

@@ -85,7 +85,7 @@ def test_a_missing_raw_file_is_an_error_even_with_old_splits(tmp_path, two_sets)
     os.remove(a.train_path)
     with pytest.raises(DataError, match=f"{a.train_path}: file not found \\(data.train_path\\)"):
         ensure_prepared(a, tmp_path)
-    with pytest.raises(DataError, match="data.test_path is not set"):
+    with pytest.raises(DataError, match=r"data\.test_path is not set"):
         ensure_prepared(DataSettings(train_path=a.test_path), tmp_path)
 
 
@@ -100,7 +100,7 @@ def test_an_unfinished_build_is_never_reused(tmp_path, two_sets):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary folder left
 
 
-@pytest.mark.parametrize("content, message", [
+@pytest.mark.parametrize(("content", "message"), [
     ("text,label\n", "no rows"),
     ('text,label\n"never closed,alpha\n', "cannot parse"),
     ("words,label\nhello,alpha\n", r"missing field\(s\) \['text'\]"),
@@ -128,7 +128,8 @@ def test_traffic_as_configured_when_the_pools_hold_it():
     assert plan == simulator.TrafficPlan(400, 800, 400, scaled=False)
 
 
-@pytest.mark.parametrize("known, new, share", [(353, 1128, 0.35), (500, 90, 0.35), (300, 300, 0.9), (777, 5, 0.0)])
+@pytest.mark.parametrize(("known", "new", "share"),
+                         [(353, 1128, 0.35), (500, 90, 0.35), (300, 300, 0.9), (777, 5, 0.0)])
 def test_traffic_scales_to_small_pools_and_never_asks_for_more_than_they_hold(known, new, share):
     plan = simulator.plan_traffic(400, 800, 400, share, known_pool=known, new_pool=new, min_window=50)
     assert plan.scaled

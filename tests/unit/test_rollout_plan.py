@@ -4,7 +4,7 @@ tests/flows/test_rollout_flow.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -30,7 +30,7 @@ def test_blue_green_and_ab_plans():
     assert (ab.kind, ab.mode, ab.weight) == (KIND_AB, "ab", 0.3)
 
 
-@pytest.mark.parametrize("stages,message", [
+@pytest.mark.parametrize(("stages", "message"), [
     ([], "at least one stage"),
     ([{"name": "a", "kind": "canary", "weight": 0.5}, {"name": "b", "kind": "canary", "weight": 0.1}],
      "must not decrease"),
@@ -59,7 +59,7 @@ def entry(time: datetime, action: str, from_version, to_version, alias="champion
 
 
 def test_only_a_recent_promotion_over_an_earlier_champion_is_under_watch(tmp_path):
-    now = datetime(2026, 11, 28, 12, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
     history = ChampionHistory(tmp_path / "h.jsonl")
     history.append(entry(now - timedelta(hours=3), "promote", None, "1"))
     assert promotion_under_watch(history, ModelRef("m", "1"), now, 86400) is None, "the first model has no baseline"

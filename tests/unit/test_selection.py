@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from driftloop.selection import (Candidate, CandidateScore, choose, expand_grid, fold_ids, pick_best,
-                                 score_candidate)
+from driftloop.selection import Candidate, CandidateScore, choose, expand_grid, fold_ids, pick_best, score_candidate
 from driftloop.settings import ModelSettings, load_settings
 
 BASE = ModelSettings(family="tfidf", params={"C": 0.5, "word_ngrams": [1, 2], "char_min_df": 2})
@@ -100,7 +99,7 @@ def test_one_fold_scores_one_stratified_holdout(tiny_frame):
     assert tiny_frame[held].groupby("label").size().eq(3).all()
 
 
-@pytest.mark.parametrize("env,key", [
+@pytest.mark.parametrize(("env", "key"), [
     ({"DRIFTLOOP__SELECTION__GRID": '{"Cc": [0.5, 1.0]}'}, "selection.grid.Cc"),
     ({"DRIFTLOOP__SELECTION__GRID": '{"C": []}'}, "selection.grid.C"),
     ({"DRIFTLOOP__SELECTION__GRID": '{"C": [1, 1]}'}, "selection.grid.C"),

@@ -146,7 +146,7 @@ def test_request_ids_are_uuid4_hex():
         assert rid == parsed.hex and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
-@pytest.mark.parametrize("payload,texts", [
+@pytest.mark.parametrize(("payload", "texts"), [
     ({"text": "hello"}, ["hello"]),
     ({"texts": ["a", "b", "c"]}, ["a", "b", "c"]),
     ({"text": "x" * 10}, ["x" * 10]),
@@ -155,7 +155,7 @@ def test_good_predict_bodies_give_their_texts(payload, texts):
     assert parse_predict(json.dumps(payload).encode(), CFG) == texts
 
 
-@pytest.mark.parametrize("body,status,field", [
+@pytest.mark.parametrize(("body", "status", "field"), [
     (b'{"text": "x" }', None, None),
     (json.dumps({"text": "x" * 11}).encode(), 422, "text"),
     (json.dumps({"texts": ["a"] * 4}).encode(), 422, "texts"),

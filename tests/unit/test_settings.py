@@ -23,7 +23,7 @@ def test_overlay_file_wins_over_base(tmp_path):
     assert s.monitor.min_window == 42 and s.monitor.window_size == 400
 
 
-@pytest.mark.parametrize("env,field", [
+@pytest.mark.parametrize(("env", "field"), [
     ({"DRIFTLOOP__MONITOR__WINDW": "3"}, "monitor.windw"),
     ({"DRIFTLOOP__SERVING__PORT": "99999"}, "serving.port"),
     ({"DRIFTLOOP__PROMOTION__METRIC": "auc"}, "promotion.metric"),
@@ -39,18 +39,18 @@ def test_wrong_key_or_value_names_the_key(monkeypatch, env, field):
 def test_unknown_yaml_key_fails(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("retrain:\n  cooldown: 5\n")
-    with pytest.raises(ValidationError, match="retrain.cooldown"):
+    with pytest.raises(ValidationError, match=r"retrain\.cooldown"):
         load_settings([str(bad)])
 
 
 def test_missing_overlay_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         load_settings([str(tmp_path / "nope.yaml")])
 
 
 def test_public_bind_refused(monkeypatch):
     monkeypatch.setenv("DRIFTLOOP__SERVING__HOST", "0.0.0.0")
-    with pytest.raises(ValidationError, match="serving.host"):
+    with pytest.raises(ValidationError, match=r"serving\.host"):
         load_settings()
 
 

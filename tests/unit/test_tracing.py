@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -184,7 +185,7 @@ def test_without_an_endpoint_nothing_is_installed_or_exported(client):
     assert trace.get_tracer_provider() is global_before
 
 
-@pytest.mark.parametrize("setting, env, expected", [
+@pytest.mark.parametrize(("setting", "env", "expected"), [
     (None, {}, None),
     ("http://collector:4318", {}, "http://collector:4318/v1/traces"),
     ("http://collector:4318/", {}, "http://collector:4318/v1/traces"),
@@ -213,14 +214,14 @@ def test_the_standard_variable_alone_turns_tracing_on(monkeypatch):
 
 
 def test_a_wrong_endpoint_setting_names_the_key():
-    with pytest.raises(ValueError, match="tracing.otlp_endpoint"):
+    with pytest.raises(ValueError, match=r"tracing\.otlp_endpoint"):
         TracingSettings(otlp_endpoint="collector:4318")
 
 
 class _Collector(BaseHTTPRequestHandler):
-    received: list[tuple[str, str, bytes]] = []
+    received: ClassVar[list[tuple[str, str, bytes]]] = []  # shared by the handler instances
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.received.append((self.path, self.headers["Content-Type"], body))
         self.send_response(200)

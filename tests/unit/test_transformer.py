@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from driftloop.modelling import get_family  # noqa: E402
-from driftloop.selection import choose, expand_grid, score_candidate  # noqa: E402
-from driftloop.settings import ModelSettings  # noqa: E402
-from driftloop.transformer import (  # noqa: E402
+from driftloop.modelling import get_family
+from driftloop.selection import choose, expand_grid, score_candidate
+from driftloop.settings import ModelSettings
+from driftloop.transformer import (
     TrainingInterrupted,
     TransformerParams,
     checkpoint_key,
@@ -45,9 +45,9 @@ def params(base, **extra):
 def test_params_ignore_other_families_and_name_bad_keys():
     p = TransformerParams.from_params({"C": 0.5, "char_ngrams": [2, 5], "mode": "finetune", "epochs": "2"})
     assert p.mode == "finetune" and p.epochs == 2
-    with pytest.raises(ValueError, match="model.params.mode"):
+    with pytest.raises(ValueError, match=r"model\.params\.mode"):
         TransformerParams.from_params({"mode": "distil"})
-    with pytest.raises(ValueError, match="model.params.max_length"):
+    with pytest.raises(ValueError, match=r"model\.params\.max_length"):
         TransformerParams.from_params({"max_length": "long"})
 
 
@@ -84,7 +84,7 @@ def test_frozen_mode_predicts_counts_real_tokens_and_pickles_its_weights(small_f
     # The pickle carries weights and tokenizer: it loads with the base folder gone.
     blob = pickle.dumps(model)
     shutil.rmtree(base)
-    again = pickle.loads(blob)
+    again = pickle.loads(blob)  # noqa: S301  the test's own pickle
     assert np.allclose(again.predict_proba(TEXTS), proba, atol=1e-5)
     assert again.count_tokens("my card has not arrived yet") == 8
 
@@ -174,5 +174,5 @@ def test_the_overlay_loads_and_a_bad_mode_fails_at_start(monkeypatch):
     tuned = TransformerParams.from_params(load_settings(["transformer", "finetune"]).model.params)
     assert (tuned.mode, tuned.max_minutes) == ("finetune", 60)
     monkeypatch.setenv("DRIFTLOOP__MODEL__PARAMS__MODE", "distil")
-    with pytest.raises(ValidationError, match="model.params.mode"):
+    with pytest.raises(ValidationError, match=r"model\.params\.mode"):
         load_settings(["transformer"])

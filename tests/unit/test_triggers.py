@@ -22,7 +22,7 @@ def test_event_payload_carries_what_the_retrain_needs():
                                "config": ["stack"]}
 
 
-@pytest.mark.parametrize("flag, value", [
+@pytest.mark.parametrize(("flag", "value"), [
     ("min_new_labels=0", 0), ("roll_out=false", False), ("window_id=w-1", "w-1"),
     ("config=[\"stack\"]", ["stack"]), ("report=", ""), ("window_id=a=b", "a=b"),
 ])
@@ -31,7 +31,7 @@ def test_values_are_json_when_they_parse_else_strings(flag, value):
     assert parse_params([flag], ["min_new_labels", "roll_out", "window_id", "config", "report"]) == {name: value}
 
 
-@pytest.mark.parametrize("flag, named", [("min_new_label=0", "min_new_label"), ("noequals", "noequals"),
+@pytest.mark.parametrize(("flag", "named"), [("min_new_label=0", "min_new_label"), ("noequals", "noequals"),
                                          ("=3", "=3")])
 def test_unknown_or_malformed_parameters_are_named(flag, named):
     with pytest.raises(ValueError, match=named):
