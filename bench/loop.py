@@ -52,22 +52,38 @@ def plain_retrain(settings, parts) -> dict[str, float]:
     out = Path(tempfile.mkdtemp()) / "previous.csv"
     timed("restore previous set (DVC)", parts.datasets.restore, md5, out)
     previous = dataset.read_labelled(out, TEXT, LABEL)
-    labelled = timed("read logs + labelled rows", lambda: curation.labelled_rows(
-        predlog.read_predictions(parts.log_root), predlog.read_feedback(parts.log_root), labels))
+    labelled = timed(
+        "read logs + labelled rows",
+        lambda: curation.labelled_rows(
+            predlog.read_predictions(parts.log_root), predlog.read_feedback(parts.log_root), labels
+        ),
+    )
     merged = curation.merge_training_set(previous, labelled.rows, eval_set[TEXT])
-    timed("validate", lambda: validation.require_valid(validation.validate_training_set(
-        merged, source="bench", known_labels=labels, eval_texts=list(eval_set[TEXT]))))
+    timed(
+        "validate",
+        lambda: validation.require_valid(
+            validation.validate_training_set(
+                merged, source="bench", known_labels=labels, eval_texts=list(eval_set[TEXT])
+            )
+        ),
+    )
     timed("version (DVC add + push)", parts.datasets.commit, merged, "bench-training")
 
     def refresh_reference():
-        recent = curation.select_window(predlog.read_predictions(parts.log_root), v1.version,
-                                        settings.retrain.reference_size)
+        recent = curation.select_window(
+            predlog.read_predictions(parts.log_root), v1.version, settings.retrain.reference_size
+        )
         reference = curation.production_reference(recent, merged[TEXT], eval_set[TEXT])
         return parts.datasets.commit(reference, "bench-reference")
 
     timed("reference refresh (logs + DVC)", refresh_reference)
-    model = timed("train", modelling.get_family(settings.model.family).fit, merged, dict(settings.model.params),
-                  seed=settings.data.seed)
+    model = timed(
+        "train",
+        modelling.get_family(settings.model.family).fit,
+        merged,
+        dict(settings.model.params),
+        seed=settings.data.seed,
+    )
     report, rows = timed("evaluate candidate", evaluation.evaluate, model, eval_set)
     champion = timed("load champion", parts.registry.load, v1)
     timed("evaluate champion", evaluation.evaluate, champion, eval_set)
@@ -118,15 +134,19 @@ def main() -> None:
     print("\n-- drift confirmed -> new champion answering requests --")
     print(f"total                                       {swap:7.2f} s   (target < 60 s)")
     print(f"  retraining flow (incl. training subflow)  {flow:7.2f} s")
-    print(f"  serving notices the alias and swaps       {pickup:7.2f} s   "
-          f"(poll every {settings.serving.reload_interval_s} s)")
+    print(
+        f"  serving notices the alias and swaps       {pickup:7.2f} s   "
+        f"(poll every {settings.serving.reload_interval_s} s)"
+    )
     print("-- the same work as plain function calls --")
     for name, sec in plain.items():
         print(f"  {name:42s}{sec:7.2f} s")
     print(f"  sum                                       {work:7.2f} s")
     overhead = max(flow - work, 0.0)
-    print(f"orchestration + tracking overhead           {overhead:7.2f} s = {overhead / swap:.0%} of drift->champion "
-          f"(target < 25%)")
+    print(
+        f"orchestration + tracking overhead           {overhead:7.2f} s = {overhead / swap:.0%} of drift->champion "
+        f"(target < 25%)"
+    )
     acc = out["accuracy"].set_index("model_version")["accuracy"]
     print("\n-- accuracy on drifted traffic, from /feedback labels --")
     for version, value in acc.items():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 def main() -> None:
     os.chdir(ROOT)
     from driftloop.dataset import read_labelled
@@ -45,6 +46,7 @@ def main() -> None:
     print(f"predict: {single_ms:.3f} ms per single-text call, {batch_ms:.3f} ms per text in one batch")
     worst = sorted(report.per_intent_f1.items(), key=lambda kv: kv[1])[:5]
     print("weakest intents (F1): " + ", ".join(f"{k} {v:.2f}" for k, v in worst))
+
 
 if __name__ == "__main__":
     main()

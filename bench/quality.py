@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("tfidf", "frozen", "finetune", "ensemble")
 # Casanueva et al. 2020, "Efficient Intent Detection with Dual Sentence Encoders", table 2
 # (BANKING77, full training data).
-PUBLISHED = (("BERT-large, fine-tuned (Casanueva et al. 2020)", 93.66),
-             ("USE+ConveRT, frozen encoders + MLP (Casanueva et al. 2020)", 93.36))
+PUBLISHED = (
+    ("BERT-large, fine-tuned (Casanueva et al. 2020)", 93.66),
+    ("USE+ConveRT, frozen encoders + MLP (Casanueva et al. 2020)", 93.36),
+)
 
 
 def model_settings(name: str, args: argparse.Namespace, base_params: dict) -> tuple[str, dict]:
@@ -42,12 +44,22 @@ def model_settings(name: str, args: argparse.Namespace, base_params: dict) -> tu
     if name == "frozen":
         return "transformer", {**transformer, "mode": "frozen"}
     if name == "finetune":
-        return "transformer", {**transformer, "mode": "finetune", "epochs": args.epochs,
-                               "max_minutes": args.max_minutes, "learning_rate": args.learning_rate,
-                               "batch_size": args.batch_size, "log_every_steps": 20}
+        return "transformer", {
+            **transformer,
+            "mode": "finetune",
+            "epochs": args.epochs,
+            "max_minutes": args.max_minutes,
+            "learning_rate": args.learning_rate,
+            "batch_size": args.batch_size,
+            "log_every_steps": 20,
+        }
     if name == "ensemble":
-        return "ensemble", {**base_params, **transformer, "mode": "frozen",
-                            "ensemble_members": ["tfidf", "transformer"]}
+        return "ensemble", {
+            **base_params,
+            **transformer,
+            "mode": "frozen",
+            "ensemble_members": ["tfidf", "transformer"],
+        }
     raise SystemExit(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
 
 
@@ -69,16 +81,30 @@ def run_one(name: str, args: argparse.Namespace) -> None:
         train = train.sample(n=min(args.train_rows, len(train)), random_state=0)
     family, params = model_settings(name, args, dict(settings.model.params))
     started = time.perf_counter()
-    model = get_family(family).fit(train, params, seed=cfg.seed, progress=None,
-                                   checkpoint_root=Path(args.checkpoint_dir))
+    model = get_family(family).fit(
+        train, params, seed=cfg.seed, progress=None, checkpoint_root=Path(args.checkpoint_dir)
+    )
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
     report, _ = evaluate(model, test)
     predict_ms = (time.perf_counter() - started) / len(test) * 1000
     info = getattr(model, "info", {})
-    print(json.dumps({"row": name, "family": family, "accuracy": report.accuracy, "macro_f1": report.macro_f1,
-                      "ece": report.ece, "fit_s": fit_s, "predict_ms": predict_ms, "train_rows": len(train),
-                      "note": {k: v for k, v in info.items() if k != "history"}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "row": name,
+                "family": family,
+                "accuracy": report.accuracy,
+                "macro_f1": report.macro_f1,
+                "ece": report.ece,
+                "fit_s": fit_s,
+                "predict_ms": predict_ms,
+                "train_rows": len(train),
+                "note": {k: v for k, v in info.items() if k != "history"},
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -121,23 +147,30 @@ def main() -> None:
         print(f"{name}: accuracy {row['accuracy']:.4f} in {row['fit_s']:.0f}s; {row['note']}", file=sys.stderr)
     print()
     device = "a CUDA GPU" if _cuda() else "no GPU"
-    print(f"BANKING77 test set (3,080 texts, 77 intents); trained on {rows[0]['train_rows'] if rows else '?'} rows; "
-          f"{os.cpu_count()} CPU cores, {device}")
-    print(f"{'model':58s} {'accuracy':>9s} {'macro-F1':>9s} {'ECE':>6s} {'train s':>8s} {'ms/text':>8s} "
-          f"{'peak MB':>8s}")
+    print(
+        f"BANKING77 test set (3,080 texts, 77 intents); trained on {rows[0]['train_rows'] if rows else '?'} rows; "
+        f"{os.cpu_count()} CPU cores, {device}"
+    )
+    print(
+        f"{'model':58s} {'accuracy':>9s} {'macro-F1':>9s} {'ECE':>6s} {'train s':>8s} {'ms/text':>8s} {'peak MB':>8s}"
+    )
     for row in rows:
-        print(f"{_label(row):58s} {row['accuracy'] * 100:8.2f}% {row['macro_f1'] * 100:8.2f}% {row['ece']:6.3f} "
-              f"{row['fit_s']:8.0f} {row['predict_ms']:8.2f} {row['peak_rss_mb']:8.0f}")
+        print(
+            f"{_label(row):58s} {row['accuracy'] * 100:8.2f}% {row['macro_f1'] * 100:8.2f}% {row['ece']:6.3f} "
+            f"{row['fit_s']:8.0f} {row['predict_ms']:8.2f} {row['peak_rss_mb']:8.0f}"
+        )
     for label, accuracy in PUBLISHED:
         print(f"{label:58s} {accuracy:8.2f}% {'':>9s} {'':>6s} {'':>8s} {'':>8s} {'':>8s}")
 
 
 def _label(row: dict) -> str:
-    return {"tfidf": "TF-IDF word 1-2 + char 2-5, linear SVM",
-            "frozen": "all-MiniLM-L6-v2 frozen, mean pooled + LR",
-            "finetune": f"all-MiniLM-L6-v2 fine-tuned ({row['note'].get('steps', '?')} steps, "
-                        f"{row['note'].get('stop', '')[:18]})",
-            "ensemble": "ensemble: TF-IDF + frozen MiniLM (mean of probabilities)"}[row["row"]]
+    return {
+        "tfidf": "TF-IDF word 1-2 + char 2-5, linear SVM",
+        "frozen": "all-MiniLM-L6-v2 frozen, mean pooled + LR",
+        "finetune": f"all-MiniLM-L6-v2 fine-tuned ({row['note'].get('steps', '?')} steps, "
+        f"{row['note'].get('stop', '')[:18]})",
+        "ensemble": "ensemble: TF-IDF + frozen MiniLM (mean of probabilities)",
+    }[row["row"]]
 
 
 def _cuda() -> bool:

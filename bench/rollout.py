@@ -65,6 +65,7 @@ def epoch(iso: str) -> float:
 
 # -- the serving process -------------------------------------------------------------------------
 
+
 def serve_main(argv: list[str]) -> None:
     """The server process: ``run_server`` on the registry (SIGTERM shuts it down cleanly)."""
     tracking_uri, model_name, log_root, port, reload_s = argv
@@ -73,8 +74,11 @@ def serve_main(argv: list[str]) -> None:
     from driftloop.settings import ServingSettings
 
     # The bench posts no feedback (the only endpoint behind the token).
-    run_server(ServingSettings(port=int(port), reload_interval_s=float(reload_s), require_token=False),
-               Registry(tracking_uri, model_name), Path(log_root))
+    run_server(
+        ServingSettings(port=int(port), reload_interval_s=float(reload_s), require_token=False),
+        Registry(tracking_uri, model_name),
+        Path(log_root),
+    )
 
 
 class Server:
@@ -92,10 +96,21 @@ class Server:
         self.log_path = Path(settings.state_dir) / "server.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--serve", settings.tracking_uri,
-                 settings.registry.model_name, str(settings.log_dir), str(port),
-                 str(settings.serving.reload_interval_s)],
-                cwd=settings.state_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--serve",
+                    settings.tracking_uri,
+                    settings.registry.model_name,
+                    str(settings.log_dir),
+                    str(port),
+                    str(settings.serving.reload_interval_s),
+                ],
+                cwd=settings.state_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.client = httpx.Client(base_url=self.url, timeout=5)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -132,8 +147,17 @@ class Wrk:
     response), either for ``duration_s`` or until ``stop`` (SIGINT: wrk prints its summary).
     ``delay_ms`` adds a pause before each request of a connection: a paced, non-saturating load."""
 
-    def __init__(self, url: str, texts: list[str], record_dir: Path, connections: int, *,
-                 duration_s: int = 600, delay_ms: float = 0.0, threads: int = 2):
+    def __init__(
+        self,
+        url: str,
+        texts: list[str],
+        record_dir: Path,
+        connections: int,
+        *,
+        duration_s: int = 600,
+        delay_ms: float = 0.0,
+        threads: int = 2,
+    ):
         from driftloop import loadgen
 
         self._loadgen = loadgen
@@ -147,9 +171,25 @@ class Wrk:
         path.write_text(script, encoding="ascii")
         self.record_dir = record_dir
         self.proc = subprocess.Popen(
-            ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{duration_s}s",
-             "--latency", "--timeout", "5s", "-s", str(path), f"{url}/predict"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                "wrk",
+                "-t",
+                str(min(threads, connections)),
+                "-c",
+                str(connections),
+                "-d",
+                f"{duration_s}s",
+                "--latency",
+                "--timeout",
+                "5s",
+                "-s",
+                str(path),
+                f"{url}/predict",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def stop(self) -> Any:
         if self.proc.poll() is None:
@@ -197,6 +237,7 @@ class RoutingWatch:
 
 # -- state dirs with registered models -----------------------------------------------------------
 
+
 @dataclass
 class Env:
     settings: Any
@@ -215,8 +256,7 @@ def fresh_env(base: Path, name: str, champion_model: Any, challengers: dict[str,
     parts = wiring.build(settings)
     example = ["where is my card"]
     v1 = parts.registry.register_model(champion_model, run_name="v1", input_example=example)
-    champion.move_alias(parts.registry, parts.history, "champion", v1, action="promote", reason="bench",
-                        actor="bench")
+    champion.move_alias(parts.registry, parts.history, "champion", v1, action="promote", reason="bench", actor="bench")
     refs = {"v1": v1}
     for key, model in challengers.items():
         refs[key] = parts.registry.register_model(model, run_name=key, input_example=example)
@@ -235,6 +275,7 @@ def write_overlay(path: Path, stages: list[dict] | None, bake: dict | None = Non
 
 
 # -- /metrics ------------------------------------------------------------------------------------
+
 
 def latency_histogram(text: str, slot: str) -> tuple[dict[float, float], float, float]:
     """Cumulative buckets, sum and count of driftloop_predict_latency_seconds for ``slot``."""
@@ -261,8 +302,7 @@ def latency_histogram(text: str, slot: str) -> tuple[dict[float, float], float, 
 def counter(text: str, name: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name)
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
@@ -294,19 +334,25 @@ def server_view(before: str, after: str, slot: str) -> tuple[float, float, float
 
 # -- parts ---------------------------------------------------------------------------------------
 
+
 def part_a(base: Path, models: dict[str, Any], texts: list[str], levels: list[int]) -> list[dict[str, Any]]:
     from driftloop import predlog
     from flows.rollout import PROMOTED, ROLLED_BACK, rollout
     from tests.flows.rollout_models import FailingClassifier
 
     good_cfg = write_overlay(base / "good.yaml", None)
-    bad_cfg = write_overlay(base / "bad.yaml", [
-        {"name": "canary-10", "kind": "canary", "weight": 0.1},
-        {"name": "canary-50", "kind": "canary", "weight": 0.5}])
+    bad_cfg = write_overlay(
+        base / "bad.yaml",
+        [
+            {"name": "canary-10", "kind": "canary", "weight": 0.1},
+            {"name": "canary-50", "kind": "canary", "weight": 0.5},
+        ],
+    )
     rows = []
     for conns in levels:
-        env = fresh_env(base, f"level-{conns}", models["v1"],
-                        {"v2": models["v2"], "v3": FailingClassifier(models["v2"], every=4)})
+        env = fresh_env(
+            base, f"level-{conns}", models["v1"], {"v2": models["v2"], "v3": FailingClassifier(models["v2"], every=4)}
+        )
         v2, v3 = env.refs["v2"], env.refs["v3"]
         server = Server(env.settings)
         try:
@@ -339,26 +385,36 @@ def part_a(base: Path, models: dict[str, Any], texts: list[str], levels: list[in
         # the lambdas are called at once, in this iteration
         first_seen = watch.first(t_stage, lambda c, s: s.get("canary") == v3.version)  # noqa: B023
         cleared = watch.first(t_back, lambda c, s: s.get("canary") != v3.version) if back else None  # noqa: B023
-        rows.append({
-            "conns": conns, "good": good.result == PROMOTED, "good_result": good.result,
-            "bad": bad.result == ROLLED_BACK, "bad_result": f"{bad.result} at {bad.stage}",
-            "good_s": t1 - t0, "bad_s": t2 - t1, "load": load,
-            "missing": len(load.request_ids - set(answered["request_id"])),
-            "extra": len(answered) - load.requests,
-            "absorbed": int((canary3["error"] != "").sum()),
-            "skipped": every.attrs[predlog.SKIPPED_LINES],
-            "to_rollback": t_back - t_stage,
-            "first_canary_log": (canary3["time"].min().timestamp() - t_stage) if len(canary3) else float("nan"),
-            "last_canary_log": (canary3["time"].max().timestamp() - t_back) if len(canary3) else float("nan"),
-            "routing_on": (first_seen - t_stage) if first_seen else float("nan"),
-            "routing_off": (cleared - t_back) if cleared else float("nan"),
-            "canary_answers": len(canary3), "read_s": read_s, "lines": len(every),
-        })
+        rows.append(
+            {
+                "conns": conns,
+                "good": good.result == PROMOTED,
+                "good_result": good.result,
+                "bad": bad.result == ROLLED_BACK,
+                "bad_result": f"{bad.result} at {bad.stage}",
+                "good_s": t1 - t0,
+                "bad_s": t2 - t1,
+                "load": load,
+                "missing": len(load.request_ids - set(answered["request_id"])),
+                "extra": len(answered) - load.requests,
+                "absorbed": int((canary3["error"] != "").sum()),
+                "skipped": every.attrs[predlog.SKIPPED_LINES],
+                "to_rollback": t_back - t_stage,
+                "first_canary_log": (canary3["time"].min().timestamp() - t_stage) if len(canary3) else float("nan"),
+                "last_canary_log": (canary3["time"].max().timestamp() - t_back) if len(canary3) else float("nan"),
+                "routing_on": (first_seen - t_stage) if first_seen else float("nan"),
+                "routing_off": (cleared - t_back) if cleared else float("nan"),
+                "canary_answers": len(canary3),
+                "read_s": read_s,
+                "lines": len(every),
+            }
+        )
     return rows
 
 
-def part_b(base: Path, models: dict[str, Any], texts: list[str], loads: list[tuple[str, int, float]],
-           seconds: int) -> list[dict[str, Any]]:
+def part_b(
+    base: Path, models: dict[str, Any], texts: list[str], loads: list[tuple[str, int, float]], seconds: int
+) -> list[dict[str, Any]]:
     from driftloop.types import RolloutState
 
     env = fresh_env(base, "shadow", models["v1"], {"v2": models["v2"]})
@@ -381,22 +437,31 @@ def part_b(base: Path, models: dict[str, Any], texts: list[str], loads: list[tup
         for label, conns, delay in loads:
             for mode in ("champion only", "shadow"):
                 if mode == "shadow":
-                    route(RolloutState(rollout_id="bench", mode="shadow", challenger=v2.version, stage="shadow"),
-                          True)
+                    route(RolloutState(rollout_id="bench", mode="shadow", challenger=v2.version, stage="shadow"), True)
                 else:
                     route(RolloutState(), False)
                 time.sleep(0.5)
                 before = server.metrics()
-                load = Wrk(server.url, texts, base / "wrk-shadow", conns, duration_s=seconds,
-                           delay_ms=delay).wait()
+                load = Wrk(server.url, texts, base / "wrk-shadow", conns, duration_s=seconds, delay_ms=delay).wait()
                 time.sleep(0.5)  # the shadow thread finishes the queue
                 after = server.metrics()
                 mean, p50, p99, n = server_view(before, after, "champion")
-                rows.append({"load": label, "mode": mode, "wrk": load, "srv_mean": mean, "srv_p50": p50,
-                             "srv_p99": p99, "srv_n": n,
-                             "shadow_n": server_view(before, after, "shadow")[3],
-                             "dropped": int(counter(after, "driftloop_shadow_dropped_total")
-                                            - counter(before, "driftloop_shadow_dropped_total"))})
+                rows.append(
+                    {
+                        "load": label,
+                        "mode": mode,
+                        "wrk": load,
+                        "srv_mean": mean,
+                        "srv_p50": p50,
+                        "srv_p99": p99,
+                        "srv_n": n,
+                        "shadow_n": server_view(before, after, "shadow")[3],
+                        "dropped": int(
+                            counter(after, "driftloop_shadow_dropped_total")
+                            - counter(before, "driftloop_shadow_dropped_total")
+                        ),
+                    }
+                )
     finally:
         server.stop()
     return rows
@@ -407,11 +472,18 @@ def part_d(base: Path, models: dict[str, Any], texts: list[str], healthy_calls: 
     from flows.rollout import rollout
     from tests.flows.rollout_models import DegradingClassifier
 
-    env = fresh_env(base, "regression", models["v1"],
-                    {"v2": DegradingClassifier(models["v2"], healthy_calls=healthy_calls, delay_s=0.02)})
+    env = fresh_env(
+        base,
+        "regression",
+        models["v1"],
+        {"v2": DegradingClassifier(models["v2"], healthy_calls=healthy_calls, delay_s=0.02)},
+    )
     v1, v2 = env.refs["v1"], env.refs["v2"]
-    cfg = write_overlay(base / "regress.yaml", [{"name": "canary-50", "kind": "canary", "weight": 0.5}],
-                        bake={"min_samples": 20000, "max_duration_s": 120})
+    cfg = write_overlay(
+        base / "regress.yaml",
+        [{"name": "canary-50", "kind": "canary", "weight": 0.5}],
+        bake={"min_samples": 20000, "max_duration_s": 120},
+    )
     server = Server(env.settings)
     try:
         watch = RoutingWatch(server.url)
@@ -428,23 +500,33 @@ def part_d(base: Path, models: dict[str, Any], texts: list[str], healthy_calls: 
     answered = predlog.read_predictions(env.settings.log_dir)
     entries = env.parts.history.entries()
     promote = next((e for e in entries if e.action == "promote" and e.to_version == v2.version), None)
-    back = next((e for e in entries if e.alias == "champion" and e.action == "rollback"
-                 and e.from_version == v2.version), None)
-    slow = answered[(answered["model_version"] == v2.version) & (answered["slot"] == "champion")
-                    & (answered["latency_ms"] > SLOW_MS)]
+    back = next(
+        (e for e in entries if e.alias == "champion" and e.action == "rollback" and e.from_version == v2.version), None
+    )
+    slow = answered[
+        (answered["model_version"] == v2.version)
+        & (answered["slot"] == "champion")
+        & (answered["latency_ms"] > SLOW_MS)
+    ]
     first_slow = slow["time"].min().timestamp() if len(slow) else None
     t_back = epoch(back.time) if back else None
     restored = watch.first(t_back, lambda c, s: c == v1.version) if t_back else None
     after_promote = answered[(answered["model_version"] == v2.version) & (answered["slot"] == "champion")]
-    return {"result": out.result, "reason": out.reason, "load": load,
-            "missing": len(load.request_ids - set(answered["request_id"])),
-            "promote_to_slow": (first_slow - epoch(promote.time)) if promote and first_slow else None,
-            "slow_to_rollback": (t_back - first_slow) if t_back and first_slow else None,
-            "rollback_to_routing": (restored - t_back) if restored and t_back else None,
-            "slow_answers": len(slow), "v2_champion_answers": len(after_promote)}
+    return {
+        "result": out.result,
+        "reason": out.reason,
+        "load": load,
+        "missing": len(load.request_ids - set(answered["request_id"])),
+        "promote_to_slow": (first_slow - epoch(promote.time)) if promote and first_slow else None,
+        "slow_to_rollback": (t_back - first_slow) if t_back and first_slow else None,
+        "rollback_to_routing": (restored - t_back) if restored and t_back else None,
+        "slow_answers": len(slow),
+        "v2_champion_answers": len(after_promote),
+    }
 
 
 # -- report --------------------------------------------------------------------------------------
+
 
 def fmt(value: float | None, spec: str = "6.2f") -> str:
     if value is None or value != value:
@@ -492,8 +574,10 @@ def main() -> None:
         train = read_labelled(ROOT / "data/raw/banking77/train.csv", "text", "category")
         family, params = get_family(boot.model.family), dict(boot.model.params)
         t = time.perf_counter()
-        models = {"v1": family.fit(train.groupby("label").head(15), params, seed=0),
-                  "v2": family.fit(train.groupby("label").head(80), params, seed=0)}
+        models = {
+            "v1": family.fit(train.groupby("label").head(15), params, seed=0),
+            "v2": family.fit(train.groupby("label").head(80), params, seed=0),
+        }
         train_s = time.perf_counter() - t
         texts = train.groupby("label").tail(8)["text"].tolist()
 
@@ -506,59 +590,99 @@ def main() -> None:
 
     r = boot.rollout
     print(f"\n== driftloop rollout benchmark: {os.cpu_count()} CPUs, {cpu_model()} ==")
-    print(f"load average before the run (1/5 min): {load_before[0]:.2f} / {load_before[1]:.2f} "
-          "(other work on the machine skews the figures)")
-    print(f"serving: 1 uvicorn worker in its own process, reload_interval_s={boot.serving.reload_interval_s}; "
-          f"rollout.poll_s={r.poll_s}; stages " + ", ".join(f"{s.name} (n>={s.min_samples})" for s in r.stages)
-          + f"; bake n>={r.bake.min_samples}, baseline {r.bake.baseline_samples}")
-    print(f"models: TF-IDF+LinearSVC, v1 on {15 * 77} rows, v2 on {80 * 77} rows of BANKING77 "
-          f"(trained in {train_s:.1f} s); wrk with 2 threads, one text per request")
+    print(
+        f"load average before the run (1/5 min): {load_before[0]:.2f} / {load_before[1]:.2f} "
+        "(other work on the machine skews the figures)"
+    )
+    print(
+        f"serving: 1 uvicorn worker in its own process, reload_interval_s={boot.serving.reload_interval_s}; "
+        f"rollout.poll_s={r.poll_s}; stages "
+        + ", ".join(f"{s.name} (n>={s.min_samples})" for s in r.stages)
+        + f"; bake n>={r.bake.min_samples}, baseline {r.bake.baseline_samples}"
+    )
+    print(
+        f"models: TF-IDF+LinearSVC, v1 on {15 * 77} rows, v2 on {80 * 77} rows of BANKING77 "
+        f"(trained in {train_s:.1f} s); wrk with 2 threads, one text per request"
+    )
 
-    print("\n-- a. a full rollout (shadow, canary 10%, canary 50%, promote, bake) then a rollback "
-          "(fails 1 call in 4, canary) under wrk --")
-    print(" conns  rollout  rollback   requests     rps   p50 ms   p99 ms  non-2xx  sock-err  "
-          "missing-ids  canary-fails-absorbed  outcomes")
+    print(
+        "\n-- a. a full rollout (shadow, canary 10%, canary 50%, promote, bake) then a rollback "
+        "(fails 1 call in 4, canary) under wrk --"
+    )
+    print(
+        " conns  rollout  rollback   requests     rps   p50 ms   p99 ms  non-2xx  sock-err  "
+        "missing-ids  canary-fails-absorbed  outcomes"
+    )
     for row in part_a_rows:
         w = row["load"]
         ok = "ok" if row["good"] and row["bad"] else f"{row['good_result']} / {row['bad_result']}"
-        print(f" {row['conns']:5d}  {row['good_s']:6.1f}s  {row['bad_s']:7.1f}s  {w.requests:9d}  {w.rps:6.0f}"
-              f"  {w.p50_ms:7.2f}  {w.p99_ms:7.2f}  {w.non_2xx:7d}  {w.total_socket_errors:8d}  "
-              f"{row['missing']:11d}  {row['absorbed']:21d}  {ok}")
-    good = [row for row in part_a_rows if row["good"] and row["bad"] and row["load"].non_2xx == 0
-            and row["load"].total_socket_errors == 0 and row["missing"] == 0 and row["load"].p99_ms < 50]
+        print(
+            f" {row['conns']:5d}  {row['good_s']:6.1f}s  {row['bad_s']:7.1f}s  {w.requests:9d}  {w.rps:6.0f}"
+            f"  {w.p50_ms:7.2f}  {w.p99_ms:7.2f}  {w.non_2xx:7d}  {w.total_socket_errors:8d}  "
+            f"{row['missing']:11d}  {row['absorbed']:21d}  {ok}"
+        )
+    good = [
+        row
+        for row in part_a_rows
+        if row["good"]
+        and row["bad"]
+        and row["load"].non_2xx == 0
+        and row["load"].total_socket_errors == 0
+        and row["missing"] == 0
+        and row["load"].p99_ms < 50
+    ]
     best = max(good, key=lambda row: row["conns"]) if good else None
-    print("highest load with p99 < 50 ms and 0 failures: "
-          + (f"{best['conns']} connections, {best['load'].rps:.0f} req/s (p99 {best['load'].p99_ms:.1f} ms)"
-             if best else "none of the levels"))
+    print(
+        "highest load with p99 < 50 ms and 0 failures: "
+        + (
+            f"{best['conns']} connections, {best['load'].rps:.0f} req/s (p99 {best['load'].p99_ms:.1f} ms)"
+            if best
+            else "none of the levels"
+        )
+    )
     extra = ", ".join(f"{row['conns']}: {row['extra']:+d}" for row in part_a_rows)
-    print(f"(logged answers minus wrk's count, in flight when wrk stopped: {extra}; "
-          f"unreadable log lines: {sum(row['skipped'] for row in part_a_rows)})")
+    print(
+        f"(logged answers minus wrk's count, in flight when wrk stopped: {extra}; "
+        f"unreadable log lines: {sum(row['skipped'] for row in part_a_rows)})"
+    )
     reads = ", ".join(f"{row['lines']} lines {row['read_s']:.2f} s" for row in part_a_rows)
     print(f"(one read of the whole prediction log, as the flow does every poll: {reads})")
 
-    print(f"\n-- b. added latency of shadow mode ({seconds} s per run; wrk has no rate limit, the paced load "
-          f"pauses before each request) --")
-    print(" load                                      mode             req/s   p50 ms   p99 ms  | in app "
-          "(champion slot): mean    p50    p99  | shadow answered  dropped")
+    print(
+        f"\n-- b. added latency of shadow mode ({seconds} s per run; wrk has no rate limit, the paced load "
+        f"pauses before each request) --"
+    )
+    print(
+        " load                                      mode             req/s   p50 ms   p99 ms  | in app "
+        "(champion slot): mean    p50    p99  | shadow answered  dropped"
+    )
     for row in part_b_rows:
         w = row["wrk"]
-        print(f" {row['load']:<41} {row['mode']:<14} {w.rps:7.0f}  {w.p50_ms:7.2f}  {w.p99_ms:7.2f}  |"
-              f"                      {fmt(row['srv_mean'], '5.2f')} {fmt(row['srv_p50'], '6.2f')} "
-              f"{fmt(row['srv_p99'], '6.2f')}  | {row['shadow_n']:15d}  {row['dropped']:7d}")
+        print(
+            f" {row['load']:<41} {row['mode']:<14} {w.rps:7.0f}  {w.p50_ms:7.2f}  {w.p99_ms:7.2f}  |"
+            f"                      {fmt(row['srv_mean'], '5.2f')} {fmt(row['srv_p50'], '6.2f')} "
+            f"{fmt(row['srv_p99'], '6.2f')}  | {row['shadow_n']:15d}  {row['dropped']:7d}"
+        )
     for i in range(0, len(part_b_rows), 2):
         alone, shadow = part_b_rows[i], part_b_rows[i + 1]
-        print(f" {alone['load']:<41} shadow adds p50 {shadow['wrk'].p50_ms - alone['wrk'].p50_ms:+.2f} ms, "
-              f"p99 {shadow['wrk'].p99_ms - alone['wrk'].p99_ms:+.2f} ms (target < 2 ms at p99); in app mean "
-              f"{shadow['srv_mean'] - alone['srv_mean']:+.3f} ms")
+        print(
+            f" {alone['load']:<41} shadow adds p50 {shadow['wrk'].p50_ms - alone['wrk'].p50_ms:+.2f} ms, "
+            f"p99 {shadow['wrk'].p99_ms - alone['wrk'].p99_ms:+.2f} ms (target < 2 ms at p99); in app mean "
+            f"{shadow['srv_mean'] - alone['srv_mean']:+.3f} ms"
+        )
     print(" (in-app p50/p99 interpolated in the histogram's buckets: 0.5, 1, 2, 5, 10 ms ...)")
 
     print("\n-- c. a bad challenger (fails 1 call in 4) from its canary stage to no caller routed to it --")
-    print(" conns  replica routes to it  first canary answer  stage->rollback line  "
-          "rollback->/routing clear  rollback->last canary answer  canary answers")
+    print(
+        " conns  replica routes to it  first canary answer  stage->rollback line  "
+        "rollback->/routing clear  rollback->last canary answer  canary answers"
+    )
     for row in part_a_rows:
-        print(f" {row['conns']:5d}  {fmt(row['routing_on'], '19.2f')}s  {fmt(row['first_canary_log'], '18.2f')}s"
-              f"  {fmt(row['to_rollback'], '19.2f')}s  {fmt(row['routing_off'], '23.2f')}s"
-              f"  {fmt(row['last_canary_log'], '27.2f')}s  {row['canary_answers']:14d}")
+        print(
+            f" {row['conns']:5d}  {fmt(row['routing_on'], '19.2f')}s  {fmt(row['first_canary_log'], '18.2f')}s"
+            f"  {fmt(row['to_rollback'], '19.2f')}s  {fmt(row['routing_off'], '23.2f')}s"
+            f"  {fmt(row['last_canary_log'], '27.2f')}s  {row['canary_answers']:14d}"
+        )
     print(" (times from the history's stage line, and from its rollback line; /routing polled every 50 ms)")
 
     d = part_d_out
@@ -567,12 +691,16 @@ def main() -> None:
         return
     w = d["load"]
     print("\n-- d. a promoted version that turns 20 ms slower per call after 800 calls (canary 50%, then bake) --")
-    print(f" load: 2 conns, 10 ms think: {w.requests} requests, non-2xx {w.non_2xx}, socket errors "
-          f"{w.total_socket_errors}, ids missing from the log {d['missing']}")
+    print(
+        f" load: 2 conns, 10 ms think: {w.requests} requests, non-2xx {w.non_2xx}, socket errors "
+        f"{w.total_socket_errors}, ids missing from the log {d['missing']}"
+    )
     print(f" result: {d['result']}")
     print(f" promotion -> first prediction over {SLOW_MS:.0f} ms     {fmt(d['promote_to_slow'], '6.2f')} s")
-    print(f" first slow prediction -> rollback line    {fmt(d['slow_to_rollback'], '6.2f')} s   "
-          f"({d['slow_answers']} slow answers of {d['v2_champion_answers']} by the new champion)")
+    print(
+        f" first slow prediction -> rollback line    {fmt(d['slow_to_rollback'], '6.2f')} s   "
+        f"({d['slow_answers']} slow answers of {d['v2_champion_answers']} by the new champion)"
+    )
     print(f" rollback line -> /routing shows v1 again   {fmt(d['rollback_to_routing'], '6.2f')} s")
     print(f" reason: {d['reason'][:300]}")
     print(f"\nwhole benchmark {total:.0f} s (state under {base})")

@@ -92,14 +92,21 @@ def main() -> None:
         dask_cfg = settings.selection.dask.model_copy(update={"n_workers": args.workers})
         runs[f"dask, temporary cluster ({args.workers} workers)"] = run({"runner": "dask", "dask": dask_cfg})
         t = time.perf_counter()
-        cluster = LocalCluster(host="127.0.0.1", n_workers=args.workers, threads_per_worker=1, processes=True,
-                               dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False})
+        cluster = LocalCluster(
+            host="127.0.0.1",
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+        )
         with Client(cluster) as client:
             client.run(_warm)
         start_s = time.perf_counter() - t
         address = cluster.scheduler_address
         runs[f"dask, running scheduler {address}"] = run(
-            {"runner": "dask", "dask": dask_cfg.model_copy(update={"address": address})})
+            {"runner": "dask", "dask": dask_cfg.model_copy(update={"address": address})}
+        )
     finally:
         if cluster is not None:
             cluster.close()
@@ -107,23 +114,32 @@ def main() -> None:
 
     base_result, base_s = runs["sequential"]
     print(f"\n== model selection scale-out ({os.cpu_count()} CPUs) ==")
-    print(f"data: {len(train)} training rows, {train['label'].nunique()} intents"
-          f"{' (--quick)' if args.quick else ' (full BANKING77 train split)'}")
-    print(f"grid: {GRID} -> {len(base_result.scores)} candidates x {args.folds}-fold cross-validation, "
-          f"metric {base_result.metric}")
+    print(
+        f"data: {len(train)} training rows, {train['label'].nunique()} intents"
+        f"{' (--quick)' if args.quick else ' (full BANKING77 train split)'}"
+    )
+    print(
+        f"grid: {GRID} -> {len(base_result.scores)} candidates x {args.folds}-fold cross-validation, "
+        f"metric {base_result.metric}"
+    )
     print("\n-- candidates (sequential run) --")
     for s in base_result.scores:
         mark = "  <- chosen" if s.candidate.index == base_result.chosen.candidate.index else ""
-        print(f"  {s.candidate.name}  {s.candidate.describe():32s} cv {s.score:.4f}  "
-              f"folds {', '.join(f'{f:.4f}' for f in s.fold_scores)}{mark}")
+        print(
+            f"  {s.candidate.name}  {s.candidate.describe():32s} cv {s.score:.4f}  "
+            f"folds {', '.join(f'{f:.4f}' for f in s.fold_scores)}{mark}"
+        )
     print("\n-- wall time of the model-selection subflow --")
     for name, (result, sec) in runs.items():
-        same = (result.chosen.candidate == base_result.chosen.candidate
-                and [s.fold_scores for s in result.scores] == [s.fold_scores for s in base_result.scores])
+        same = result.chosen.candidate == base_result.chosen.candidate and [s.fold_scores for s in result.scores] == [
+            s.fold_scores for s in base_result.scores
+        ]
         workers = len({s.worker for s in result.scores})
-        print(f"  {name:58s} {sec:7.1f} s  speed-up {base_s / sec:4.2f}x  "
-              f"chose {result.chosen.candidate.name}, scores identical: {'yes' if same else 'NO'}  "
-              f"({workers} worker{'s' if workers != 1 else ''})")
+        print(
+            f"  {name:58s} {sec:7.1f} s  speed-up {base_s / sec:4.2f}x  "
+            f"chose {result.chosen.candidate.name}, scores identical: {'yes' if same else 'NO'}  "
+            f"({workers} worker{'s' if workers != 1 else ''})"
+        )
     print(f"  (starting and warming the running cluster beforehand took {start_s:.1f} s, not counted above)")
 
 

@@ -81,8 +81,16 @@ def _process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
-async def _one_client(host: str, port: int, requests: list[bytes], offset: int, stop: list[bool],
-                      measuring: list[bool], latencies: list[float], failures: list[int]) -> None:
+async def _one_client(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    offset: int,
+    stop: list[bool],
+    measuring: list[bool],
+    latencies: list[float],
+    failures: list[int],
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     i = offset
     try:
@@ -96,7 +104,7 @@ async def _one_client(host: str, port: int, requests: list[bytes], offset: int, 
             at = lower.find(b"content-length:")
             if at < 0:
                 raise RuntimeError("the benchmark client only reads responses with Content-Length")
-            length = int(lower[at + 15:lower.find(b"\r\n", at)])
+            length = int(lower[at + 15 : lower.find(b"\r\n", at)])
             await reader.readexactly(length)
             elapsed = time.perf_counter() - started
             if measuring[0]:
@@ -107,14 +115,22 @@ async def _one_client(host: str, port: int, requests: list[bytes], offset: int, 
         writer.close()
 
 
-async def _load(host: str, port: int, requests: list[bytes], concurrency: int, duration_s: float,
-                warmup_s: float, server_pid: int | None) -> LoadResult:
+async def _load(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    server_pid: int | None,
+) -> LoadResult:
     stop, measuring = [False], [False]
     latencies: list[float] = []
     failures = [0]
-    clients = [asyncio.create_task(_one_client(host, port, requests, k * 997, stop, measuring,
-                                               latencies, failures))
-               for k in range(concurrency)]
+    clients = [
+        asyncio.create_task(_one_client(host, port, requests, k * 997, stop, measuring, latencies, failures))
+        for k in range(concurrency)
+    ]
     await asyncio.sleep(warmup_s)
     measuring[0] = True
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -129,7 +145,10 @@ async def _load(host: str, port: int, requests: list[bytes], concurrency: int, d
     ordered = sorted(latencies)
     n = len(ordered)
     return LoadResult(
-        concurrency=concurrency, requests=n, failed=failures[0], rps=n / wall,
+        concurrency=concurrency,
+        requests=n,
+        failed=failures[0],
+        rps=n / wall,
         p50_ms=ordered[n // 2] * 1000 if n else float("nan"),
         p99_ms=ordered[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan"),
         max_ms=ordered[-1] * 1000 if n else float("nan"),
@@ -138,15 +157,27 @@ async def _load(host: str, port: int, requests: list[bytes], concurrency: int, d
     )
 
 
-def run_load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int,
-             duration_s: float, warmup_s: float, server_pid: int | None) -> LoadResult:
+def run_load(
+    host: str,
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    server_pid: int | None,
+) -> LoadResult:
     requests = [
-        (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-         f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
         for body in bodies
     ]
     try:
         import uvloop
+
         runner = uvloop.run
     except ImportError:  # pragma: no cover - plain asyncio is slower but fine
         runner = asyncio.run
@@ -165,9 +196,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _print(server: str, result: LoadResult) -> None:
     server_cpu = f"{result.server_cpu:4.0%}" if result.server_cpu is not None else "  ? "
-    print(f"  {server:<14} c={result.concurrency:<3} {result.rps:8.0f} req/s   p50 {result.p50_ms:6.2f} ms"
-          f"   p99 {result.p99_ms:6.2f} ms   max {result.max_ms:6.1f} ms   failed {result.failed}/{result.requests}"
-          f"   cpu: server {server_cpu} client {result.client_cpu:4.0%}", flush=True)
+    print(
+        f"  {server:<14} c={result.concurrency:<3} {result.rps:8.0f} req/s   p50 {result.p50_ms:6.2f} ms"
+        f"   p99 {result.p99_ms:6.2f} ms   max {result.max_ms:6.1f} ms   failed {result.failed}/{result.requests}"
+        f"   cpu: server {server_cpu} client {result.client_cpu:4.0%}",
+        flush=True,
+    )
 
 
 def serve_main(argv: list[str]) -> None:
@@ -183,8 +217,11 @@ def serve_main(argv: list[str]) -> None:
     from driftloop.settings import ServingSettings
 
     # The bench posts no feedback (the only endpoint behind the token); /predict costs the same.
-    run_server(ServingSettings(port=args.port, require_token=False), Registry(args.tracking_uri, MODEL_NAME),
-               Path(args.log_root))
+    run_server(
+        ServingSettings(port=args.port, require_token=False),
+        Registry(args.tracking_uri, MODEL_NAME),
+        Path(args.log_root),
+    )
 
 
 def _family_settings(name: str, base_params: dict) -> tuple[str, dict]:
@@ -206,10 +243,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--families", default="tfidf",
-                        help="comma-separated: tfidf, transformer, ensemble (each served in turn)")
-    parser.add_argument("--train-rows", type=int, default=0,
-                        help="train on a random subset (0: all); serving cost does not depend on it")
+    parser.add_argument(
+        "--families", default="tfidf", help="comma-separated: tfidf, transformer, ensemble (each served in turn)"
+    )
+    parser.add_argument(
+        "--train-rows",
+        type=int,
+        default=0,
+        help="train on a random subset (0: all); serving cost does not depend on it",
+    )
     parser.add_argument("--skip-mlflow", action="store_true")
     args = parser.parse_args()
 
@@ -236,8 +278,12 @@ def main() -> None:
     # mlflow exports its current URIs into os.environ (for its own subprocesses); start the
     # servers from a clean slate and name the store explicitly.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(PYTHONUNBUFFERED="1", MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri,
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(
+        PYTHONUNBUFFERED="1",
+        MLFLOW_TRACKING_URI=tracking_uri,
+        MLFLOW_REGISTRY_URI=tracking_uri,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     results: dict[tuple[str, str], dict[int, LoadResult]] = {}
     try:
         for name in [f.strip() for f in args.families.split(",") if f.strip()]:
@@ -248,7 +294,7 @@ def main() -> None:
             print(f"trained on {len(train)} rows in {time.perf_counter() - started:.1f}s", flush=True)
 
             model.predict(texts[:10])
-            sample = texts[:2000 if family == "tfidf" else 300]
+            sample = texts[: 2000 if family == "tfidf" else 300]
             started = time.perf_counter()
             for text in sample:
                 model.predict([text])
@@ -264,8 +310,11 @@ def main() -> None:
                 log.write("0123456789abcdef0123456789abcdef", texts[i % len(texts)], one, "1", 0.42, 12)
             write_us = (time.perf_counter() - started) / 50_000 * 1e6
             log.close()
-            print(f"in process: predict {predict_us:.0f} us per text one per call, {batch_us:.0f} us per text "
-                  f"in a batch of 512; prediction-log write {write_us:.1f} us per line", flush=True)
+            print(
+                f"in process: predict {predict_us:.0f} us per text one per call, {batch_us:.0f} us per text "
+                f"in a batch of 512; prediction-log write {write_us:.1f} us per line",
+                flush=True,
+            )
 
             started = time.perf_counter()
             ref = registry.register_model(model, input_example=texts[:3])
@@ -273,16 +322,29 @@ def main() -> None:
             print(f"registered {ref} in {time.perf_counter() - started:.1f}s", flush=True)
 
             port = free_port()
-            proc = subprocess.Popen([sys.executable, __file__, "serve", "--tracking-uri", tracking_uri,
-                                     "--port", str(port), "--log-root", str(work / f"logs-{name}")],
-                                    env=env, cwd=work)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "serve",
+                    "--tracking-uri",
+                    tracking_uri,
+                    "--port",
+                    str(port),
+                    "--log-root",
+                    str(work / f"logs-{name}"),
+                ],
+                env=env,
+                cwd=work,
+            )
             procs.append(proc)
             wait_until_ready(f"http://127.0.0.1:{port}/ready", proc, timeout_s=300)
             print("driftloop (uvicorn, 1 worker, prediction log + metrics on):", flush=True)
             results[(name, "driftloop")] = {}
             for c in args.concurrency:
-                results[(name, "driftloop")][c] = run_load("127.0.0.1", port, "/predict", bodies, c,
-                                                           args.duration, args.warmup, proc.pid)
+                results[(name, "driftloop")][c] = run_load(
+                    "127.0.0.1", port, "/predict", bodies, c, args.duration, args.warmup, proc.pid
+                )
                 _print("driftloop", results[(name, "driftloop")][c])
             _stop(proc)
 
@@ -292,11 +354,28 @@ def main() -> None:
             mlflow_bin = Path(sys.executable).parent / "mlflow"
             mlflow_log = open(work / f"mlflow-serve-{name}.log", "wb")  # noqa: SIM115  closed once the server stops
             proc = subprocess.Popen(
-                [str(mlflow_bin), "models", "serve", "-m", f"models:/{ref.name}/{ref.version}",
-                 "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", "1"],
-                env=env, cwd=work, start_new_session=True,
+                [
+                    str(mlflow_bin),
+                    "models",
+                    "serve",
+                    "-m",
+                    f"models:/{ref.name}/{ref.version}",
+                    "--env-manager",
+                    "local",
+                    "--host",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "--workers",
+                    "1",
+                ],
+                env=env,
+                cwd=work,
+                start_new_session=True,
                 # its access log (one line a request, part of its cost) goes to a file
-                stdout=mlflow_log, stderr=subprocess.STDOUT)
+                stdout=mlflow_log,
+                stderr=subprocess.STDOUT,
+            )
             procs.append(proc)
             mlflow_group = proc.pid
             try:
@@ -305,9 +384,11 @@ def main() -> None:
                 print((work / f"mlflow-serve-{name}.log").read_text()[-3000:], file=sys.stderr)
                 raise
             probe = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations", method="POST",
+                f"http://127.0.0.1:{port}/invocations",
+                method="POST",
                 data=json.dumps({"dataframe_records": [{"text": texts[0]}]}).encode(),
-                headers={"Content-Type": "application/json"})
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(probe, timeout=30) as resp:
                 print(f"mlflow answers: {resp.read().decode()[:200]}", flush=True)
             # The scoring server runs in a child of the `mlflow` CLI; measure that process.
@@ -317,8 +398,9 @@ def main() -> None:
             print("mlflow models serve (uvicorn, 1 worker):", flush=True)
             results[(name, "mlflow")] = {}
             for c in args.concurrency:
-                results[(name, "mlflow")][c] = run_load("127.0.0.1", port, "/invocations", mlflow_bodies, c,
-                                                        args.duration, args.warmup, server_pid)
+                results[(name, "mlflow")][c] = run_load(
+                    "127.0.0.1", port, "/invocations", mlflow_bodies, c, args.duration, args.warmup, server_pid
+                )
                 _print("mlflow", results[(name, "mlflow")][c])
             os.killpg(proc.pid, signal.SIGINT)
             _stop(proc)

@@ -23,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PORTS = {"postgres_port": 25433, "s3_port": 8733, "mlflow_port": 25000, "prefect_port": 24300,
-         "prometheus_port": 29090}
+PORTS = {"postgres_port": 25433, "s3_port": 8733, "mlflow_port": 25000, "prefect_port": 24300, "prometheus_port": 29090}
 
 
 def free_port() -> int:
@@ -55,8 +54,11 @@ def run_scenario(overlay: Path | None, state: Path, server) -> dict:
         t = time.perf_counter()
         out = run_demo(settings, [], Console(quiet=True), server)
         out["total"] = time.perf_counter() - t
-    print(f"{'stack' if overlay else 'embedded'}: drift confirmed -> new champion serving "
-          f"{out['serving_at'] - out['confirmed_at']:.1f} s, whole scenario {out['total']:.1f} s", flush=True)
+    print(
+        f"{'stack' if overlay else 'embedded'}: drift confirmed -> new champion serving "
+        f"{out['serving_at'] - out['confirmed_at']:.1f} s, whole scenario {out['total']:.1f} s",
+        flush=True,
+    )
     return out
 
 
@@ -67,14 +69,15 @@ def main() -> None:
     args = parser.parse_args()
     os.chdir(ROOT)
     os.environ.setdefault("DRIFTLOOP_API_TOKEN", "bench-token")
-    os.environ["DRIFTLOOP__RETRAIN__DISPATCH"] = "inline"   # the demo scenario retrains in process
+    os.environ["DRIFTLOOP__RETRAIN__DISPATCH"] = "inline"  # the demo scenario retrains in process
     from driftloop import prefect_server, stack as stack_mod
     from driftloop.settings import StackSettings
 
     root = Path(tempfile.mkdtemp(prefix="driftloop-bench-stack-"))
     root.chmod(0o755)
-    st = stack_mod.Stack(StackSettings(dir=root, work_pool="driftloop-bench", deploy=False, **PORTS), ROOT,
-                         serving_port=free_port())
+    st = stack_mod.Stack(
+        StackSettings(dir=root, work_pool="driftloop-bench", deploy=False, **PORTS), ROOT, serving_port=free_port()
+    )
     results: dict[str, object] = {}
     try:
         t = time.perf_counter()
@@ -92,7 +95,8 @@ def main() -> None:
         overlay = root / "bench-stack.yaml"
         overlay.write_text(
             f"registry:\n  tracking_uri: {st.mlflow_url}\nprefect:\n  api_url: {st.prefect_api_url}\n"
-            f"storage:\n  dvc_remote: s3://{st.cfg.bucket}/dvc\n  s3_endpoint_url: {st.s3_url}\n")
+            f"storage:\n  dvc_remote: s3://{st.cfg.bucket}/dvc\n  s3_endpoint_url: {st.s3_url}\n"
+        )
         server = prefect_server.PrefectServer(st.prefect_api_url, None)
         results["stack"] = run_scenario(overlay, root / "state", server)
     finally:
@@ -117,17 +121,21 @@ def main() -> None:
         print(f"stack start-up, {kind:4s} {total:7.1f} s   ({parts})")
     print("\n-- drift confirmed -> new champion answering requests --")
     print(f"{'':24s}{'stack':>10s}{'embedded':>10s}")
-    rows = [("total", lambda o: o["serving_at"] - o["confirmed_at"]),
-            ("  retraining flow", lambda o: o["retrained_at"] - o["confirmed_at"]),
-            ("  serving picks it up", lambda o: o["serving_at"] - o["retrained_at"]),
-            ("whole demo scenario", lambda o: o["total"])]
+    rows = [
+        ("total", lambda o: o["serving_at"] - o["confirmed_at"]),
+        ("  retraining flow", lambda o: o["retrained_at"] - o["confirmed_at"]),
+        ("  serving picks it up", lambda o: o["serving_at"] - o["retrained_at"]),
+        ("whole demo scenario", lambda o: o["total"]),
+    ]
     for name, fn in rows:
         cells = [f"{fn(results[k]):9.1f}s" if k in results else f"{'-':>10s}" for k in ("stack", "embedded")]
         print(f"{name:24s}{''.join(cells)}")
     for kind in ("stack", "embedded"):
         if kind in results:
-            print(f"{kind}: failed requests {results[kind]['failed']}, stages: "
-                  + ", ".join(f"{n} {s:.1f}s" for n, s in results[kind]["stages"].items()))
+            print(
+                f"{kind}: failed requests {results[kind]['failed']}, stages: "
+                + ", ".join(f"{n} {s:.1f}s" for n, s in results[kind]["stages"].items())
+            )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,16 @@ RETRAIN_DEPLOYMENT = "retraining/retrain"
 
 
 @flow(name="retrain-dispatch", flow_run_name="dispatch drift window {window_id}", log_prints=True)
-def retrain_dispatch(window_id: str, reason: str, model_name: str, report: str = "",
-                     champion_version: str = "", requested_by: str = "drift-monitor",
-                     config: list[str] | None = None, deployment: str = RETRAIN_DEPLOYMENT) -> str:
+def retrain_dispatch(
+    window_id: str,
+    reason: str,
+    model_name: str,
+    report: str = "",
+    champion_version: str = "",
+    requested_by: str = "drift-monitor",
+    config: list[str] | None = None,
+    deployment: str = RETRAIN_DEPLOYMENT,
+) -> str:
     """Start the retrain a drift event asks for, at most once per window.
 
     Prefect's RunDeployment action gives every firing of a trigger a fresh idempotency key, so a

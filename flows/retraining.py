@@ -16,12 +16,22 @@ from flows.training import TrainingOutcome, span_attributes, training
 from tasks import data, model, monitor, retrain as retrain_steps
 
 
-@flow(name="retraining", version=source_version(__file__),
-      flow_run_name="retrain ({requested_by}): {reason}", log_prints=True)
+@flow(
+    name="retraining",
+    version=source_version(__file__),
+    flow_run_name="retrain ({requested_by}): {reason}",
+    log_prints=True,
+)
 @tracing.traced_flow("retraining", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
-def retraining(reason: str, requested_by: str = "manual", window_id: str = "", report: str = "",
-               min_new_labels: int | None = None, roll_out: bool = True,
-               config: list[str] | None = None) -> TrainingOutcome:
+def retraining(
+    reason: str,
+    requested_by: str = "manual",
+    window_id: str = "",
+    report: str = "",
+    min_new_labels: int | None = None,
+    roll_out: bool = True,
+    config: list[str] | None = None,
+) -> TrainingOutcome:
     """Retrain on the champion's exact training set plus every labelled production row.
 
     ``min_new_labels`` defaults to the retrain policy; a manual run may pass 0 to retrain on what
@@ -61,25 +71,45 @@ def retraining(reason: str, requested_by: str = "manual", window_id: str = "", r
         if len(reference) >= needed:
             reference_set = str(dataset.write_labelled(reference, parts.retrain_dir / f"reference-{run_id}.csv"))
         else:
-            logger.warning("only %d unlabelled production texts to refresh the reference (need %d); "
-                           "the new model keeps the previous reference", len(reference), needed)
+            logger.warning(
+                "only %d unlabelled production texts to refresh the reference (need %d); "
+                "the new model keeps the previous reference",
+                len(reference),
+                needed,
+            )
     added = len(merged) - len(previous)
     create_markdown_artifact(
         f"## Retrain requested by {requested_by}\n\n- reason: {reason}\n- window: `{window_id or '-'}`\n"
         f"- drift report: {report or '-'}\n- previous training set: {len(previous)} rows\n"
         f"- new labelled production rows: {added} (quarantined: {len(labelled.quarantined)})\n"
         f"- monitoring reference: {'refreshed from ' + reference_set if reference_set else 'unchanged'}\n",
-        key="retrain-request", description=reason)
-    outcome = training(training_set=str(out), reason=reason, trigger=requested_by, report=report,
-                       reference_set=reference_set, config=config)
-    retrain_steps.publish_retrain(parts.registry, outcome.candidate, outcome.report, outcome.decision,
-                                  outcome.champion, reason=reason, requested_by=requested_by,
-                                  window_id=window_id, drift_report=report, mlflow_ui=settings.registry.ui_url)
+        key="retrain-request",
+        description=reason,
+    )
+    outcome = training(
+        training_set=str(out),
+        reason=reason,
+        trigger=requested_by,
+        report=report,
+        reference_set=reference_set,
+        config=config,
+    )
+    retrain_steps.publish_retrain(
+        parts.registry,
+        outcome.candidate,
+        outcome.report,
+        outcome.decision,
+        outcome.champion,
+        reason=reason,
+        requested_by=requested_by,
+        window_id=window_id,
+        drift_report=report,
+        mlflow_ui=settings.registry.ui_url,
+    )
     if settings.rollout.enabled and roll_out and outcome.decision.promote and outcome.champion != outcome.candidate:
         from flows.rollout import rollout
 
-        done = rollout(challenger=outcome.candidate.version, requested_by=requested_by, reason=reason,
-                       config=config)
+        done = rollout(challenger=outcome.candidate.version, requested_by=requested_by, reason=reason, config=config)
         logger.info("rollout of %s: %s (%s)", outcome.candidate, done.result, done.reason)
         outcome = replace(outcome, champion=done.champion, rollout=done)
     return outcome

@@ -27,18 +27,20 @@ def task_runner(cfg: SelectionSettings) -> TaskRunner:
 
     if cfg.dask.address:
         return DaskTaskRunner(address=cfg.dask.address)
-    return DaskTaskRunner(cluster_kwargs={
-        # Loopback only: the scheduler, the workers and their nannies accept no outside
-        # connections. The scheduler always serves HTTP (health, metrics); without an address it
-        # takes port 8787, so it gets a free loopback port, and no dashboard is served on it.
-        "host": "127.0.0.1",
-        "dashboard_address": "127.0.0.1:0",
-        "scheduler_kwargs": {"dashboard": False},
-        "worker_dashboard_address": None,
-        "n_workers": cfg.dask.n_workers,
-        "threads_per_worker": cfg.dask.threads_per_worker,
-        "processes": True,
-    })
+    return DaskTaskRunner(
+        cluster_kwargs={
+            # Loopback only: the scheduler, the workers and their nannies accept no outside
+            # connections. The scheduler always serves HTTP (health, metrics); without an address it
+            # takes port 8787, so it gets a free loopback port, and no dashboard is served on it.
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+            "scheduler_kwargs": {"dashboard": False},
+            "worker_dashboard_address": None,
+            "n_workers": cfg.dask.n_workers,
+            "threads_per_worker": cfg.dask.threads_per_worker,
+            "processes": True,
+        }
+    )
 
 
 def _scheduler_address() -> str | None:
@@ -54,24 +56,43 @@ def model_selection(training_set: str, base: ModelSettings, cfg: SelectionSettin
     # access to this machine's files.
     train = dataset.read_labelled(training_set, TEXT, LABEL)
     candidates = selection.expand_grid(base, cfg.grid)
-    futures = [score_candidate.submit(train, c, folds=cfg.folds, metric=cfg.metric, seed=seed,
-                                      validation_fraction=cfg.validation_fraction, keep_model=not cfg.refit)
-               for c in candidates]
+    futures = [
+        score_candidate.submit(
+            train,
+            c,
+            folds=cfg.folds,
+            metric=cfg.metric,
+            seed=seed,
+            validation_fraction=cfg.validation_fraction,
+            keep_model=not cfg.refit,
+        )
+        for c in candidates
+    ]
     scores = [f.result() for f in futures]
-    result = selection.choose(scores, folds=cfg.folds, runner=cfg.runner, scheduler=_scheduler_address(),
-                              refit=cfg.refit)
-    get_run_logger().info("chose %s (%s): cv %s %.4f", result.chosen.candidate.name,
-                          result.chosen.candidate.describe(), result.metric, result.chosen.score)
-    scheme = (f"one stratified {cfg.validation_fraction:.0%} holdout" if cfg.folds == 1
-              else f"{cfg.folds}-fold cross-validation")
-    create_table_artifact(result.table(), key="model-selection",
-                          description=f"{len(candidates)} candidates, {scheme} on the training set, "
-                                      f"runner {cfg.runner}")
+    result = selection.choose(
+        scores, folds=cfg.folds, runner=cfg.runner, scheduler=_scheduler_address(), refit=cfg.refit
+    )
+    get_run_logger().info(
+        "chose %s (%s): cv %s %.4f",
+        result.chosen.candidate.name,
+        result.chosen.candidate.describe(),
+        result.metric,
+        result.chosen.score,
+    )
+    scheme = (
+        f"one stratified {cfg.validation_fraction:.0%} holdout"
+        if cfg.folds == 1
+        else f"{cfg.folds}-fold cross-validation"
+    )
+    create_table_artifact(
+        result.table(),
+        key="model-selection",
+        description=f"{len(candidates)} candidates, {scheme} on the training set, runner {cfg.runner}",
+    )
     return result
 
 
-def select_model(training_set: str, base: ModelSettings, cfg: SelectionSettings,
-                 seed: int) -> SelectionResult | None:
+def select_model(training_set: str, base: ModelSettings, cfg: SelectionSettings, seed: int) -> SelectionResult | None:
     """The chosen settings, or None without a grid (then nothing runs and ``base`` trains)."""
     if not cfg.grid:
         return None

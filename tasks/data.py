@@ -32,11 +32,12 @@ def prepare(cfg: DataSettings, root: Path) -> dataset.PreparedData:
 
 @task(cache_policy=NO_CACHE)
 def validate_training_set(frame: pd.DataFrame, *, source: str, known_labels, eval_texts) -> ValidationReport:
-    report = validation.validate_training_set(frame, source=source, known_labels=known_labels,
-                                              eval_texts=eval_texts)
+    report = validation.validate_training_set(frame, source=source, known_labels=known_labels, eval_texts=eval_texts)
     create_markdown_artifact(
         f"## Validation of `{source}`\n\n```\n{report.summary()}\n```\n",
-        key="validation", description="validation gate")
+        key="validation",
+        description="validation gate",
+    )
     return validation.require_valid(report)
 
 
@@ -51,24 +52,35 @@ def restore_dataset(store: DatasetStore, md5: str, dest: Path) -> Path:
 
 
 @task(cache_policy=NO_CACHE)
-def wait_for_labels(log_root: Path, previous: pd.DataFrame, eval_texts: list[str], label_set: list[str],
-                    min_new: int, policy: RetrainPolicy) -> curation.LabelledRows:
+def wait_for_labels(
+    log_root: Path,
+    previous: pd.DataFrame,
+    eval_texts: list[str],
+    label_set: list[str],
+    min_new: int,
+    policy: RetrainPolicy,
+) -> curation.LabelledRows:
     """Poll the feedback log until ``min_new`` labelled production rows would add to training."""
     logger = get_run_logger()
     deadline = time.monotonic() + policy.label_wait_timeout_s
     while True:
-        labelled = curation.labelled_rows(predlog.read_predictions(log_root), predlog.read_feedback(log_root),
-                                          label_set)
+        labelled = curation.labelled_rows(
+            predlog.read_predictions(log_root), predlog.read_feedback(log_root), label_set
+        )
         fresh = len(curation.new_rows(previous, labelled.rows, eval_texts))
         if fresh >= min_new:
             logger.info("%d new labelled rows (needed %d)", fresh, min_new)
             if len(labelled.quarantined):
-                logger.warning("%d feedback rows carry labels outside the label set; kept in the log, "
-                               "not trained on: %s", len(labelled.quarantined),
-                               sorted(set(labelled.quarantined["label"]))[:5])
+                logger.warning(
+                    "%d feedback rows carry labels outside the label set; kept in the log, not trained on: %s",
+                    len(labelled.quarantined),
+                    sorted(set(labelled.quarantined["label"]))[:5],
+                )
             return labelled
         if time.monotonic() >= deadline:
-            raise LabelWaitTimeout(f"only {fresh} new labelled rows after {policy.label_wait_timeout_s:.0f}s "
-                               f"(need {min_new}); the champion is unchanged")
+            raise LabelWaitTimeout(
+                f"only {fresh} new labelled rows after {policy.label_wait_timeout_s:.0f}s "
+                f"(need {min_new}); the champion is unchanged"
+            )
         logger.info("waiting for labels: %d/%d", fresh, min_new)
         time.sleep(policy.label_poll_s)

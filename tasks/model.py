@@ -18,11 +18,13 @@ from tasks import SERVER_RETRIES
 
 
 @task(cache_policy=NO_CACHE)
-def train(frame: pd.DataFrame, cfg: ModelSettings, seed: int = 0,
-          checkpoint_root: Path | None = None) -> TextClassifier:
+def train(
+    frame: pd.DataFrame, cfg: ModelSettings, seed: int = 0, checkpoint_root: Path | None = None
+) -> TextClassifier:
     logger = get_run_logger()
-    return modelling.get_family(cfg.family).fit(frame, dict(cfg.params), seed=seed, progress=logger.info,
-                                                checkpoint_root=checkpoint_root)
+    return modelling.get_family(cfg.family).fit(
+        frame, dict(cfg.params), seed=seed, progress=logger.info, checkpoint_root=checkpoint_root
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -46,18 +48,41 @@ def champion_ref(registry: Registry) -> ModelRef | None:
 
 
 @task(cache_policy=NO_CACHE, **SERVER_RETRIES)
-def register_model(registry: Registry, model: TextClassifier, *, tags: dict[str, str],
-                   metrics: dict[str, float], params: dict, run_name: str, input_example: list[str],
-                   artifacts: dict[str, Path]) -> ModelRef:
-    return registry.register_model(model, tags=tags, metrics=metrics, params=params, run_name=run_name,
-                                   input_example=input_example, artifacts=artifacts)
+def register_model(
+    registry: Registry,
+    model: TextClassifier,
+    *,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    params: dict,
+    run_name: str,
+    input_example: list[str],
+    artifacts: dict[str, Path],
+) -> ModelRef:
+    return registry.register_model(
+        model,
+        tags=tags,
+        metrics=metrics,
+        params=params,
+        run_name=run_name,
+        input_example=input_example,
+        artifacts=artifacts,
+    )
 
 
 @task(cache_policy=NO_CACHE, **SERVER_RETRIES)
-def move_alias(registry: Registry, history: ChampionHistory, alias: str, ref: ModelRef, *, action: str,
-               reason: str, actor: str, report: str = "") -> HistoryEntry:
-    return champion.move_alias(registry, history, alias, ref, action=action, reason=reason, actor=actor,
-                               report=report)
+def move_alias(
+    registry: Registry,
+    history: ChampionHistory,
+    alias: str,
+    ref: ModelRef,
+    *,
+    action: str,
+    reason: str,
+    actor: str,
+    report: str = "",
+) -> HistoryEntry:
+    return champion.move_alias(registry, history, alias, ref, action=action, reason=reason, actor=actor, report=report)
 
 
 @task(cache_policy=NO_CACHE, **SERVER_RETRIES)
@@ -66,6 +91,7 @@ def version_tags(registry: Registry, ref: ModelRef) -> dict[str, str]:
 
 
 @task(cache_policy=NO_CACHE, **SERVER_RETRIES)
-def clear_alias(registry: Registry, history: ChampionHistory, alias: str, *, reason: str,
-                actor: str) -> HistoryEntry | None:
+def clear_alias(
+    registry: Registry, history: ChampionHistory, alias: str, *, reason: str, actor: str
+) -> HistoryEntry | None:
     return champion.clear_alias(registry, history, alias, reason=reason, actor=actor)

@@ -28,8 +28,16 @@ MAX_READ_FAILURES = 5
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
-def enter_step(registry: Registry, history: ChampionHistory, rollout_id: str, challenger: ModelRef, step: Step,
-               *, actor: str, reason: str) -> RolloutState:
+def enter_step(
+    registry: Registry,
+    history: ChampionHistory,
+    rollout_id: str,
+    challenger: ModelRef,
+    step: Step,
+    *,
+    actor: str,
+    reason: str,
+) -> RolloutState:
     return rollout.enter_step(registry, history, rollout_id, challenger, step, actor=actor, reason=reason)
 
 
@@ -63,9 +71,19 @@ def _poll(decide: Callable[[float], StageDecision | None], poll_s: float, label:
 
 
 @task(cache_policy=NO_CACHE)
-def watch_step(registry: Registry, log_root: Path, rollout_id: str, champion: ModelRef, challenger: ModelRef,
-               step: Step, cfg: RolloutSettings, low_confidence: float, since: datetime, is_last: bool,
-               baseline_accuracy: float | None = None) -> StageDecision | None:
+def watch_step(
+    registry: Registry,
+    log_root: Path,
+    rollout_id: str,
+    champion: ModelRef,
+    challenger: ModelRef,
+    step: Step,
+    cfg: RolloutSettings,
+    low_confidence: float,
+    since: datetime,
+    is_last: bool,
+    baseline_accuracy: float | None = None,
+) -> StageDecision | None:
     """Re-read the live numbers every ``cfg.poll_s`` until the step's analysis decides; None when
     the registry no longer routes by this rollout (promoted or aborted by hand)."""
     spec = None if step.kind == rollout.KIND_AB else rollout.stage_spec(step)
@@ -84,18 +102,23 @@ def watch_step(registry: Registry, log_root: Path, rollout_id: str, champion: Mo
 
 
 @task(cache_policy=NO_CACHE)
-def watch_bake(registry: Registry, log_root: Path, previous: ModelRef, promoted: ModelRef, promoted_at: datetime,
-               cfg: RolloutSettings, low_confidence: float) -> StageDecision | None:
+def watch_bake(
+    registry: Registry,
+    log_root: Path,
+    previous: ModelRef,
+    promoted: ModelRef,
+    promoted_at: datetime,
+    cfg: RolloutSettings,
+    low_confidence: float,
+) -> StageDecision | None:
     """After a promotion: the new champion's live numbers against the previous champion's
     baseline, until enough samples say it holds (or it regresses). None when the champion was
     moved by hand meanwhile."""
-    baseline = rollout.baseline_arm(log_root, previous.version, promoted_at, cfg.bake.baseline_samples,
-                                    low_confidence)
+    baseline = rollout.baseline_arm(log_root, previous.version, promoted_at, cfg.bake.baseline_samples, low_confidence)
 
     def decide(elapsed: float) -> StageDecision | None:
         if registry.champion() != promoted:
-            get_run_logger().info("the champion moved away from %s outside this flow run; stopping the bake",
-                                  promoted)
+            get_run_logger().info("the champion moved away from %s outside this flow run; stopping the bake", promoted)
             return None
         return rollout.judge_promotion(log_root, baseline, promoted, promoted_at, cfg, low_confidence, elapsed)
 
@@ -116,27 +139,36 @@ def publish_analysis(decision: StageDecision, out_dir: Path, rollout_id: str) ->
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
-def promote(registry: Registry, history: ChampionHistory, challenger: ModelRef, *, reason: str, actor: str,
-            report: str = "") -> HistoryEntry:
+def promote(
+    registry: Registry, history: ChampionHistory, challenger: ModelRef, *, reason: str, actor: str, report: str = ""
+) -> HistoryEntry:
     return rollout.promote(registry, history, challenger, reason=reason, actor=actor, report=report)
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
-def withdraw(registry: Registry, history: ChampionHistory, *, reason: str, actor: str, action: str = "rollback",
-             report: str = "") -> HistoryEntry | None:
+def withdraw(
+    registry: Registry, history: ChampionHistory, *, reason: str, actor: str, action: str = "rollback", report: str = ""
+) -> HistoryEntry | None:
     return rollout.withdraw(registry, history, reason=reason, actor=actor, action=action, report=report)
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
-def rollback_champion(registry: Registry, history: ChampionHistory, *, reason: str, actor: str,
-                      report: str = "", expected: ModelRef | None = None) -> HistoryEntry | None:
-    return rollout.rollback_champion(registry, history, reason=reason, actor=actor, report=report,
-                                     expected=expected)
+def rollback_champion(
+    registry: Registry,
+    history: ChampionHistory,
+    *,
+    reason: str,
+    actor: str,
+    report: str = "",
+    expected: ModelRef | None = None,
+) -> HistoryEntry | None:
+    return rollout.rollback_champion(registry, history, reason=reason, actor=actor, report=report, expected=expected)
 
 
 @task(cache_policy=NO_CACHE)
-def check_promotion(history: ChampionHistory, log_root: Path, current: ModelRef, cfg: RolloutSettings,
-                    low_confidence: float) -> StageDecision | None:
+def check_promotion(
+    history: ChampionHistory, log_root: Path, current: ModelRef, cfg: RolloutSettings, low_confidence: float
+) -> StageDecision | None:
     """A recently promoted champion's live numbers against its predecessor's baseline (None when
     no promotion is under watch)."""
     now = datetime.now(UTC)
@@ -144,15 +176,26 @@ def check_promotion(history: ChampionHistory, log_root: Path, current: ModelRef,
     if entry is None:
         return None
     promoted_at = datetime.fromisoformat(entry.time)
-    baseline = rollout.baseline_arm(log_root, entry.from_version, promoted_at, cfg.bake.baseline_samples,
-                                    low_confidence)
-    return rollout.judge_promotion(log_root, baseline, current, promoted_at, cfg, low_confidence,
-                                   (now - promoted_at).total_seconds())
+    baseline = rollout.baseline_arm(
+        log_root, entry.from_version, promoted_at, cfg.bake.baseline_samples, low_confidence
+    )
+    return rollout.judge_promotion(
+        log_root, baseline, current, promoted_at, cfg, low_confidence, (now - promoted_at).total_seconds()
+    )
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
-def record_outcome(registry: Registry, rollout_id: str, challenger: ModelRef, previous: ModelRef, result: str,
-                   stage: str, reason: str, analyses: list[Path], flow_run_id: str) -> str:
+def record_outcome(
+    registry: Registry,
+    rollout_id: str,
+    challenger: ModelRef,
+    previous: ModelRef,
+    result: str,
+    stage: str,
+    reason: str,
+    analyses: list[Path],
+    flow_run_id: str,
+) -> str:
     """The rollout as an MLflow run (its analyses as artifacts) and a tag on the challenger's
     version, so the registry shows how each version fared on live traffic."""
     registry.set_version_tag(challenger, "rollout.result", f"{result} at {stage} ({rollout_id})")
@@ -161,8 +204,14 @@ def record_outcome(registry: Registry, rollout_id: str, challenger: ModelRef, pr
         for path in analyses:
             shutil.copy(path, folder / path.name)
         return registry.log_run(
-            f"rollout-{rollout_id}", params={"challenger": challenger.version, "previous": previous.version,
-                                             "stage": stage, "reason": reason},
-            tags={"driftloop.kind": "rollout", "prefect.flow_run_id": flow_run_id, "rollout.id": rollout_id,
-                  "rollout.result": result, "model.version": challenger.version},
-            artifacts={"analysis": folder} if analyses else {})
+            f"rollout-{rollout_id}",
+            params={"challenger": challenger.version, "previous": previous.version, "stage": stage, "reason": reason},
+            tags={
+                "driftloop.kind": "rollout",
+                "prefect.flow_run_id": flow_run_id,
+                "rollout.id": rollout_id,
+                "rollout.result": result,
+                "model.version": challenger.version,
+            },
+            artifacts={"analysis": folder} if analyses else {},
+        )

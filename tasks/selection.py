@@ -24,10 +24,26 @@ def _where() -> str:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="score {candidate.name}")
-def score_candidate(train: pd.DataFrame, candidate: Candidate, *, folds: int, metric: str,
-                    seed: int, validation_fraction: float = 0.2, keep_model: bool = False) -> CandidateScore:
-    score = selection.score_candidate(train, candidate, folds=folds, metric=metric, seed=seed,
-                                      validation_fraction=validation_fraction, keep_model=keep_model)
-    get_run_logger().info("%s (%s): cv %s %.4f in %.1fs", candidate.name, candidate.describe(), metric,
-                          score.score, score.fit_s)
+def score_candidate(
+    train: pd.DataFrame,
+    candidate: Candidate,
+    *,
+    folds: int,
+    metric: str,
+    seed: int,
+    validation_fraction: float = 0.2,
+    keep_model: bool = False,
+) -> CandidateScore:
+    score = selection.score_candidate(
+        train,
+        candidate,
+        folds=folds,
+        metric=metric,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        keep_model=keep_model,
+    )
+    get_run_logger().info(
+        "%s (%s): cv %s %.4f in %.1fs", candidate.name, candidate.describe(), metric, score.score, score.fit_s
+    )
     return replace(score, worker=_where())

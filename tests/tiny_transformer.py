@@ -16,8 +16,15 @@ def build_tiny_base(out: Path) -> Path:
 
     shipped = Path(resolve_base_model(BUNDLED_MINILM))
     config = AutoConfig.from_pretrained(shipped, local_files_only=True)
-    config.update({"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
-                   "intermediate_size": 64, "max_position_embeddings": 128})
+    config.update(
+        {
+            "num_hidden_layers": 2,
+            "hidden_size": 32,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 128,
+        }
+    )
     torch.manual_seed(0)
     AutoModel.from_config(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(shipped, local_files_only=True).save_pretrained(out)

@@ -46,11 +46,17 @@ class _LogConsole(Console):
     RULE_WIDTH = 100
 
     def __init__(self, **kwargs: Any):
-        super().__init__(width=100_000, soft_wrap=True, color_system=None, force_terminal=False,
-                         force_interactive=False, highlight=False, **kwargs)
+        super().__init__(
+            width=100_000,
+            soft_wrap=True,
+            color_system=None,
+            force_terminal=False,
+            force_interactive=False,
+            highlight=False,
+            **kwargs,
+        )
 
-    def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line",
-             align: Any = "center") -> None:
+    def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line", align: Any = "center") -> None:
         self.print(Rule(title=title, characters=characters, style=style, align=align), width=self.RULE_WIDTH)
 
 
@@ -70,25 +76,34 @@ class _CommandErrors(TyperGroup):
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):   # click's own: --help, usage errors
+        except (typer.Exit, typer.Abort, typer.TyperException):  # click's own: --help, usage errors
             raise
         except Exception as exc:  # noqa: BLE001 - reported, then the exit status says which kind
             raise typer.Exit(_report(exc)) from None
 
 
-app = typer.Typer(help="driftloop: the closed retraining loop (train → evaluate → register → deploy → monitor).",
-                  epilog=EPILOG, cls=_CommandErrors, no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="driftloop: the closed retraining loop (train → evaluate → register → deploy → monitor).",
+    epilog=EPILOG,
+    cls=_CommandErrors,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 data_app = typer.Typer(help="Data sets: prepare splits, restore a model's exact training set.", no_args_is_help=True)
 ui_app = typer.Typer(help="Open the Prefect or MLflow UI on 127.0.0.1.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-pipeline_app = typer.Typer(help="The DVC pipeline's stages (plain library calls, no orchestration).",
-                           no_args_is_help=True)
+pipeline_app = typer.Typer(
+    help="The DVC pipeline's stages (plain library calls, no orchestration).", no_args_is_help=True
+)
 app.add_typer(ui_app, name="ui")
 app.add_typer(pipeline_app, name="pipeline")
 rollout_app = typer.Typer(help="Safe rollout of the challenger: start, status, promote, abort.", no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")
-stack_app = typer.Typer(help="The real stack on 127.0.0.1 without Docker: PostgreSQL, SeaweedFS (S3), MLflow "
-                             "server, Prefect server + worker, Prometheus.", no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The real stack on 127.0.0.1 without Docker: PostgreSQL, SeaweedFS (S3), MLflow "
+    "server, Prefect server + worker, Prometheus.",
+    no_args_is_help=True,
+)
 app.add_typer(stack_app, name="stack")
 console = make_console()
 
@@ -99,18 +114,21 @@ class _Session:
 
     debug: bool = False
     settings: Settings | None = None
-    server: Any = None          # the PrefectServer flows run against, once _orchestrator chose it
-    run_log: Any = None         # the _RunLogFilter on Prefect's console handler
+    server: Any = None  # the PrefectServer flows run against, once _orchestrator chose it
+    run_log: Any = None  # the _RunLogFilter on Prefect's console handler
 
 
 _session = _Session()
 
 
 @app.callback()
-def _global(debug: bool = typer.Option(False, "--debug", envvar="DRIFTLOOP_DEBUG",
-                                       help="Print full tracebacks (Prefect's run log and the error's).")) -> None:
+def _global(
+    debug: bool = typer.Option(
+        False, "--debug", envvar="DRIFTLOOP_DEBUG", help="Print full tracebacks (Prefect's run log and the error's)."
+    ),
+) -> None:
     global _session  # noqa: PLW0603  the one session of this invocation, set by the callback
-    _session = _Session(debug=debug)   # a fresh one per invocation (tests invoke the app repeatedly)
+    _session = _Session(debug=debug)  # a fresh one per invocation (tests invoke the app repeatedly)
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config overlay(s) from configs/ (name or path); repeatable.")
@@ -124,7 +142,7 @@ def _settings(config: list[str] | None, options: dict[str, str] | None = None, *
         settings = load_settings(config, **overrides)
     except pydantic.ValidationError as exc:
         raise InputError(_settings_problems(exc, config, options or {})) from exc
-    except (OSError, ValueError) as exc:   # an overlay that does not exist, a file that is not YAML
+    except (OSError, ValueError) as exc:  # an overlay that does not exist, a file that is not YAML
         raise InputError(f"configuration: {exc}") from exc
     from driftloop import stack
 
@@ -164,7 +182,7 @@ def _setting_origin(loc: tuple, config: list[str] | None) -> str | None:
             continue
         for part in loc:
             if not isinstance(node, dict):
-                break   # a list or a value set in this file replaced everything below it
+                break  # a list or a value set in this file replaced everything below it
             node = node.get(part, _MISSING)
             if node is _MISSING:
                 break
@@ -188,7 +206,7 @@ def _orchestrator(settings: Settings):
     else:
         with console.status("starting the local Prefect server on 127.0.0.1 …"):
             server = prefect_server.ensure_server(home, settings.prefect.port)
-    home.mkdir(parents=True, exist_ok=True)   # Prefect's home; a reused server did not make it
+    home.mkdir(parents=True, exist_ok=True)  # Prefect's home; a reused server did not make it
     prefect_server.use_server(server, home)
     _session.server = server
     _session.run_log = _RunLogFilter.install(debug=_session.debug)
@@ -216,7 +234,7 @@ class _RunLogFilter(logging.Filter):
     def __init__(self, debug: bool):
         super().__init__()
         self.debug = debug
-        self._failed: list[tuple[BaseException, str]] = []   # (exception, the first flow run it failed)
+        self._failed: list[tuple[BaseException, str]] = []  # (exception, the first flow run it failed)
 
     @classmethod
     def install(cls, debug: bool) -> _RunLogFilter:
@@ -290,8 +308,12 @@ def _report(exc: Exception) -> int:
     if known is None:
         # A bug: its traceback is what a report of it needs (Python's, once, without locals).
         traceback.print_exception(exc, file=sys.stderr)
-        err.print(Text.assemble(("unexpected error", "bold red"), f" ({type(exc).__name__}: {exc}); "
-                                "this is a bug, please report it with the traceback above"))
+        err.print(
+            Text.assemble(
+                ("unexpected error", "bold red"),
+                f" ({type(exc).__name__}: {exc}); this is a bug, please report it with the traceback above",
+            )
+        )
         if where:
             err.print(Text(where))
         return errors.EXIT_RUN_FAILED
@@ -304,8 +326,10 @@ def _report(exc: Exception) -> int:
 
 
 @app.command()
-def demo(config: list[str] | None = ConfigOpt,
-         keep_servers: bool = typer.Option(False, help="Leave the Prefect server running afterwards.")) -> None:
+def demo(
+    config: list[str] | None = ConfigOpt,
+    keep_servers: bool = typer.Option(False, help="Leave the Prefect server running afterwards."),
+) -> None:
     """Run the whole loop once on the configured data set (data.*): v1, quiet traffic, drift, labels, v2,
     rollout."""
     from driftloop.demo import run_demo
@@ -327,26 +351,32 @@ def demo(config: list[str] | None = ConfigOpt,
 
 
 @app.command()
-def train(config: list[str] | None = ConfigOpt,
-          training_set: Path | None = typer.Option(None, help="CSV/JSON with text,label (default: prepared v1 set)."),
-          reason: str = typer.Option("manual training",
-                                     help="Why; recorded on the model version and history.")) -> None:
+def train(
+    config: list[str] | None = ConfigOpt,
+    training_set: Path | None = typer.Option(None, help="CSV/JSON with text,label (default: prepared v1 set)."),
+    reason: str = typer.Option("manual training", help="Why; recorded on the model version and history."),
+) -> None:
     """Run the training flow: validate → train → evaluate → register → promote."""
     settings = _settings(config)
     _orchestrator(settings)
     from flows.training import training
 
-    out = training(training_set=str(training_set) if training_set else None, reason=reason,
-                   trigger="cli", config=config)
-    console.print(f"registered {out.candidate}: accuracy {out.report.accuracy:.4f}, "
-                  f"macro-F1 {out.report.macro_f1:.4f} → "
-                  f"{'[green]promoted[/green]' if out.decision.promote else '[yellow]not promoted[/yellow]'}"
-                  f" ({out.decision.reason})")
+    out = training(
+        training_set=str(training_set) if training_set else None, reason=reason, trigger="cli", config=config
+    )
+    console.print(
+        f"registered {out.candidate}: accuracy {out.report.accuracy:.4f}, "
+        f"macro-F1 {out.report.macro_f1:.4f} → "
+        f"{'[green]promoted[/green]' if out.decision.promote else '[yellow]not promoted[/yellow]'}"
+        f" ({out.decision.reason})"
+    )
 
 
 @app.command()
-def monitor(config: list[str] | None = ConfigOpt,
-            no_trigger: bool = typer.Option(False, help="Report only; never start a retrain.")) -> None:
+def monitor(
+    config: list[str] | None = ConfigOpt,
+    no_trigger: bool = typer.Option(False, help="Report only; never start a retrain."),
+) -> None:
     """Run the monitoring flow once on the newest window of the prediction log."""
     settings = _settings(config)
     _orchestrator(settings)
@@ -359,20 +389,26 @@ def monitor(config: list[str] | None = ConfigOpt,
             console.print(f"  {s.name:16s} {s.value:.4f} (threshold {s.threshold:.4f}) {'DRIFT' if s.drifted else ''}")
     console.print(f"decision: {'retrain' if out.decision.retrain else 'no retrain'} — {out.decision.reason}")
     if out.retrain:
-        console.print(f"retrained: {out.retrain.candidate} "
-                      f"{'promoted' if out.retrain.decision.promote else 'not promoted'}")
+        console.print(
+            f"retrained: {out.retrain.candidate} {'promoted' if out.retrain.decision.promote else 'not promoted'}"
+        )
 
 
 @app.command()
-def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; shown in the UI and history."),
-            config: list[str] | None = ConfigOpt,
-            min_new_labels: int = typer.Option(0, help="Wait for this many new labelled rows first."),
-            who: str = typer.Option(os.environ.get("USER", "data-scientist"), help="Who asks (recorded)."),
-            param: list[str] | None = typer.Option(
-                None, "--param", "-p", help="A retraining flow parameter, key=value (JSON if it parses); repeatable."),
-            deployment: str | None = typer.Option(
-                None, help="Run this deployment (e.g. retraining/retrain) on the Prefect server instead of in "
-                           "process (default: retrain.via_deployment).")) -> None:
+def retrain(
+    reason: str = typer.Option(..., "--reason", help="Why you retrain; shown in the UI and history."),
+    config: list[str] | None = ConfigOpt,
+    min_new_labels: int = typer.Option(0, help="Wait for this many new labelled rows first."),
+    who: str = typer.Option(os.environ.get("USER", "data-scientist"), help="Who asks (recorded)."),
+    param: list[str] | None = typer.Option(
+        None, "--param", "-p", help="A retraining flow parameter, key=value (JSON if it parses); repeatable."
+    ),
+    deployment: str | None = typer.Option(
+        None,
+        help="Run this deployment (e.g. retraining/retrain) on the Prefect server instead of in "
+        "process (default: retrain.via_deployment).",
+    ),
+) -> None:
     """Start a retrain run by hand, at any time: in process, or as a run of the deployment."""
     settings = _settings(config)
     server = _orchestrator(settings)
@@ -389,8 +425,13 @@ def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; s
         extra = parse_params(param or [], allowed)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    parameters = {"reason": reason, "requested_by": requested_by, "min_new_labels": min_new_labels,
-                  **({"config": list(config)} if config else {}), **extra}
+    parameters = {
+        "reason": reason,
+        "requested_by": requested_by,
+        "min_new_labels": min_new_labels,
+        **({"config": list(config)} if config else {}),
+        **extra,
+    }
     run_tags = [f"requested_by:{requested_by}", "trigger:manual"]
     target = deployment or settings.retrain.via_deployment
     if target:
@@ -400,36 +441,52 @@ def retrain(reason: str = typer.Option(..., "--reason", help="Why you retrain; s
         try:
             run = run_deployment(target, parameters=parameters, tags=run_tags, timeout=0, as_subflow=False)
         except ObjectNotFound:
-            raise RunFailed(f"no deployment {target!r} on {server.api_url}: run `prefect deploy --all` "
-                            "in the project directory first") from None
-        console.print(f"created flow run {run.name} of {target} (a worker of its pool runs it):\n"
-                      f"{_flow_run_url(server, run.id)}")
+            raise RunFailed(
+                f"no deployment {target!r} on {server.api_url}: run `prefect deploy --all` "
+                "in the project directory first"
+            ) from None
+        console.print(
+            f"created flow run {run.name} of {target} (a worker of its pool runs it):\n{_flow_run_url(server, run.id)}"
+        )
         return
     with prefect_tags(*run_tags):
         out = retraining(**parameters)
-    console.print(f"{out.candidate}: accuracy {out.report.accuracy:.4f} → "
-                  f"{'promoted' if out.decision.promote else 'not promoted'} ({out.decision.reason})")
+    console.print(
+        f"{out.candidate}: accuracy {out.report.accuracy:.4f} → "
+        f"{'promoted' if out.decision.promote else 'not promoted'} ({out.decision.reason})"
+    )
 
 
 @app.command()
-def serve(config: list[str] | None = ConfigOpt,
-          host: str | None = typer.Option(None, help="Bind this address (default: serving.host, 127.0.0.1; "
-                                                        "0.0.0.0 needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1)."),
-          port: int | None = typer.Option(None, help="Bind this port (default: serving.port).")) -> None:
+def serve(
+    config: list[str] | None = ConfigOpt,
+    host: str | None = typer.Option(
+        None, help="Bind this address (default: serving.host, 127.0.0.1; 0.0.0.0 needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1)."
+    ),
+    port: int | None = typer.Option(None, help="Bind this port (default: serving.port)."),
+) -> None:
     """Serve the champion over HTTP (reloads when the alias moves)."""
     from driftloop import serving, wiring
 
     # The options are settings like any other: validated (the loopback guard included) and named
     # in an error as the option that set them.
     chosen = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    settings = _settings(config, options={f"serving.{k}": f"from --{k}" for k in chosen},
-                         **({"serving": chosen} if chosen else {}))
+    settings = _settings(
+        config, options={f"serving.{k}": f"from --{k}" for k in chosen}, **({"serving": chosen} if chosen else {})
+    )
     parts = wiring.build(settings)
-    console.print(f"serving {settings.registry.model_name}@champion on http://{settings.serving.host}:{settings.serving.port}")
+    console.print(
+        f"serving {settings.registry.model_name}@champion on http://{settings.serving.host}:{settings.serving.port}"
+    )
     try:
-        serving.run_server(settings.serving, parts.registry, parts.log_root,
-                           low_confidence=settings.monitor.low_confidence, monitor_status=settings.monitor_status_path,
-                           trace_cfg=settings.tracing)
+        serving.run_server(
+            settings.serving,
+            parts.registry,
+            parts.log_root,
+            low_confidence=settings.monitor.low_confidence,
+            monitor_status=settings.monitor_status_path,
+            trace_cfg=settings.tracing,
+        )
     except serving.MissingApiToken as exc:  # refuse to start, saying what to set
         raise InputError(f"not starting: {exc}") from exc
 
@@ -447,9 +504,16 @@ def status(config: list[str] | None = ConfigOpt) -> None:
         table.add_column(col, overflow="fold")
     for v in versions:
         tags = v["tags"]
-        table.add_row(v["version"], ", ".join(v["aliases"]), _metric(tags.get("metric.accuracy")),
-                      _metric(tags.get("metric.macro_f1")), tags.get("data.name", ""), tags.get("data.md5", "")[:10],
-                      tags.get("trigger", ""), tags.get("decision", ""))
+        table.add_row(
+            v["version"],
+            ", ".join(v["aliases"]),
+            _metric(tags.get("metric.accuracy")),
+            _metric(tags.get("metric.macro_f1")),
+            tags.get("data.name", ""),
+            tags.get("data.md5", "")[:10],
+            tags.get("trigger", ""),
+            tags.get("decision", ""),
+        )
     console.print(table if versions else "no model registered yet")
     runs = parts.registry.recent_runs()
     if runs:
@@ -476,8 +540,10 @@ def _metric(value: str | None) -> str:
 
 
 @app.command()
-def history(config: list[str] | None = ConfigOpt,
-            as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
+def history(
+    config: list[str] | None = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
     """The champion history: every alias move, when, why, by whom."""
     from dataclasses import asdict
 
@@ -501,12 +567,13 @@ WhoOpt = typer.Option(os.environ.get("USER", "operator"), "--by", help="Who acts
 
 
 @rollout_app.command("start")
-def rollout_start(config: list[str] | None = ConfigOpt,
-                  version: str | None = typer.Option(None, help="Version to roll out (default: the challenger alias)."),
-                  strategy: str | None = typer.Option(None,
-                                                      help="progressive, bluegreen or ab (default: rollout.strategy)."),
-                  reason: str = typer.Option("", help="Why; recorded in the history."),
-                  who: str = WhoOpt) -> None:
+def rollout_start(
+    config: list[str] | None = ConfigOpt,
+    version: str | None = typer.Option(None, help="Version to roll out (default: the challenger alias)."),
+    strategy: str | None = typer.Option(None, help="progressive, bluegreen or ab (default: rollout.strategy)."),
+    reason: str = typer.Option("", help="Why; recorded in the history."),
+    who: str = WhoOpt,
+) -> None:
     """Run the rollout flow: the challenger through the strategy's stages on live traffic, then
     promote or roll back, then watch the new champion (needs the serving app and traffic)."""
     settings = _settings(config)
@@ -516,8 +583,10 @@ def rollout_start(config: list[str] | None = ConfigOpt,
     from flows.rollout import rollout
 
     out = rollout(challenger=version, strategy=strategy, requested_by=f"manual:{who}", reason=reason, config=config)
-    console.print(f"rollout {out.rollout_id} of {out.challenger}: [bold]{out.result}[/bold] at {out.stage} — "
-                  f"{out.reason}\nchampion now: {out.champion}")
+    console.print(
+        f"rollout {out.rollout_id} of {out.challenger}: [bold]{out.result}[/bold] at {out.stage} — "
+        f"{out.reason}\nchampion now: {out.champion}"
+    )
 
 
 @rollout_app.command("status")
@@ -533,17 +602,26 @@ def rollout_status(config: list[str] | None = ConfigOpt) -> None:
     if not state.active:
         console.print("no rollout in progress: the champion answers 100% of traffic")
         return
-    console.print(f"rollout {state.rollout_id}: stage [bold]{state.stage}[/bold] ({state.mode}, "
-                  f"{state.weight:.0%} of callers to v{state.challenger}) since {state.since}, by {state.actor}")
+    console.print(
+        f"rollout {state.rollout_id}: stage [bold]{state.stage}[/bold] ({state.mode}, "
+        f"{state.weight:.0%} of callers to v{state.challenger}) since {state.since}, by {state.actor}"
+    )
     step = rollout.step_of(settings.rollout, state)
     if step is None or routing.champion is None or step.kind == rollout.KIND_STANDBY:
         return
     since = rollout.parse_since(state)
-    champ, chal = rollout.arms(rollout.live_frame(parts.log_root, since), routing.champion.version,
-                               state.challenger, step, settings.monitor.low_confidence, since)
+    champ, chal = rollout.arms(
+        rollout.live_frame(parts.log_root, since),
+        routing.champion.version,
+        state.challenger,
+        step,
+        settings.monitor.low_confidence,
+        since,
+    )
     table = Table(title="live numbers of this stage")
     for col in ("slot", "version", "n", "errors", "p95 ms", "low-conf", "labelled", "accuracy", "agreement"):
         table.add_column(col)
+
     def fmt(v: object) -> str:
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
@@ -552,18 +630,28 @@ def rollout_status(config: list[str] | None = ConfigOpt) -> None:
     console.print(table)
     elapsed = (datetime.now(UTC) - since).total_seconds()
     if step.kind == rollout.KIND_AB:
-        preview = analysis.decide_ab(champ, chal, settings.rollout.ab, settings.rollout.ab.baseline_accuracy or 0.8,
-                                     elapsed, settings.rollout.guard)
+        preview = analysis.decide_ab(
+            champ,
+            chal,
+            settings.rollout.ab,
+            settings.rollout.ab.baseline_accuracy or 0.8,
+            elapsed,
+            settings.rollout.guard,
+        )
     else:
         plan = rollout.plan(settings.rollout)
-        preview = analysis.decide_stage(champ, chal, rollout.stage_spec(step), settings.rollout.guard, elapsed,
-                                        step == plan[-1])
+        preview = analysis.decide_stage(
+            champ, chal, rollout.stage_spec(step), settings.rollout.guard, elapsed, step == plan[-1]
+        )
     console.print(f"analysis now: [bold]{preview.action}[/bold] — {preview.reason}")
 
 
 @rollout_app.command("promote")
-def rollout_promote(reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
-                    config: list[str] | None = ConfigOpt, who: str = WhoOpt) -> None:
+def rollout_promote(
+    reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+    config: list[str] | None = ConfigOpt,
+    who: str = WhoOpt,
+) -> None:
     """Promote the challenger to 100% now, skipping the remaining stages."""
     from driftloop import rollout, wiring
 
@@ -576,8 +664,11 @@ def rollout_promote(reason: str = typer.Option(..., "--reason", help="Why; recor
 
 
 @rollout_app.command("abort")
-def rollout_abort(reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
-                  config: list[str] | None = ConfigOpt, who: str = WhoOpt) -> None:
+def rollout_abort(
+    reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+    config: list[str] | None = ConfigOpt,
+    who: str = WhoOpt,
+) -> None:
     """Withdraw the challenger: the champion answers 100% again at once."""
     from driftloop import rollout, wiring
 
@@ -587,8 +678,11 @@ def rollout_abort(reason: str = typer.Option(..., "--reason", help="Why; recorde
 
 
 @app.command()
-def rollback(reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
-             config: list[str] | None = ConfigOpt, who: str = WhoOpt) -> None:
+def rollback(
+    reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+    config: list[str] | None = ConfigOpt,
+    who: str = WhoOpt,
+) -> None:
     """Return the champion to the last good version in the history (any rollout is withdrawn)."""
     from driftloop import rollout, wiring
 
@@ -600,8 +694,10 @@ def rollback(reason: str = typer.Option(..., "--reason", help="Why; recorded in 
 
 
 @data_app.command("prepare")
-def data_prepare(config: list[str] | None = ConfigOpt,
-                 out: Path = typer.Option(Path("data/prepared"), help="Where to write the splits.")) -> None:
+def data_prepare(
+    config: list[str] | None = ConfigOpt,
+    out: Path = typer.Option(Path("data/prepared"), help="Where to write the splits."),
+) -> None:
     """Write the configured data set's splits (train, eval, reference, traffic pools) into --out."""
     from driftloop import pipeline
 
@@ -612,9 +708,11 @@ def data_prepare(config: list[str] | None = ConfigOpt,
 
 
 @data_app.command("restore")
-def data_restore(version: str = typer.Option(..., help="Model version whose training set to restore."),
-                 out: Path | None = typer.Option(None, help="Destination file."),
-                 config: list[str] | None = ConfigOpt) -> None:
+def data_restore(
+    version: str = typer.Option(..., help="Model version whose training set to restore."),
+    out: Path | None = typer.Option(None, help="Destination file."),
+    config: list[str] | None = ConfigOpt,
+) -> None:
     """Restore the exact training set of a registered model version (via its DVC hash)."""
     from driftloop import wiring
     from driftloop.types import ModelRef
@@ -630,9 +728,11 @@ def data_restore(version: str = typer.Option(..., help="Model version whose trai
 
 
 @pipeline_app.command("train")
-def pipeline_train(train_set: Path = typer.Option(Path("data/prepared/train.csv")),
-                   out: Path = typer.Option(Path("models/model.joblib")),
-                   config: list[str] | None = ConfigOpt) -> None:
+def pipeline_train(
+    train_set: Path = typer.Option(Path("data/prepared/train.csv")),
+    out: Path = typer.Option(Path("models/model.joblib")),
+    config: list[str] | None = ConfigOpt,
+) -> None:
     """DVC stage: validate and train on a prepared training set, save the model."""
     from driftloop import pipeline
 
@@ -640,9 +740,11 @@ def pipeline_train(train_set: Path = typer.Option(Path("data/prepared/train.csv"
 
 
 @pipeline_app.command("evaluate")
-def pipeline_evaluate(model_path: Path = typer.Option(Path("models/model.joblib"), "--model"),
-                      eval_set: Path = typer.Option(Path("data/prepared/eval.csv"), "--eval"),
-                      out: Path = typer.Option(Path("metrics"))) -> None:
+def pipeline_evaluate(
+    model_path: Path = typer.Option(Path("models/model.joblib"), "--model"),
+    eval_set: Path = typer.Option(Path("data/prepared/eval.csv"), "--eval"),
+    out: Path = typer.Option(Path("metrics")),
+) -> None:
     """DVC stage: score the model on the held-out set; metrics for ``dvc metrics show``."""
     from driftloop import pipeline
 
@@ -670,8 +772,11 @@ def ui_prefect(config: list[str] | None = ConfigOpt) -> None:
     env = os.environ | prefect_server.prefect_env(home)
     env.pop("PREFECT_API_URL", None)
     console.print(f"Prefect UI: http://127.0.0.1:{settings.prefect.port}")
-    os.execvpe(str(Path(sys.executable).parent / "prefect"),
-               ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect.port)], env)
+    os.execvpe(
+        str(Path(sys.executable).parent / "prefect"),
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect.port)],
+        env,
+    )
 
 
 @ui_app.command("mlflow")
@@ -680,10 +785,24 @@ def ui_mlflow(config: list[str] | None = ConfigOpt, port: int = typer.Option(500
     settings = _settings(config)
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     console.print(f"MLflow UI: http://127.0.0.1:{port}")
-    os.execvpe(str(Path(sys.executable).parent / "mlflow"),
-               ["mlflow", "server", "--backend-store-uri", settings.tracking_uri,
-                "--default-artifact-root", settings.artifact_root.as_uri(),
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env)
+    os.execvpe(
+        str(Path(sys.executable).parent / "mlflow"),
+        [
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            settings.tracking_uri,
+            "--default-artifact-root",
+            settings.artifact_root.as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env,
+    )
 
 
 def _stack(config: list[str] | None):
@@ -694,9 +813,10 @@ def _stack(config: list[str] | None):
 
 
 @stack_app.command("up")
-def stack_up(config: list[str] | None = ConfigOpt,
-             service: list[str] | None = typer.Option(None, "--service", "-s",
-                                                         help="Only these services (repeatable).")) -> None:
+def stack_up(
+    config: list[str] | None = ConfigOpt,
+    service: list[str] | None = typer.Option(None, "--service", "-s", help="Only these services (repeatable)."),
+) -> None:
     """Start the stack (what is already healthy is left alone); print the URLs."""
     mod, stack = _stack(config)
     t0 = datetime.now(UTC)
@@ -709,8 +829,10 @@ def stack_up(config: list[str] | None = ConfigOpt,
     for s in out:
         table.add_row(s.name, s.url, "started" if s.started_s is not None else "already running")
     console.print(table)
-    console.print(f"stack ready in {took:.1f} s (data under {stack.root}). Use it with "
-                  f"[bold]-c stack[/bold] (or DRIFTLOOP_CONFIG=stack); stop it with `driftloop stack down`.")
+    console.print(
+        f"stack ready in {took:.1f} s (data under {stack.root}). Use it with "
+        f"[bold]-c stack[/bold] (or DRIFTLOOP_CONFIG=stack); stop it with `driftloop stack down`."
+    )
 
 
 @stack_app.command("down")
@@ -741,8 +863,9 @@ def stack_env(config: list[str] | None = ConfigOpt) -> None:
 
     mod, stack = _stack(config)
     mod.load_secrets(stack, create=False)
-    for key, value in (stack.client_env() | {"PREFECT_API_URL": stack.prefect_api_url,
-                                              "DRIFTLOOP_CONFIG": "stack"}).items():
+    for key, value in (
+        stack.client_env() | {"PREFECT_API_URL": stack.prefect_api_url, "DRIFTLOOP_CONFIG": "stack"}
+    ).items():
         print(f"export {key}={shlex.quote(value)}")
 
 

@@ -32,19 +32,19 @@ def select_window(predictions: pd.DataFrame, model_version: str | None, size: in
 
 @dataclass(frozen=True)
 class LabelledRows:
-    rows: pd.DataFrame          # text, label: usable for training
-    quarantined: pd.DataFrame   # feedback whose label is not in the label set (kept, not used)
+    rows: pd.DataFrame  # text, label: usable for training
+    quarantined: pd.DataFrame  # feedback whose label is not in the label set (kept, not used)
 
 
-def labelled_rows(predictions: pd.DataFrame, feedback: pd.DataFrame,
-                  label_set: Iterable[str]) -> LabelledRows:
+def labelled_rows(predictions: pd.DataFrame, feedback: pd.DataFrame, label_set: Iterable[str]) -> LabelledRows:
     """Production texts with the labels annotators gave them (last label wins per request)."""
     empty = pd.DataFrame({TEXT: pd.Series(dtype=str), LABEL: pd.Series(dtype=str)})
     if predictions.empty or feedback.empty:
         return LabelledRows(empty, empty.assign(request_id=pd.Series(dtype=str)))
     last = feedback.sort_values("time", kind="stable").drop_duplicates("request_id", keep="last")
     joined = last[["request_id", "label"]].merge(
-        predictions[["request_id", TEXT]].drop_duplicates("request_id"), on="request_id", how="inner")
+        predictions[["request_id", TEXT]].drop_duplicates("request_id"), on="request_id", how="inner"
+    )
     known = joined[LABEL].isin(set(label_set))
     rows = joined[known][[TEXT, LABEL]]
     rows = rows.loc[~normalise(rows[TEXT]).duplicated(keep="last")].reset_index(drop=True)
@@ -57,20 +57,21 @@ def new_rows(previous: pd.DataFrame, labelled: pd.DataFrame, eval_texts: Iterabl
     return labelled.loc[~normalise(labelled[TEXT]).isin(seen)].reset_index(drop=True)
 
 
-def merge_training_set(previous: pd.DataFrame, labelled: pd.DataFrame,
-                       eval_texts: Iterable[str]) -> pd.DataFrame:
+def merge_training_set(previous: pd.DataFrame, labelled: pd.DataFrame, eval_texts: Iterable[str]) -> pd.DataFrame:
     """Previous training set plus the new labelled rows, no duplicates, nothing from eval."""
     added = new_rows(previous, labelled, eval_texts)
     return pd.concat([previous[[TEXT, LABEL]], added[[TEXT, LABEL]]], ignore_index=True)
 
 
-def production_reference(window: pd.DataFrame, training_texts: Iterable[str],
-                         eval_texts: Iterable[str]) -> pd.DataFrame:
+def production_reference(
+    window: pd.DataFrame, training_texts: Iterable[str], eval_texts: Iterable[str]
+) -> pd.DataFrame:
     """The monitoring reference after a retrain: recent production texts the new model never
     trained on (nor is scored on). Labelled rows went into training, so these are the window's
     unlabelled texts; they carry today's mix of intents, which is what "no drift" now means."""
     seen = set(normalise(pd.Series(list(training_texts), dtype=str))) | set(
-        normalise(pd.Series(list(eval_texts), dtype=str)))
+        normalise(pd.Series(list(eval_texts), dtype=str))
+    )
     if window.empty:
         return pd.DataFrame({TEXT: pd.Series(dtype=str), LABEL: pd.Series(dtype=str)})
     fresh = window.loc[~normalise(window[TEXT]).isin(seen), [TEXT]]

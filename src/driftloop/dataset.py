@@ -70,8 +70,7 @@ def read_labelled(path: Path | str, text_field: str = TEXT, label_field: str = L
     missing = [f for f in (text_field, label_field) if f not in frame.columns]
     if missing:
         raise DataError(
-            f"{path}: missing field(s) {missing}; found {list(frame.columns)} "
-            f"(set data.text_field / data.label_field)"
+            f"{path}: missing field(s) {missing}; found {list(frame.columns)} (set data.text_field / data.label_field)"
         )
     out = frame[[text_field, label_field]].rename(columns={text_field: TEXT, label_field: LABEL})
     out[TEXT] = out[TEXT].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
@@ -138,9 +137,7 @@ def build_splits(cfg: DataSettings) -> ScenarioSplits:
     eval_set, rest = _stratified_take(test, cfg.eval_fraction, cfg.seed)
     rest_known = rest[~rest[LABEL].isin(new)].reset_index(drop=True)
     reference, live_known = _stratified_take(rest_known, cfg.reference_fraction, cfg.seed + 1)
-    live_new = pd.concat(
-        [rest[rest[LABEL].isin(new)], train[train[LABEL].isin(new)]], ignore_index=True
-    )
+    live_new = pd.concat([rest[rest[LABEL].isin(new)], train[train[LABEL].isin(new)]], ignore_index=True)
     live_new = live_new.loc[~normalise(live_new[TEXT]).duplicated()].reset_index(drop=True)
     v1_train = train[~train[LABEL].isin(new)].reset_index(drop=True)
     return ScenarioSplits(
@@ -188,11 +185,18 @@ def data_key(cfg: DataSettings, hashes: Mapping[str, str]) -> str:
 
     ``data.name`` is a label for people and plays no part (the same files split the same way are
     the same data, whatever they are called)."""
-    shape = {"format": SPLIT_FORMAT, "raw": dict(sorted(hashes.items())),
-             "train_path": str(cfg.train_path), "test_path": str(cfg.test_path),
-             "text_field": cfg.text_field, "label_field": cfg.label_field,
-             "new_labels": sorted(cfg.new_labels), "eval_fraction": cfg.eval_fraction,
-             "reference_fraction": cfg.reference_fraction, "seed": cfg.seed}
+    shape = {
+        "format": SPLIT_FORMAT,
+        "raw": dict(sorted(hashes.items())),
+        "train_path": str(cfg.train_path),
+        "test_path": str(cfg.test_path),
+        "text_field": cfg.text_field,
+        "label_field": cfg.label_field,
+        "new_labels": sorted(cfg.new_labels),
+        "eval_fraction": cfg.eval_fraction,
+        "reference_fraction": cfg.reference_fraction,
+        "seed": cfg.seed,
+    }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -205,7 +209,7 @@ class PreparedData:
     name: str
     key: str
     dir: Path
-    raw: Mapping[str, str] = field(default_factory=dict)   # role -> sha256 of the raw file
+    raw: Mapping[str, str] = field(default_factory=dict)  # role -> sha256 of the raw file
     rows: Mapping[str, int] = field(default_factory=dict)  # split -> rows written
 
     def __getitem__(self, split: str) -> Path:
@@ -224,8 +228,11 @@ class PreparedData:
 
     def lineage(self) -> dict[str, str]:
         """Tags for a model version and its run: which data set, which key, which raw files."""
-        return {"data.name": self.name, "data.key": self.key,
-                **{f"data.raw.{role}.sha256": digest for role, digest in self.raw.items()}}
+        return {
+            "data.name": self.name,
+            "data.key": self.key,
+            **{f"data.raw.{role}.sha256": digest for role, digest in self.raw.items()},
+        }
 
 
 def require_same_data(prepared: PreparedData, tags: Mapping[str, str], who: str) -> None:
@@ -237,7 +244,8 @@ def require_same_data(prepared: PreparedData, tags: Mapping[str, str], who: str)
         raise DataError(
             f"{who} was trained on data set {tags.get('data.name', '?')!r} (data key {key}), but data.* now "
             f"prepares {prepared.name!r} (data key {prepared.key}, from {prepared.dir}): train a first model "
-            f"on it (`driftloop train`), or give it its own registry.model_name")
+            f"on it (`driftloop train`), or give it its own registry.model_name"
+        )
 
 
 def _write_splits(cfg: DataSettings, out_dir: Path, key: str, hashes: Mapping[str, str]) -> PreparedData:
@@ -250,8 +258,13 @@ def _write_splits(cfg: DataSettings, out_dir: Path, key: str, hashes: Mapping[st
         rows[name] = len(frame)
     (out_dir / "labels.json").write_text(json.dumps(list(splits.labels), indent=0))
     prepared = PreparedData(cfg.name, key, out_dir, dict(hashes), rows)
-    manifest = {"name": cfg.name, "key": key, "raw": dict(hashes), "rows": rows,
-                "settings": cfg.model_dump(mode="json")}
+    manifest = {
+        "name": cfg.name,
+        "key": key,
+        "raw": dict(hashes),
+        "rows": rows,
+        "settings": cfg.model_dump(mode="json"),
+    }
     # Written last: a folder without its manifest is a build that did not finish.
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return prepared
@@ -283,11 +296,11 @@ def ensure_prepared(cfg: DataSettings, root: Path) -> PreparedData:
     try:
         _write_splits(cfg, building, key, hashes)
         if final.exists() and _read_complete(final, key) is None:
-            shutil.rmtree(final)   # an unfinished folder left by a crash before manifests existed
+            shutil.rmtree(final)  # an unfinished folder left by a crash before manifests existed
         try:
             os.replace(building, final)
         except OSError:
-            if _read_complete(final, key) is None:   # not a concurrent build that finished first
+            if _read_complete(final, key) is None:  # not a concurrent build that finished first
                 raise
     finally:
         shutil.rmtree(building, ignore_errors=True)

@@ -43,8 +43,17 @@ from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import Settings
 
 # Loop state a demo run owns; "prefect" (the UI's run history) and "prepared" are kept.
-_DEMO_STATE = ("mlflow.db", "mlartifacts", "logs", "datasets", "dvc-remote", "reports", "retrain",
-               "champion_history.jsonl", "retrain_triggers.jsonl")
+_DEMO_STATE = (
+    "mlflow.db",
+    "mlartifacts",
+    "logs",
+    "datasets",
+    "dvc-remote",
+    "reports",
+    "retrain",
+    "champion_history.jsonl",
+    "retrain_triggers.jsonl",
+)
 
 
 @dataclass
@@ -108,8 +117,14 @@ class ServingProcess:
         # server refuses to start without one, and the annotators must send it).
         token_env = settings.serving.api_token_env
         self.token = os.environ.get(token_env, "").strip() or secrets.token_urlsafe(32)
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env={**os.environ, token_env: self.token})
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, token_env: self.token},
+        )
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         simulator.wait_ready(self.url, timeout_s, self.proc, hint=f"; see {self._log.name}")
@@ -143,8 +158,9 @@ def live_accuracy(log_root: Path) -> pd.DataFrame:
     if labelled.empty:
         return pd.DataFrame(columns=["model_version", "labelled", "accuracy"])
     labelled = labelled.assign(correct=labelled["intent"] == labelled[LABEL])
-    return (labelled.groupby("model_version")
-            .agg(labelled=("correct", "size"), accuracy=("correct", "mean")).reset_index())
+    return (
+        labelled.groupby("model_version").agg(labelled=("correct", "size"), accuracy=("correct", "mean")).reset_index()
+    )
 
 
 def estimate_minutes(settings: Settings, train_rows: int, plan: simulator.TrafficPlan) -> tuple[float, float]:
@@ -185,8 +201,10 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
     tl = Timeline(console)
     console.rule("[bold]driftloop demo[/bold] — intent router on " + settings.data.name)
     reset_state(settings)
-    tl.step(f"state dir [cyan]{settings.state_dir}[/cyan] reset (Prefect run history kept); "
-            f"Prefect UI [cyan]{server.ui_url}[/cyan]")
+    tl.step(
+        f"state dir [cyan]{settings.state_dir}[/cyan] reset (Prefect run history kept); "
+        f"Prefect UI [cyan]{server.ui_url}[/cyan]"
+    )
 
     from flows.monitoring import monitoring
     from flows.training import training
@@ -198,24 +216,41 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
     # The data first: a bad file or a data set too small for the scenario is said before anything runs.
     prepared = dataset.ensure_prepared(settings.data, parts.prepared_dir)
     splits = {n: prepared.read(n) for n in ("live_known", "live_new")}
-    plan = simulator.plan_traffic(demo.quiet_requests, demo.drift_requests, demo.after_requests, demo.new_share,
-                                  len(splits["live_known"]), len(splits["live_new"]), settings.monitor.min_window)
-    tl.step(f"data set {prepared.name}: {prepared.rows.get('train', '?')} training rows, "
-            f"{len(settings.data.new_labels)} labels withheld as new, prepared in {prepared.dir} (key {prepared.key})")
+    plan = simulator.plan_traffic(
+        demo.quiet_requests,
+        demo.drift_requests,
+        demo.after_requests,
+        demo.new_share,
+        len(splits["live_known"]),
+        len(splits["live_new"]),
+        settings.monitor.min_window,
+    )
+    tl.step(
+        f"data set {prepared.name}: {prepared.rows.get('train', '?')} training rows, "
+        f"{len(settings.data.new_labels)} labels withheld as new, prepared in {prepared.dir} (key {prepared.key})"
+    )
     if plan.scaled:
-        tl.step(f"   [yellow]traffic scaled to the data set's pools[/yellow] ({len(splits['live_known'])} known-label, "
-                f"{len(splits['live_new'])} new-label texts): {plan.summary()}")
+        tl.step(
+            f"   [yellow]traffic scaled to the data set's pools[/yellow] ({len(splits['live_known'])} known-label, "
+            f"{len(splits['live_new'])} new-label texts): {plan.summary()}"
+        )
     typical, worst = estimate_minutes(settings, prepared.rows.get("train", 0), plan)
     stages = "; rollout stages end by their max_duration_s" if settings.rollout.enabled else ""
-    tl.step(f"expected duration on 2 CPU cores: about {typical:.0f} min, at most {worst:.0f} min "
-            f"({settings.model.family} trained twice{stages})")
+    tl.step(
+        f"expected duration on 2 CPU cores: about {typical:.0f} min, at most {worst:.0f} min "
+        f"({settings.model.family} trained twice{stages})"
+    )
 
     tl.step(f"[bold]1. version 1[/bold]: training without the {len(settings.data.new_labels)} new intents …")
-    with (tl.timed("training flow (v1)"),
-          console.status("training flow: validate → train → evaluate → register → promote")):
+    with (
+        tl.timed("training flow (v1)"),
+        console.status("training flow: validate → train → evaluate → register → promote"),
+    ):
         v1 = training(reason="initial model (new intents not launched yet)", trigger="demo", config=config)
-    tl.step(f"   {v1.candidate}: eval accuracy {v1.report.accuracy:.3f} (the eval set already holds the new "
-            f"intents), macro-F1 {v1.report.macro_f1:.3f} → {'champion' if v1.decision.promote else 'rejected'}")
+    tl.step(
+        f"   {v1.candidate}: eval accuracy {v1.report.accuracy:.3f} (the eval set already holds the new "
+        f"intents), macro-F1 {v1.report.macro_f1:.3f} → {'champion' if v1.decision.promote else 'rejected'}"
+    )
 
     serving = ServingProcess(settings, config)
     try:
@@ -234,8 +269,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
 
         tl.step(f"[bold]3. drift[/bold]: {plan.drift} requests, {demo.new_share:.0%} of them new intents …")
         # Drawn from the texts the phase after the retrain leaves alone (the plan keeps them apart).
-        drifted = simulator.mix(splits["live_known"], splits["live_new"], plan.drift, demo.new_share,
-                                demo.seed + 1)
+        drifted = simulator.mix(splits["live_known"], splits["live_new"], plan.drift, demo.new_share, demo.seed + 1)
         with tl.timed("drift traffic"):
             drift_answers = simulator.send(serving.url, drifted, demo.concurrency)
         failed += sum(a.status != 200 for a in drift_answers)
@@ -252,35 +286,54 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         # starts with the rollout, after the retrain built its training set and reference (this
         # traffic repeats the pools' texts, and labelled repeats would leave too few unseen texts
         # to refresh the monitoring reference).
-        live = simulator.LiveTraffic(serving.url, splits["live_known"], splits["live_new"], demo.new_share,
-                                     demo.label_share, demo.concurrency, demo.seed + 100,
-                                     start_when=lambda: parts.registry.rollout_state().active, token=serving.token)
-        with (tl.timed("monitoring flow (drift) + retraining flow" + (" + rollout flow" if staged else "")),
-              console.status("monitoring flow on the drifted window (a retrain run starts if it fires"
-                             + (", then a rollout run)" if staged else ")")),
-              live if staged else contextlib.nullcontext()):
+        live = simulator.LiveTraffic(
+            serving.url,
+            splits["live_known"],
+            splits["live_new"],
+            demo.new_share,
+            demo.label_share,
+            demo.concurrency,
+            demo.seed + 100,
+            start_when=lambda: parts.registry.rollout_state().active,
+            token=serving.token,
+        )
+        with (
+            tl.timed("monitoring flow (drift) + retraining flow" + (" + rollout flow" if staged else "")),
+            console.status(
+                "monitoring flow on the drifted window (a retrain run starts if it fires"
+                + (", then a rollout run)" if staged else ")")
+            ),
+            live if staged else contextlib.nullcontext(),
+        ):
             out = monitoring(config=config)
         retrained_at = time.time()
         labelling.join()
         failed += live.failed
         if out.drift:
             for s in out.drift.signals:
-                tl.step(f"   {s.name:16s} {s.value:.4f} vs threshold {s.threshold:.4f} "
-                        f"{'[red]drift[/red]' if s.drifted else 'ok'}")
+                tl.step(
+                    f"   {s.name:16s} {s.value:.4f} vs threshold {s.threshold:.4f} "
+                    f"{'[red]drift[/red]' if s.drifted else 'ok'}"
+                )
         tl.step(f"   monitor → [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
         if out.retrain is None:
             console.print("[red]the loop did not close: no retrain run completed[/red]")
             raise SystemExit(1)
         confirmed = parts.ledger.records()[-1].time.timestamp()
         v2 = out.retrain
-        tl.step(f"   retrain run: {v2.candidate} accuracy {v2.report.accuracy:.3f} vs champion "
-                f"{v2.champion_report.accuracy:.3f} → {v2.decision.reason}")
+        tl.step(
+            f"   retrain run: {v2.candidate} accuracy {v2.report.accuracy:.3f} vs champion "
+            f"{v2.champion_report.accuracy:.3f} → {v2.decision.reason}"
+        )
         if staged and v2.rollout is not None:
-            tl.step(f"   [bold]rollout[/bold] of {v2.candidate} on live traffic ({len(live.answers)} requests, "
-                    f"{live.labelled} labelled, {live.failed} failed):")
+            tl.step(
+                f"   [bold]rollout[/bold] of {v2.candidate} on live traffic ({len(live.answers)} requests, "
+                f"{live.labelled} labelled, {live.failed} failed):"
+            )
             for entry in parts.history.entries():
-                if entry.action.startswith("stage:") or (entry.to_version == v2.candidate.version
-                                                         and entry.alias == "champion"):
+                if entry.action.startswith("stage:") or (
+                    entry.to_version == v2.candidate.version and entry.alias == "champion"
+                ):
                     tl.step(f"     {entry.time[11:23]}  {entry.action:16s} {entry.reason[:90]}")
             tl.step(f"   rollout → [bold]{v2.rollout.result}[/bold] at {v2.rollout.stage}")
         if not v2.decision.promote or v2.champion != v2.candidate:
@@ -290,31 +343,43 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         switched = serving.wait_version(v2.candidate.version)
         if staged:
             # The rollout flow returns after its bake; v2 has answered everyone since the promotion.
-            promoted = next(e for e in reversed(parts.history.entries())
-                            if e.alias == "champion" and e.to_version == v2.candidate.version)
+            promoted = next(
+                e
+                for e in reversed(parts.history.entries())
+                if e.alias == "champion" and e.to_version == v2.candidate.version
+            )
             switched = min(switched, datetime.fromisoformat(promoted.time).timestamp())
         swap_s = switched - confirmed
         tl.stages["drift confirmed -> v2 serving"] = swap_s
-        tl.step(f"[bold]5. rollout[/bold]: v{v2.candidate.version} answers all traffic "
-                f"{swap_s:.1f}s after drift was confirmed (no restart"
-                + (f"; replicas follow the promotion within {settings.serving.reload_interval_s:.0f}s)"
-                   if staged else ")"))
+        tl.step(
+            f"[bold]5. rollout[/bold]: v{v2.candidate.version} answers all traffic "
+            f"{swap_s:.1f}s after drift was confirmed (no restart"
+            + (f"; replicas follow the promotion within {settings.serving.reload_interval_s:.0f}s)" if staged else ")")
+        )
         # Fresh texts only (v2 trained on the labelled drifted ones), in the same mix as before.
         used = set(drifted[TEXT])
-        after = simulator.mix(splits["live_known"][~splits["live_known"][TEXT].isin(used)],
-                              splits["live_new"][~splits["live_new"][TEXT].isin(used)],
-                              plan.after, demo.new_share, demo.seed + 2)
+        after = simulator.mix(
+            splits["live_known"][~splits["live_known"][TEXT].isin(used)],
+            splits["live_new"][~splits["live_new"][TEXT].isin(used)],
+            plan.after,
+            demo.new_share,
+            demo.seed + 2,
+        )
         after_answers = simulator.send(serving.url, after, demo.concurrency)
         failed += sum(a.status != 200 for a in after_answers)
         simulator.annotate(serving.url, after_answers, demo.label_share, demo.seed + 3, token=serving.token)
-        with (tl.timed("monitoring flow (steady state)"),
-              console.status("monitoring flow on the new champion's traffic")):
+        with (
+            tl.timed("monitoring flow (steady state)"),
+            console.status("monitoring flow on the new champion's traffic"),
+        ):
             steady = monitoring(config=config)
         if steady.drift:
             tl.step("   " + ", ".join(f"{s.name} {s.value:.3f}/{s.threshold:.3f}" for s in steady.drift.signals))
-        tl.step(f"[bold]6. steady state[/bold]: v{v2.candidate.version} is monitored against recent production "
-                f"texts it never trained on → [{'red' if steady.decision.retrain else 'green'}]"
-                f"{steady.decision.reason}[/]")
+        tl.step(
+            f"[bold]6. steady state[/bold]: v{v2.candidate.version} is monitored against recent production "
+            f"texts it never trained on → [{'red' if steady.decision.retrain else 'green'}]"
+            f"{steady.decision.reason}[/]"
+        )
     finally:
         serving.stop()
 
@@ -327,13 +392,25 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
     console.print(table)
     console.print(f"failed requests: {failed}")
     console.rule("where everything is")
-    console.print(f"Prefect UI      {server.ui_url}   (after the demo: [bold]make ui-prefect[/bold])\n"
-                  f"MLflow UI       [bold]make ui-mlflow[/bold] → http://127.0.0.1:5000  ({settings.tracking_uri})\n"
-                  f"drift reports   {parts.reports_dir}/drift-*.html (also MLflow artifacts of the 'monitor' runs)\n"
-                  f"prediction log  {parts.log_root}/predictions/   feedback {parts.log_root}/feedback/\n"
-                  f"history         driftloop history   ({settings.history_path})\n"
-                  f"training sets   {parts.datasets.root} (DVC); driftloop data restore --version N")
+    console.print(
+        f"Prefect UI      {server.ui_url}   (after the demo: [bold]make ui-prefect[/bold])\n"
+        f"MLflow UI       [bold]make ui-mlflow[/bold] → http://127.0.0.1:5000  ({settings.tracking_uri})\n"
+        f"drift reports   {parts.reports_dir}/drift-*.html (also MLflow artifacts of the 'monitor' runs)\n"
+        f"prediction log  {parts.log_root}/predictions/   feedback {parts.log_root}/feedback/\n"
+        f"history         driftloop history   ({settings.history_path})\n"
+        f"training sets   {parts.datasets.root} (DVC); driftloop data restore --version N"
+    )
     tl.step("done")
-    return {"v1": v1, "v2": v2, "accuracy": acc, "swap_s": swap_s, "failed": failed, "stages": tl.stages,
-            "confirmed_at": confirmed, "retrained_at": retrained_at, "serving_at": switched, "steady": steady,
-            "drift": out.drift}
+    return {
+        "v1": v1,
+        "v2": v2,
+        "accuracy": acc,
+        "swap_s": swap_s,
+        "failed": failed,
+        "stages": tl.stages,
+        "confirmed_at": confirmed,
+        "retrained_at": retrained_at,
+        "serving_at": switched,
+        "steady": steady,
+        "drift": out.drift,
+    }

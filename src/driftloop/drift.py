@@ -115,16 +115,21 @@ class Calibration:
         raise KeyError(f"calibration has no signal '{name}' (has {[s.name for s in self.signals]})")
 
     def to_json(self) -> str:
-        return json.dumps({
-            "version": _CALIBRATION_VERSION,
-            "reference_hash": self.reference_hash,
-            "window_n": self.window_n,
-            "n_reference": self.n_reference,
-            "seed": self.seed,
-            "margin": self.margin,
-            "signals": [{"name": s.name, "threshold": s.threshold, "seen": list(s.seen), "scale": s.scale}
-                        for s in self.signals],
-        }, sort_keys=True)
+        return json.dumps(
+            {
+                "version": _CALIBRATION_VERSION,
+                "reference_hash": self.reference_hash,
+                "window_n": self.window_n,
+                "n_reference": self.n_reference,
+                "seed": self.seed,
+                "margin": self.margin,
+                "signals": [
+                    {"name": s.name, "threshold": s.threshold, "seen": list(s.seen), "scale": s.scale}
+                    for s in self.signals
+                ],
+            },
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
@@ -132,9 +137,12 @@ class Calibration:
         # A cache written by an older layout must be recomputed, not half-read.
         if data.get("version") != _CALIBRATION_VERSION:
             raise ValueError(f"calibration version {data.get('version')!r}, expected {_CALIBRATION_VERSION}")
-        signals = tuple(SignalThreshold(str(s["name"]), float(s["threshold"]),
-                                        tuple(float(v) for v in s["seen"]), float(s["scale"]))
-                        for s in data["signals"])
+        signals = tuple(
+            SignalThreshold(
+                str(s["name"]), float(s["threshold"]), tuple(float(v) for v in s["seen"]), float(s["scale"])
+            )
+            for s in data["signals"]
+        )
         missing = sorted(set(SIGNALS) - {s.name for s in signals})
         if missing:
             raise ValueError(f"calibration lacks signal(s) {missing}")
@@ -188,8 +196,13 @@ def _definition(columns: Iterable[str]):
     )
 
 
-def _run(reference: pd.DataFrame, current: pd.DataFrame, metrics: list, descriptors: list | None = None,
-         embeddings: list[str] | None = None):
+def _run(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    metrics: list,
+    descriptors: list | None = None,
+    embeddings: list[str] | None = None,
+):
     """One Evidently run; its snapshot is read by metric id only."""
     # Imported here, not at module level: importing Evidently takes ~9 s, and flows import this
     # module long before (or without) a monitor run.
@@ -255,12 +268,16 @@ def _prediction_signals(reference: pd.DataFrame, current: pd.DataFrame) -> tuple
     snapshot = _run(reference[cols], current[cols], [intents, confidence])
     results = snapshot.metric_results
     reference_mean = snapshot.context.get_reference_metric_result(confidence.metric_id).value
-    return (float(results[intents.metric_id].value),
-            float(reference_mean) - float(results[confidence.metric_id].value))
+    return (float(results[intents.metric_id].value), float(reference_mean) - float(results[confidence.metric_id].value))
 
 
-def _save_report(reference: pd.DataFrame, current: pd.DataFrame, thresholds: dict[str, float],
-                 path: Path, embeddings: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+def _save_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    thresholds: dict[str, float],
+    path: Path,
+    embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
     """The HTML report people read: the three signals (text drift on the first split) with our
     thresholds, embedding drift when there are embeddings, and text length and word count for
     context only."""
@@ -284,9 +301,12 @@ def _save_report(reference: pd.DataFrame, current: pd.DataFrame, thresholds: dic
         columns = [f"emb_{i}" for i in range(embeddings[0].shape[1])]
         reference = pd.concat([reference.reset_index(drop=True), pd.DataFrame(embeddings[0], columns=columns)], axis=1)
         current = pd.concat([current.reset_index(drop=True), pd.DataFrame(embeddings[1], columns=columns)], axis=1)
-        metrics.append(EmbeddingsDrift(embeddings_name=_EMBEDDING,
-                                       drift_method=ModelDriftMethod(bootstrap=False,
-                                                                     threshold=thresholds[EMBEDDING_DRIFT])))
+        metrics.append(
+            EmbeddingsDrift(
+                embeddings_name=_EMBEDDING,
+                drift_method=ModelDriftMethod(bootstrap=False, threshold=thresholds[EMBEDDING_DRIFT]),
+            )
+        )
     snapshot = _run(reference, current, metrics, descriptors, embeddings=columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(path))
@@ -304,8 +324,13 @@ def min_reference_size(cfg: MonitorSettings) -> int:
     return 2 * cfg.min_window
 
 
-def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
-              reference_is_sample: bool = False, embed: Embedder | None = None) -> Calibration:
+def calibrate(
+    reference: pd.DataFrame,
+    window_n: int,
+    cfg: MonitorSettings,
+    reference_is_sample: bool = False,
+    embed: Embedder | None = None,
+) -> Calibration:
     """Thresholds from the reference's own variation, deterministic for ``cfg.seed``.
 
     With ``embed`` (the champion's sentence embeddings) embedding drift is calibrated too, on the
@@ -337,8 +362,9 @@ def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
     """
     ref = _distinct(reference)
     if len(ref) < min_reference_size(cfg):
-        raise ValueError(f"reference has {len(ref)} distinct texts; calibration needs 2 x min_window "
-                         f"= {min_reference_size(cfg)}")
+        raise ValueError(
+            f"reference has {len(ref)} distinct texts; calibration needs 2 x min_window = {min_reference_size(cfg)}"
+        )
     k = min(window_n, len(ref) // 2)
     text_scale = _auc_spread(len(ref), window_n) / _auc_spread(len(ref) - k, k)
     rng = np.random.default_rng(cfg.seed)
@@ -364,16 +390,21 @@ def calibrate(reference: pd.DataFrame, window_n: int, cfg: MonitorSettings,
         INTENT_DRIFT: 0.0,
         # Confidence going up is never drift: the threshold stays a drop.
         CONFIDENCE_DROP: 0.0,
-        EMBEDDING_DRIFT: cfg.text_auc_floor,   # an AUC like text drift's
+        EMBEDDING_DRIFT: cfg.text_auc_floor,  # an AUC like text drift's
     }
     scales = {TEXT_DRIFT: text_scale, INTENT_DRIFT: 1.0, CONFIDENCE_DROP: 1.0, EMBEDDING_DRIFT: text_scale}
     signals = tuple(
-        SignalThreshold(name, max(floors[name], max(seen[name]) + cfg.margin), tuple(seen[name]),
-                        scales[name])
+        SignalThreshold(name, max(floors[name], max(seen[name]) + cfg.margin), tuple(seen[name]), scales[name])
         for name in names
     )
-    return Calibration(reference_hash=reference_hash(reference), window_n=int(window_n),
-                       n_reference=len(ref), seed=cfg.seed, margin=cfg.margin, signals=signals)
+    return Calibration(
+        reference_hash=reference_hash(reference),
+        window_n=int(window_n),
+        n_reference=len(ref),
+        seed=cfg.seed,
+        margin=cfg.margin,
+        signals=signals,
+    )
 
 
 def _time_range(current: pd.DataFrame) -> tuple[datetime | None, datetime | None]:
@@ -405,9 +436,15 @@ def _live_accuracy(current: pd.DataFrame) -> tuple[float | None, int]:
     return float(hits), len(labelled)
 
 
-def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSettings,
-                 calibration: Calibration | None = None, report_path: Path | None = None,
-                 window_id: str = "", embed: Embedder | None = None) -> DriftResult:
+def detect_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    cfg: MonitorSettings,
+    calibration: Calibration | None = None,
+    report_path: Path | None = None,
+    window_id: str = "",
+    embed: Embedder | None = None,
+) -> DriftResult:
     """Judge one window: each signal against its calibrated threshold, drift when at least
     ``cfg.min_signals`` fire. With ``embed`` (the champion's sentence embeddings), embedding
     drift is one more signal; the calibration must then have it.
@@ -419,18 +456,20 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSet
     cur = _distinct(current)
     ref = _distinct(reference)
     if len(cur) < cfg.min_window:
-        raise WindowTooSmall(f"window has {len(cur)} distinct texts (of {len(current)} rows); "
-                             f"monitor.min_window is {cfg.min_window}")
+        raise WindowTooSmall(
+            f"window has {len(cur)} distinct texts (of {len(current)} rows); monitor.min_window is {cfg.min_window}"
+        )
     if calibration is None:
         calibration = calibrate(reference, len(cur), cfg, embed=embed)
     elif calibration.reference_hash != reference_hash(reference):
         # A cached calibration of another reference (or another champion's predictions) would
         # judge with the wrong thresholds, silently.
-        raise ValueError(f"calibration is for reference {calibration.reference_hash}, "
-                         f"not {reference_hash(reference)}")
+        raise ValueError(f"calibration is for reference {calibration.reference_hash}, not {reference_hash(reference)}")
     if embed is not None and not calibration.has(EMBEDDING_DRIFT):
-        raise ValueError("embedding drift asked for, but the calibration has no embedding_drift threshold "
-                         "(calibrate with the same embed)")
+        raise ValueError(
+            "embedding drift asked for, but the calibration has no embedding_drift threshold "
+            "(calibrate with the same embed)"
+        )
     names = SIGNALS + ((EMBEDDING_DRIFT,) if embed is not None else ())
     thresholds = {name: calibration.threshold(name) for name in names}
     aucs = _text_aucs(ref, cur)
@@ -439,24 +478,34 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSet
     vectors = None
     emb_aucs: tuple[float, ...] = ()
     if embed is not None:
-        vectors = (np.asarray(embed(ref["text"].tolist()), dtype=np.float32),
-                   np.asarray(embed(cur["text"].tolist()), dtype=np.float32))
+        vectors = (
+            np.asarray(embed(ref["text"].tolist()), dtype=np.float32),
+            np.asarray(embed(cur["text"].tolist()), dtype=np.float32),
+        )
         emb_aucs = _embedding_aucs(*vectors)
         values[EMBEDDING_DRIFT] = float(np.mean(emb_aucs))
     if report_path is not None:
         _save_report(ref, cur, thresholds, report_path, vectors)
     details = {
-        EMBEDDING_DRIFT: (f"domain classifier ROC AUC on the model's sentence embeddings, mean of "
-                          f"{len(emb_aucs)} splits ({', '.join(f'{a:.3f}' for a in emb_aucs)})"),
-        TEXT_DRIFT: (f"domain classifier ROC AUC, mean of {len(aucs)} splits "
-                     f"({', '.join(f'{a:.3f}' for a in aucs)}); {len(cur)} distinct of {len(current)} texts"),
+        EMBEDDING_DRIFT: (
+            f"domain classifier ROC AUC on the model's sentence embeddings, mean of "
+            f"{len(emb_aucs)} splits ({', '.join(f'{a:.3f}' for a in emb_aucs)})"
+        ),
+        TEXT_DRIFT: (
+            f"domain classifier ROC AUC, mean of {len(aucs)} splits "
+            f"({', '.join(f'{a:.3f}' for a in aucs)}); {len(cur)} distinct of {len(current)} texts"
+        ),
         INTENT_DRIFT: "Jensen-Shannon distance of predicted intents",
-        CONFIDENCE_DROP: f"mean confidence {cur['confidence'].mean():.3f} vs reference "
-                         f"{ref['confidence'].mean():.3f}",
+        CONFIDENCE_DROP: f"mean confidence {cur['confidence'].mean():.3f} vs reference {ref['confidence'].mean():.3f}",
     }
     signals = tuple(
-        SignalResult(name=name, value=values[name], threshold=thresholds[name],
-                     drifted=values[name] > thresholds[name], detail=details[name])
+        SignalResult(
+            name=name,
+            value=values[name],
+            threshold=thresholds[name],
+            drifted=values[name] > thresholds[name],
+            detail=details[name],
+        )
         for name in names
     )
     fired = sum(s.drifted for s in signals)
@@ -483,11 +532,15 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, cfg: MonitorSet
 def write_status(result: DriftResult, model_version: str, path: Path) -> None:
     """The latest verdict as a small JSON file (replaced atomically), which the serving app
     exports as the ``driftloop_drift_*`` gauges for Prometheus."""
-    status = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "model_version": model_version,
-              "window_id": result.window_id, "drift_detected": result.drift_detected,
-              "share_drifted": result.share_drifted, "n_current": result.n_current,
-              "signals": {s.name: {"value": s.value, "threshold": s.threshold, "drifted": s.drifted}
-                          for s in result.signals}}
+    status = {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model_version": model_version,
+        "window_id": result.window_id,
+        "drift_detected": result.drift_detected,
+        "share_drifted": result.share_drifted,
+        "n_current": result.n_current,
+        "signals": {s.name: {"value": s.value, "threshold": s.threshold, "drifted": s.drifted} for s in result.signals},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(status, indent=1))

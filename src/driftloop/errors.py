@@ -63,8 +63,13 @@ EXIT_UNREACHABLE = ServerUnreachable.exit_code
 # What an unreachable server looks like at the bottom of a client library's exception chain:
 # the built-in ConnectionError (refused, reset), an unknown host, or a client's own connect
 # error/timeout (httpx, httpcore, requests, urllib3 name them so).
-_CONNECT_FAILURES = {"ConnectError", "ConnectTimeout", "ConnectTimeoutError", "NewConnectionError",
-                     "NameResolutionError"}
+_CONNECT_FAILURES = {
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectTimeoutError",
+    "NewConnectionError",
+    "NameResolutionError",
+}
 _URL = re.compile(r"https?://[^\s'\"()<>,]+")
 
 
@@ -93,9 +98,9 @@ def _reason(chain: list[BaseException]) -> str:
 
 def _url_in(chain: list[BaseException]) -> str | None:
     for e in chain:
-        try:   # httpx's and requests' errors carry the request they failed on
+        try:  # httpx's and requests' errors carry the request they failed on
             return str(e.request.url)  # type: ignore[attr-defined]
-        except (AttributeError, RuntimeError):   # none, or httpx's "request not set"
+        except (AttributeError, RuntimeError):  # none, or httpx's "request not set"
             pass
         found = _URL.search(str(e))
         if found:
@@ -108,8 +113,7 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def as_unreachable(exc: BaseException,
-                   servers: Mapping[str, str | None] | None = None) -> ServerUnreachable | None:
+def as_unreachable(exc: BaseException, servers: Mapping[str, str | None] | None = None) -> ServerUnreachable | None:
     """A :class:`ServerUnreachable` for ``exc`` when a failed connection caused it, else None.
 
     ``servers`` maps a description (``"the MLflow tracking server (registry.tracking_uri)"``) to
@@ -118,13 +122,19 @@ def as_unreachable(exc: BaseException,
     if isinstance(exc, DriftloopError):
         return exc if isinstance(exc, ServerUnreachable) else None
     chain = list(exception_chain(exc))
-    if not any(isinstance(e, (ConnectionError, socket.gaierror)) or type(e).__name__ in _CONNECT_FAILURES
-               for e in chain):
+    if not any(
+        isinstance(e, (ConnectionError, socket.gaierror)) or type(e).__name__ in _CONNECT_FAILURES for e in chain
+    ):
         return None
     url = _url_in(chain)
     servers = servers or {}
-    what = next((name for name, base in servers.items()
-                 if base and url and base.startswith(("http://", "https://")) and _origin(base) == _origin(url)),
-                None)
+    what = next(
+        (
+            name
+            for name, base in servers.items()
+            if base and url and base.startswith(("http://", "https://")) and _origin(base) == _origin(url)
+        ),
+        None,
+    )
     where = f"{what} at {servers[what]}" if what else (url or "a server")
     return ServerUnreachable(f"cannot reach {where}: {_reason(chain)}", url=servers[what] if what else url)

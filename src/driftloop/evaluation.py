@@ -37,12 +37,14 @@ def evaluate(model: TextClassifier, eval_set: pd.DataFrame) -> tuple[EvalReport,
     from sklearn.metrics import accuracy_score, f1_score
 
     preds = model.predict(list(eval_set[TEXT]))
-    rows = pd.DataFrame({
-        TEXT: eval_set[TEXT].to_numpy(),
-        LABEL: eval_set[LABEL].to_numpy(),
-        "intent": [p.intent for p in preds],
-        "confidence": [p.confidence for p in preds],
-    })
+    rows = pd.DataFrame(
+        {
+            TEXT: eval_set[TEXT].to_numpy(),
+            LABEL: eval_set[LABEL].to_numpy(),
+            "intent": [p.intent for p in preds],
+            "confidence": [p.confidence for p in preds],
+        }
+    )
     labels = sorted(set(rows[LABEL]))
     per = f1_score(rows[LABEL], rows["intent"], labels=labels, average=None, zero_division=0)
     correct = (rows[LABEL] == rows["intent"]).to_numpy()

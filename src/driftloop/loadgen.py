@@ -53,8 +53,17 @@ class WrkResult:
         return sum(self.socket_errors.values())
 
 
-def run_wrk(url: str, *, duration_s: float, connections: int, threads: int = 2, texts: list[str],
-            record_dir: Path, caller_keys: bool = True, timeout_s: float = 5) -> WrkResult:
+def run_wrk(
+    url: str,
+    *,
+    duration_s: float,
+    connections: int,
+    threads: int = 2,
+    texts: list[str],
+    record_dir: Path,
+    caller_keys: bool = True,
+    timeout_s: float = 5,
+) -> WrkResult:
     """Load ``<url>/predict`` with wrk for ``duration_s`` seconds over ``connections`` connections.
 
     wrk counts time in whole seconds: ``duration_s`` and ``timeout_s`` are rounded and must be at
@@ -78,8 +87,21 @@ def run_wrk(url: str, *, duration_s: float, connections: int, threads: int = 2, 
     script.write_text(lua_script(texts, record_dir, caller_keys), encoding="ascii")
 
     target = url.rstrip("/") + "/predict"
-    argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{round(duration_s)}s",
-            "--latency", "--timeout", f"{round(timeout_s)}s", "-s", str(script), target]
+    argv = [
+        wrk,
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{round(duration_s)}s",
+        "--latency",
+        "--timeout",
+        f"{round(timeout_s)}s",
+        "-s",
+        str(script),
+        target,
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + timeout_s + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed (exit code {done.returncode}): {done.stderr.strip() or done.stdout}")
@@ -144,9 +166,11 @@ def read_records(record_dir: Path) -> tuple[dict[int, int], frozenset[str]]:
     return statuses, frozenset(ids)
 
 
-def parse_wrk_output(stdout: str, statuses: dict[int, int] | None = None,
-                     request_ids: frozenset[str] = frozenset()) -> WrkResult:
+def parse_wrk_output(
+    stdout: str, statuses: dict[int, int] | None = None, request_ids: frozenset[str] = frozenset()
+) -> WrkResult:
     """A :class:`WrkResult` from wrk's ``--latency`` output; raises ValueError naming what is missing."""
+
     def need(pattern: str, what: str) -> re.Match[str]:
         match = re.search(pattern, stdout, re.MULTILINE)
         if match is None:
@@ -169,8 +193,13 @@ def parse_wrk_output(stdout: str, statuses: dict[int, int] | None = None,
         p99_ms=percentiles["99"],
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         # wrk prints the line only when some socket error happened.
-        socket_errors=dict(zip(("connect", "read", "write", "timeout"),
-                               (int(g) for g in socket.groups()) if socket else (0, 0, 0, 0), strict=True)),
+        socket_errors=dict(
+            zip(
+                ("connect", "read", "write", "timeout"),
+                (int(g) for g in socket.groups()) if socket else (0, 0, 0, 0),
+                strict=True,
+            )
+        ),
         statuses=dict(statuses or {}),
         request_ids=request_ids,
         raw=stdout,

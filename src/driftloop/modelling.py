@@ -32,8 +32,7 @@ class TextClassifier(Protocol):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities, shape (len(texts), len(labels))."""
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        ...
+    def predict(self, texts: Sequence[str]) -> list[Prediction]: ...
 
     def count_tokens(self, text: str) -> int:
         """Tokens the model sees for one text (reported in /metrics and the prediction log)."""
@@ -42,9 +41,14 @@ class TextClassifier(Protocol):
 class ModelFamily(Protocol):
     name: str
 
-    def fit(self, train: pd.DataFrame, params: dict[str, Any], seed: int = 0,
-            progress: Callable[[str], None] | None = None,
-            checkpoint_root: Path | None = None) -> TextClassifier:
+    def fit(
+        self,
+        train: pd.DataFrame,
+        params: dict[str, Any],
+        seed: int = 0,
+        progress: Callable[[str], None] | None = None,
+        checkpoint_root: Path | None = None,
+    ) -> TextClassifier:
         """``checkpoint_root``: where a long-training family may keep resumable checkpoints."""
 
 
@@ -85,8 +89,9 @@ class TfidfIntentModel:
 
     family = "tfidf"
 
-    def __init__(self, vectorizers: list, coef: np.ndarray, intercept: np.ndarray,
-                 labels: Sequence[str], temperature: float):
+    def __init__(
+        self, vectorizers: list, coef: np.ndarray, intercept: np.ndarray, labels: Sequence[str], temperature: float
+    ):
         self.vectorizers = vectorizers
         self.coef = np.ascontiguousarray(coef.T.astype(np.float32))  # (features, labels)
         self.intercept = intercept.astype(np.float32)
@@ -103,8 +108,7 @@ class TfidfIntentModel:
         if self._blocks is None:
             blocks, offset = [], 0
             for vec in self.vectorizers:
-                blocks.append(_Block(vec.build_analyzer(), vec.vocabulary_,
-                                     vec.idf_.astype(np.float32), offset))
+                blocks.append(_Block(vec.build_analyzer(), vec.vocabulary_, vec.idf_.astype(np.float32), offset))
                 offset += len(vec.vocabulary_)
             self._blocks = blocks
         return self._blocks
@@ -145,9 +149,14 @@ class TfidfFamily:
 
     name = "tfidf"
 
-    def fit(self, train: pd.DataFrame, params: dict[str, Any], seed: int = 0,
-            progress: Callable[[str], None] | None = None,
-            checkpoint_root: Path | None = None) -> TfidfIntentModel:
+    def fit(
+        self,
+        train: pd.DataFrame,
+        params: dict[str, Any],
+        seed: int = 0,
+        progress: Callable[[str], None] | None = None,
+        checkpoint_root: Path | None = None,
+    ) -> TfidfIntentModel:
         # checkpoint_root is unused: a fit takes seconds, there is nothing worth resuming.
         import scipy.sparse as sp
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -162,8 +171,9 @@ class TfidfFamily:
         def make():
             return [
                 TfidfVectorizer(ngram_range=word, sublinear_tf=True, dtype=np.float32),
-                TfidfVectorizer(analyzer="char_wb", ngram_range=char, sublinear_tf=True,
-                                min_df=char_min_df, dtype=np.float32),
+                TfidfVectorizer(
+                    analyzer="char_wb", ngram_range=char, sublinear_tf=True, min_df=char_min_df, dtype=np.float32
+                ),
             ]
 
         def fit_on(frame: pd.DataFrame):
@@ -209,8 +219,11 @@ def _ensemble() -> ModelFamily:
     return EnsembleFamily()
 
 
-_FAMILIES: dict[str, Callable[[], ModelFamily]] = {"tfidf": TfidfFamily, "transformer": _transformer,
-                                                   "ensemble": _ensemble}
+_FAMILIES: dict[str, Callable[[], ModelFamily]] = {
+    "tfidf": TfidfFamily,
+    "transformer": _transformer,
+    "ensemble": _ensemble,
+}
 
 
 def register_family(name: str, factory: Callable[[], ModelFamily]) -> None:

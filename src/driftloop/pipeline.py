@@ -34,9 +34,13 @@ def train(settings: Settings, train_set: Path, out: Path, progress: Callable[[st
     frame = dataset.read_labelled(train_set)
     validation.require_valid(validation.validate_training_set(frame, source=str(train_set)))
     # A crashed `dvc repro` of a long fine-tune resumes from its checkpoint on the next run.
-    model = modelling.get_family(settings.model.family).fit(frame, dict(settings.model.params),
-                                                             seed=settings.data.seed, progress=progress,
-                                                             checkpoint_root=settings.checkpoints_dir)
+    model = modelling.get_family(settings.model.family).fit(
+        frame,
+        dict(settings.model.params),
+        seed=settings.data.seed,
+        progress=progress,
+        checkpoint_root=settings.checkpoints_dir,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, out)
     return out
@@ -51,9 +55,17 @@ def evaluate(model_path: Path, eval_set: Path, out: Path) -> EvalReport:
     model = joblib.load(model_path)
     report, rows = evaluation.evaluate(model, dataset.read_labelled(eval_set))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(
-        {"accuracy": round(report.accuracy, 4), "macro_f1": round(report.macro_f1, 4),
-         "ece": round(report.ece, 4), "n": report.n}, indent=2))
+    (out / "eval.json").write_text(
+        json.dumps(
+            {
+                "accuracy": round(report.accuracy, 4),
+                "macro_f1": round(report.macro_f1, 4),
+                "ece": round(report.ece, 4),
+                "n": report.n,
+            },
+            indent=2,
+        )
+    )
     evaluation.write_eval_artifacts(report, rows, out / "plots")
     return report
 
@@ -84,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report = evaluate(args.model, args.eval, args.out)
             print(f"accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}  ECE {report.ece:.4f}")
-    except (DriftloopError, ValueError) as exc:   # settings errors are pydantic ValueErrors
+    except (DriftloopError, ValueError) as exc:  # settings errors are pydantic ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

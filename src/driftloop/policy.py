@@ -12,8 +12,7 @@ from driftloop.settings import MonitorSettings, PromotionPolicy, RetrainPolicy
 from driftloop.types import DriftResult, EvalReport, PromotionDecision, RetrainDecision
 
 
-def decide_promotion(candidate: EvalReport, champion: EvalReport | None,
-                     policy: PromotionPolicy) -> PromotionDecision:
+def decide_promotion(candidate: EvalReport, champion: EvalReport | None, policy: PromotionPolicy) -> PromotionDecision:
     """Promote when the candidate clears the floor and does not regress against the champion.
 
     Both reports must come from the same evaluation set (``eval_md5``): scores from different
@@ -31,12 +30,16 @@ def decide_promotion(candidate: EvalReport, champion: EvalReport | None,
     delta = score - best
     if delta < -policy.max_regression:
         return PromotionDecision(
-            False, f"{metric} {score:.4f} regresses {-delta:.4f} against the champion's {best:.4f} "
-                   f"(tolerance {policy.max_regression:.4f})")
+            False,
+            f"{metric} {score:.4f} regresses {-delta:.4f} against the champion's {best:.4f} "
+            f"(tolerance {policy.max_regression:.4f})",
+        )
     if policy.min_improvement > 0 and delta < policy.min_improvement:
         return PromotionDecision(
-            False, f"{metric} {score:.4f} improves {delta:+.4f} on the champion's {best:.4f}, "
-                   f"less than the required {policy.min_improvement:.4f}")
+            False,
+            f"{metric} {score:.4f} improves {delta:+.4f} on the champion's {best:.4f}, "
+            f"less than the required {policy.min_improvement:.4f}",
+        )
     return PromotionDecision(True, f"{metric} {score:.4f} vs champion {best:.4f} ({delta:+.4f})")
 
 
@@ -48,27 +51,36 @@ class TriggerRecord:
     time: datetime
 
 
-def should_retrain(drift: DriftResult, monitor: MonitorSettings, policy: RetrainPolicy,
-                   history: list[TriggerRecord], now: datetime) -> RetrainDecision:
+def should_retrain(
+    drift: DriftResult, monitor: MonitorSettings, policy: RetrainPolicy, history: list[TriggerRecord], now: datetime
+) -> RetrainDecision:
     """Retrain on a confirmed drift, or on live accuracy below the floor, of a big enough
     window; at most once per window, never within the cooldown of the previous trigger."""
     if drift.n_current < monitor.min_window:
-        return RetrainDecision(False, f"window has {drift.n_current} distinct predictions, "
-                                      f"fewer than monitor.min_window={monitor.min_window}")
-    quality_low = (policy.min_live_accuracy is not None and drift.accuracy is not None
-                   and drift.n_labelled >= policy.min_labelled and drift.accuracy < policy.min_live_accuracy)
+        return RetrainDecision(
+            False,
+            f"window has {drift.n_current} distinct predictions, fewer than monitor.min_window={monitor.min_window}",
+        )
+    quality_low = (
+        policy.min_live_accuracy is not None
+        and drift.accuracy is not None
+        and drift.n_labelled >= policy.min_labelled
+        and drift.accuracy < policy.min_live_accuracy
+    )
     if not drift.drift_detected and not quality_low:
         return RetrainDecision(False, f"no drift ({drift.summary()})")
     why = f"drift confirmed: {drift.summary()}" if drift.drift_detected else "live quality dropped"
     if quality_low:
-        why += (f"; live accuracy {drift.accuracy:.3f} on {drift.n_labelled} labelled rows "
-                f"< {policy.min_live_accuracy:.3f}")
+        why += (
+            f"; live accuracy {drift.accuracy:.3f} on {drift.n_labelled} labelled rows < {policy.min_live_accuracy:.3f}"
+        )
     if any(rec.window_id == drift.window_id for rec in history):
         return RetrainDecision(False, f"window {drift.window_id[:12]} already triggered a retrain")
     if history:
         last = max(rec.time for rec in history)
         wait = timedelta(seconds=policy.cooldown_s) - (now - last)
         if wait > timedelta(0):
-            return RetrainDecision(False, f"in cooldown: last trigger {last.isoformat()}, "
-                                          f"{wait.total_seconds():.0f}s left")
+            return RetrainDecision(
+                False, f"in cooldown: last trigger {last.isoformat()}, {wait.total_seconds():.0f}s left"
+            )
     return RetrainDecision(True, why)

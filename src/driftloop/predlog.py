@@ -29,8 +29,18 @@ log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
-PREDICTION_COLUMNS = ("request_id", "time", "text", "intent", "confidence", "model_version",
-                      "latency_ms", "tokens", "slot", "error")
+PREDICTION_COLUMNS = (
+    "request_id",
+    "time",
+    "text",
+    "intent",
+    "confidence",
+    "model_version",
+    "latency_ms",
+    "tokens",
+    "slot",
+    "error",
+)
 FEEDBACK_COLUMNS = ("request_id", "time", "label")
 # Readers put the number of unreadable lines they skipped here, in ``frame.attrs``.
 SKIPPED_LINES = "skipped_lines"
@@ -68,8 +78,7 @@ class _PartitionedAppender:
         self._new_entries: list[Path] = []  # directories whose new entries still need an fsync
         self._closed = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sync_loop, name=f"fsync-{self.directory.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._sync_loop, name=f"fsync-{self.directory.name}", daemon=True)
         self._thread.start()
 
     @property
@@ -191,8 +200,7 @@ class _AppendOnlyLog:
 
     _kind = ""
 
-    def __init__(self, root: Path, fsync_interval_s: float = 1.0, *,
-                 clock: Callable[[], int] = time.time_ns):
+    def __init__(self, root: Path, fsync_interval_s: float = 1.0, *, clock: Callable[[], int] = time.time_ns):
         """``clock`` gives epoch nanoseconds; another clock is for tests and replays."""
         self.root = Path(root)
         self._out = _PartitionedAppender(self.root / self._kind, fsync_interval_s)
@@ -230,13 +238,28 @@ class PredictionLog(_AppendOnlyLog):
 
     _kind = PREDICTIONS
 
-    def write(self, request_id: str, text: str, prediction: Prediction, model_version: str,
-              latency_ms: float, tokens: int, slot: str = SLOT_CHAMPION) -> None:
+    def write(
+        self,
+        request_id: str,
+        text: str,
+        prediction: Prediction,
+        model_version: str,
+        latency_ms: float,
+        tokens: int,
+        slot: str = SLOT_CHAMPION,
+    ) -> None:
         self.write_batch([request_id], [text], [prediction], model_version, latency_ms, [tokens], slot)
 
-    def write_batch(self, request_ids: Sequence[str], texts: Sequence[str],
-                    predictions: Sequence[Prediction], model_version: str, latency_ms: float,
-                    tokens: Sequence[int], slot: str = SLOT_CHAMPION) -> None:
+    def write_batch(
+        self,
+        request_ids: Sequence[str],
+        texts: Sequence[str],
+        predictions: Sequence[Prediction],
+        model_version: str,
+        latency_ms: float,
+        tokens: Sequence[int],
+        slot: str = SLOT_CHAMPION,
+    ) -> None:
         """One request's predictions, written together (one syscall, one timestamp).
 
         ``slot`` says which part of a rollout answered (champion, canary, or shadow: the
@@ -245,8 +268,7 @@ class PredictionLog(_AppendOnlyLog):
             raise ValueError("request_ids, texts, predictions and tokens must have one entry per text")
         now, stamp = self._clock.now()
         # Formatted by hand: a dict through json.dumps costs several times more per line.
-        tail = (f',"model_version":{_q(model_version)},"latency_ms":{float(latency_ms):.3f},'
-                f'"slot":{_q(slot)},"tokens":')
+        tail = f',"model_version":{_q(model_version)},"latency_ms":{float(latency_ms):.3f},"slot":{_q(slot)},"tokens":'
         lines = [
             f'{{"request_id":{_q(rid)},"time":"{stamp}","text":{_q(text)},"intent":{_q(p.intent)},'
             f'"confidence":{float(p.confidence)!r}{tail}{int(n)}}}\n'
@@ -254,18 +276,29 @@ class PredictionLog(_AppendOnlyLog):
         ]
         self._out.append("".join(lines).encode("ascii"), now)
 
-    def write_errors(self, request_ids: Sequence[str], texts: Sequence[str], model_version: str,
-                     latency_ms: float, slot: str, error: str) -> None:
+    def write_errors(
+        self,
+        request_ids: Sequence[str],
+        texts: Sequence[str],
+        model_version: str,
+        latency_ms: float,
+        slot: str,
+        error: str,
+    ) -> None:
         """Predictions a model failed to make: no intent, the error's message. Readers leave them
         out unless asked (the rollout analysis counts them against the model that failed)."""
         if len(request_ids) != len(texts):
             raise ValueError("request_ids and texts must have one entry per text")
         now, stamp = self._clock.now()
-        tail = (f',"intent":null,"confidence":null,"model_version":{_q(model_version)},'
-                f'"latency_ms":{float(latency_ms):.3f},"slot":{_q(slot)},"tokens":0,'
-                f'"error":{_q(error[:500] or "error")}}}\n')
-        lines = [f'{{"request_id":{_q(rid)},"time":"{stamp}","text":{_q(text)}{tail}'
-                 for rid, text in zip(request_ids, texts, strict=True)]
+        tail = (
+            f',"intent":null,"confidence":null,"model_version":{_q(model_version)},'
+            f'"latency_ms":{float(latency_ms):.3f},"slot":{_q(slot)},"tokens":0,'
+            f'"error":{_q(error[:500] or "error")}}}\n'
+        )
+        lines = [
+            f'{{"request_id":{_q(rid)},"time":"{stamp}","text":{_q(text)}{tail}'
+            for rid, text in zip(request_ids, texts, strict=True)
+        ]
         self._out.append("".join(lines).encode("ascii"), now)
 
 
@@ -284,16 +317,15 @@ class FeedbackLog(_AppendOnlyLog):
         self._out.append(line.encode("ascii"), now)
 
 
-
 # -- readers ------------------------------------------------------------------------------------
+
 
 def _partitions(directory: Path, since: datetime | None) -> list[Path]:
     if not directory.is_dir():
         return []
     first: date | None = None
     if since is not None:
-        first = (since.replace(tzinfo=UTC) if since.tzinfo is None
-                 else since.astimezone(UTC)).date()
+        first = (since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)).date()
     out = []
     for part in sorted(directory.glob("date=*")):
         try:
@@ -354,8 +386,9 @@ def _frame(directory: Path, columns: tuple[str, ...], since: datetime | None) ->
     return frame
 
 
-def read_predictions(root: Path, since: datetime | None = None, *,
-                     include_shadow: bool = False, include_errors: bool = False) -> pd.DataFrame:
+def read_predictions(
+    root: Path, since: datetime | None = None, *, include_shadow: bool = False, include_errors: bool = False
+) -> pd.DataFrame:
     """Every logged prediction (at or after ``since``, if given; naive means UTC), oldest first.
 
     By default only the answers users got: shadow predictions (a challenger's mirrored answers,
@@ -390,9 +423,11 @@ def join_feedback(preds: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
 
     Rows and their order are those of ``preds``; a label for an unknown request_id is dropped.
     """
-    latest = (feedback.sort_values("time", kind="stable")
-              .drop_duplicates("request_id", keep="last")
-              .set_index("request_id")["label"])
+    latest = (
+        feedback.sort_values("time", kind="stable")
+        .drop_duplicates("request_id", keep="last")
+        .set_index("request_id")["label"]
+    )
     out = preds.drop(columns=["label"], errors="ignore").copy()
     labels = out["request_id"].map(latest)
     out["label"] = labels.astype(object).where(labels.notna(), None)

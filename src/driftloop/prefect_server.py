@@ -78,13 +78,17 @@ def ensure_server(home: Path, port: int, host: str = "127.0.0.1", timeout_s: flo
     # The UI's pages call the API at this URL; Prefect derives it from its default port, not --port.
     env["PREFECT_UI_API_URL"] = api_url
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise PrefectServerError(f"the local Prefect server on {host}:{port} exited with {proc.returncode} "
-                                     f"(prefect.port taken?); see {log_path}", url=api_url)
+            raise PrefectServerError(
+                f"the local Prefect server on {host}:{port} exited with {proc.returncode} "
+                f"(prefect.port taken?); see {log_path}",
+                url=api_url,
+            )
         if healthy(api_url):
             (home / "server.pid").write_text(str(proc.pid))
             _STARTED[proc.pid] = proc
@@ -92,8 +96,9 @@ def ensure_server(home: Path, port: int, host: str = "127.0.0.1", timeout_s: flo
         time.sleep(0.3)
     _STARTED[proc.pid] = proc
     stop_server(PrefectServer(api_url, proc.pid), flush=False)  # it never answered: nothing to send
-    raise PrefectServerError(f"the local Prefect server on {host}:{port} was not healthy after {timeout_s:.0f}s; "
-                             f"see {log_path}", url=api_url)
+    raise PrefectServerError(
+        f"the local Prefect server on {host}:{port} was not healthy after {timeout_s:.0f}s; see {log_path}", url=api_url
+    )
 
 
 def flush_client(timeout_s: float = 30) -> None:

@@ -76,8 +76,7 @@ class IntentPyfunc(mlflow.pyfunc.PythonModel):
         else:
             texts = [str(t) for t in model_input]
         preds = self.classifier.predict(texts)
-        return pd.DataFrame({"intent": [p.intent for p in preds],
-                             "confidence": [p.confidence for p in preds]})
+        return pd.DataFrame({"intent": [p.intent for p in preds], "confidence": [p.confidence for p in preds]})
 
 
 class RegistryError(RunFailed, RuntimeError):
@@ -87,8 +86,9 @@ class RegistryError(RunFailed, RuntimeError):
 class Registry:
     """One registered model name in one MLflow tracking store."""
 
-    def __init__(self, tracking_uri: str, model_name: str, experiment: str = "driftloop",
-                 artifact_root: Path | None = None):
+    def __init__(
+        self, tracking_uri: str, model_name: str, experiment: str = "driftloop", artifact_root: Path | None = None
+    ):
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.experiment = experiment
@@ -134,9 +134,15 @@ class Registry:
                     else:
                         os.environ[key] = value
 
-    def log_run(self, run_name: str, *, params: dict[str, Any] | None = None,
-                metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None,
-                artifacts: dict[str, Path] | None = None) -> str:
+    def log_run(
+        self,
+        run_name: str,
+        *,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        artifacts: dict[str, Path] | None = None,
+    ) -> str:
         """One finished MLflow run (e.g. a monitor run with its report); returns the run id."""
         run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags or {})
         run_id = run.info.run_id
@@ -168,10 +174,17 @@ class Registry:
         return f"{ui_base.rstrip('/')}/#/models/{ref.name}/versions/{ref.version}"
 
     # -- registry ---------------------------------------------------------------------------
-    def register_model(self, model: TextClassifier, *, tags: dict[str, str] | None = None,
-                       metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
-                       run_name: str = "train", input_example: Sequence[str] | None = None,
-                       artifacts: dict[str, Path] | None = None) -> ModelRef:
+    def register_model(
+        self,
+        model: TextClassifier,
+        *,
+        tags: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        params: dict[str, Any] | None = None,
+        run_name: str = "train",
+        input_example: Sequence[str] | None = None,
+        artifacts: dict[str, Path] | None = None,
+    ) -> ModelRef:
         """Log the model in one run and create its version with all lineage tags at once.
 
         The version is created last, in a single call carrying its tags: if anything before it
@@ -181,8 +194,9 @@ class Registry:
         example = list(input_example or ["where is my card?"])[:3]
         frame = pd.DataFrame({"text": example})
         preds = model.predict(example)
-        signature = infer_signature(frame, pd.DataFrame({"intent": [p.intent for p in preds],
-                                                        "confidence": [p.confidence for p in preds]}))
+        signature = infer_signature(
+            frame, pd.DataFrame({"intent": [p.intent for p in preds], "confidence": [p.confidence for p in preds]})
+        )
         with self._uri(), tempfile.TemporaryDirectory() as tmp:
             classifier_path = Path(tmp) / "classifier.joblib"
             joblib.dump(model, classifier_path)
@@ -215,7 +229,10 @@ class Registry:
             # Inside _uri(): MLflow resolves a models:/m-... source through the global tracking
             # URI, not this client's.
             version = self.client.create_model_version(
-                self.model_name, source=info.model_uri, run_id=run_id, tags=version_tags,
+                self.model_name,
+                source=info.model_uri,
+                run_id=run_id,
+                tags=version_tags,
                 model_id=info.model_id,  # a tracking server needs it to resolve the models:/ source
             )
         return ModelRef(self.model_name, str(version.version))
@@ -282,20 +299,36 @@ class Registry:
             by_version.setdefault(str(version), []).append(alias)
         rows = []
         for mv in sorted(found, key=lambda m: int(m.version), reverse=True):
-            rows.append({"version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
-                         "run_id": mv.run_id, "created": mv.creation_timestamp, "tags": dict(mv.tags)})
+            rows.append(
+                {
+                    "version": str(mv.version),
+                    "aliases": sorted(by_version.get(str(mv.version), [])),
+                    "run_id": mv.run_id,
+                    "created": mv.creation_timestamp,
+                    "tags": dict(mv.tags),
+                }
+            )
         return rows
 
     def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         """The newest tracking runs (training and monitoring), for ``driftloop status``."""
         try:
-            runs = self.client.search_runs([self.experiment_id()], order_by=["attributes.start_time DESC"],
-                                           max_results=limit)
+            runs = self.client.search_runs(
+                [self.experiment_id()], order_by=["attributes.start_time DESC"], max_results=limit
+            )
         except MlflowException:
             return []
-        return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-                 "start": r.info.start_time, "kind": r.data.tags.get("driftloop.kind", ""),
-                 "flow_run": r.data.tags.get("prefect.flow_run_id", "")} for r in runs]
+        return [
+            {
+                "run_id": r.info.run_id,
+                "name": r.info.run_name,
+                "status": r.info.status,
+                "start": r.info.start_time,
+                "kind": r.data.tags.get("driftloop.kind", ""),
+                "flow_run": r.data.tags.get("prefect.flow_run_id", ""),
+            }
+            for r in runs
+        ]
 
     def load(self, ref: ModelRef) -> TextClassifier:
         with self._uri():

@@ -45,8 +45,8 @@ class Step:
     """One step of a rollout plan: how traffic is split while it runs, and how it is judged."""
 
     name: str
-    kind: str            # shadow | canary | ab | standby
-    mode: str            # the RolloutState mode replicas route by
+    kind: str  # shadow | canary | ab | standby
+    mode: str  # the RolloutState mode replicas route by
     weight: float
     min_samples: int
     max_duration_s: float
@@ -61,16 +61,30 @@ def plan(cfg: RolloutSettings) -> list[Step]:
     - ab: one fixed split until the A/B decision.
     """
     if cfg.strategy == "progressive":
-        return [Step(s.name, s.kind, MODE_SHADOW if s.kind == "shadow" else MODE_CANARY, s.weight,
-                     s.min_samples, s.max_duration_s) for s in cfg.stages]
+        return [
+            Step(
+                s.name,
+                s.kind,
+                MODE_SHADOW if s.kind == "shadow" else MODE_CANARY,
+                s.weight,
+                s.min_samples,
+                s.max_duration_s,
+            )
+            for s in cfg.stages
+        ]
     if cfg.strategy == "bluegreen":
         return [Step("standby", KIND_STANDBY, MODE_BLUEGREEN, 0.0, 0, cfg.bake.max_duration_s)]
     return [Step("ab-test", KIND_AB, MODE_AB, cfg.ab.weight, 0, cfg.ab.max_duration_s)]
 
 
 def stage_spec(step: Step) -> StageSpec:
-    return StageSpec(name=step.name, kind="shadow" if step.kind == "shadow" else "canary",
-                     weight=step.weight, min_samples=step.min_samples, max_duration_s=step.max_duration_s)
+    return StageSpec(
+        name=step.name,
+        kind="shadow" if step.kind == "shadow" else "canary",
+        weight=step.weight,
+        min_samples=step.min_samples,
+        max_duration_s=step.max_duration_s,
+    )
 
 
 def new_rollout_id() -> str:
@@ -83,14 +97,21 @@ def challenger_slot(step: Step) -> str:
 
 # -- live numbers ---------------------------------------------------------------------------------
 
+
 def live_frame(log_root: Path, since: datetime) -> pd.DataFrame:
     """Every prediction since ``since`` (shadow and failed ones too) with its feedback label."""
     preds = predlog.read_predictions(log_root, since=since, include_shadow=True, include_errors=True)
     return predlog.join_feedback(preds, predlog.read_feedback(log_root))
 
 
-def arms(frame: pd.DataFrame, champion_version: str, challenger_version: str, step: Step,
-         low_confidence: float, since: datetime) -> tuple[ArmStats, ArmStats]:
+def arms(
+    frame: pd.DataFrame,
+    champion_version: str,
+    challenger_version: str,
+    step: Step,
+    low_confidence: float,
+    since: datetime,
+) -> tuple[ArmStats, ArmStats]:
     """The champion's and the challenger's numbers for one step, from ``since`` on.
 
     In a shadow step the challenger's arm is its mirrored answers, and agreement is measured on
@@ -99,15 +120,20 @@ def arms(frame: pd.DataFrame, champion_version: str, challenger_version: str, st
     champ = analysis.arm_stats(frame, champion_version, SLOT_CHAMPION, low_confidence, since=since)
     compare = None
     if slot == SLOT_SHADOW:
-        compare = frame[(frame["model_version"].astype(str) == champion_version)
-                        & (frame["slot"] == SLOT_CHAMPION)]
-    chal = analysis.arm_stats(frame, challenger_version, slot, low_confidence, since=since,
-                              compare_with=compare)
+        compare = frame[(frame["model_version"].astype(str) == champion_version) & (frame["slot"] == SLOT_CHAMPION)]
+    chal = analysis.arm_stats(frame, challenger_version, slot, low_confidence, since=since, compare_with=compare)
     return champ, chal
 
 
-def judge_promotion(log_root: Path, baseline: ArmStats, promoted: ModelRef, promoted_at: datetime,
-                    cfg: RolloutSettings, low_confidence: float, elapsed_s: float) -> analysis.StageDecision:
+def judge_promotion(
+    log_root: Path,
+    baseline: ArmStats,
+    promoted: ModelRef,
+    promoted_at: datetime,
+    cfg: RolloutSettings,
+    low_confidence: float,
+    elapsed_s: float,
+) -> analysis.StageDecision:
     """A promoted champion's live numbers since ``promoted_at`` against its predecessor's
     ``baseline`` (:func:`baseline_arm`): the bake's and the monitor's one judgement."""
     frame = live_frame(log_root, promoted_at)
@@ -125,15 +151,43 @@ def baseline_arm(log_root: Path, version: str, until: datetime, last: int, low_c
 
 # -- moves ------------------------------------------------------------------------------------------
 
-def _record(history: ChampionHistory, model: str, alias: str, from_version: str | None,
-            to_version: str | None, action: str, reason: str, actor: str, report: str = "") -> HistoryEntry:
-    return history.append(HistoryEntry(time=now_iso(), model=model, alias=alias, from_version=from_version,
-                                       to_version=to_version, action=action, reason=reason, actor=actor,
-                                       report=report))
+
+def _record(
+    history: ChampionHistory,
+    model: str,
+    alias: str,
+    from_version: str | None,
+    to_version: str | None,
+    action: str,
+    reason: str,
+    actor: str,
+    report: str = "",
+) -> HistoryEntry:
+    return history.append(
+        HistoryEntry(
+            time=now_iso(),
+            model=model,
+            alias=alias,
+            from_version=from_version,
+            to_version=to_version,
+            action=action,
+            reason=reason,
+            actor=actor,
+            report=report,
+        )
+    )
 
 
-def enter_step(registry: Registry, history: ChampionHistory, rollout_id: str, challenger: ModelRef,
-               step: Step, *, actor: str, reason: str) -> RolloutState:
+def enter_step(
+    registry: Registry,
+    history: ChampionHistory,
+    rollout_id: str,
+    challenger: ModelRef,
+    step: Step,
+    *,
+    actor: str,
+    reason: str,
+) -> RolloutState:
     """Publish the step's split and record it. The challenger alias points at the version rolled
     out (set here too, so a rollout of a version given by number is visible in the registry)."""
     current = registry.champion()
@@ -143,31 +197,51 @@ def enter_step(registry: Registry, history: ChampionHistory, rollout_id: str, ch
         raise RunFailed(f"{challenger} is already the champion")
     if registry.challenger() != challenger:
         registry.set_alias(CHALLENGER, challenger)
-    state = RolloutState(rollout_id=rollout_id, mode=step.mode, challenger=challenger.version,
-                         weight=step.weight if step.mode in (MODE_CANARY, MODE_AB) else 0.0,
-                         stage=step.name, since=now_iso(), actor=actor)
+    state = RolloutState(
+        rollout_id=rollout_id,
+        mode=step.mode,
+        challenger=challenger.version,
+        weight=step.weight if step.mode in (MODE_CANARY, MODE_AB) else 0.0,
+        stage=step.name,
+        since=now_iso(),
+        actor=actor,
+    )
     registry.set_rollout_state(state)
-    share = f"{step.weight:.0%} of callers" if state.weight else (
-        "a mirrored copy of traffic" if step.mode == MODE_SHADOW else "no traffic, loaded and warm")
-    _record(history, challenger.name, CHALLENGER, current.version, challenger.version, f"stage:{step.name}",
-            f"rollout {rollout_id}: {step.name} ({share}); {reason}", actor)
+    share = (
+        f"{step.weight:.0%} of callers"
+        if state.weight
+        else ("a mirrored copy of traffic" if step.mode == MODE_SHADOW else "no traffic, loaded and warm")
+    )
+    _record(
+        history,
+        challenger.name,
+        CHALLENGER,
+        current.version,
+        challenger.version,
+        f"stage:{step.name}",
+        f"rollout {rollout_id}: {step.name} ({share}); {reason}",
+        actor,
+    )
     return state
 
 
-def promote(registry: Registry, history: ChampionHistory, challenger: ModelRef, *, reason: str, actor: str,
-            report: str = "") -> HistoryEntry:
+def promote(
+    registry: Registry, history: ChampionHistory, challenger: ModelRef, *, reason: str, actor: str, report: str = ""
+) -> HistoryEntry:
     """Make ``challenger`` the champion for all traffic: one alias move (replicas already hold it
     warm), then the split and the challenger alias are cleared."""
-    entry = champion.move_alias(registry, history, CHAMPION, challenger, action="promote", reason=reason,
-                                actor=actor, report=report)
+    entry = champion.move_alias(
+        registry, history, CHAMPION, challenger, action="promote", reason=reason, actor=actor, report=report
+    )
     registry.set_rollout_state(RolloutState(actor=actor))
     if registry.challenger() == challenger:
         registry.delete_alias(CHALLENGER)
     return entry
 
 
-def withdraw(registry: Registry, history: ChampionHistory, *, reason: str, actor: str, action: str = "rollback",
-             report: str = "") -> HistoryEntry | None:
+def withdraw(
+    registry: Registry, history: ChampionHistory, *, reason: str, actor: str, action: str = "rollback", report: str = ""
+) -> HistoryEntry | None:
     """Take the challenger out of traffic: the champion answers 100% again at once (the split is
     cleared first), then the challenger alias is removed. None when nothing was rolled out."""
     state = registry.rollout_state()
@@ -178,12 +252,28 @@ def withdraw(registry: Registry, history: ChampionHistory, *, reason: str, actor
         registry.delete_alias(CHALLENGER)
     if version is None:
         return None
-    return _record(history, registry.model_name, CHALLENGER, version, None, action,
-                   f"rollout {state.rollout_id or '-'} at {state.stage or '-'}: {reason}", actor, report)
+    return _record(
+        history,
+        registry.model_name,
+        CHALLENGER,
+        version,
+        None,
+        action,
+        f"rollout {state.rollout_id or '-'} at {state.stage or '-'}: {reason}",
+        actor,
+        report,
+    )
 
 
-def rollback_champion(registry: Registry, history: ChampionHistory, *, reason: str, actor: str,
-                      report: str = "", expected: ModelRef | None = None) -> HistoryEntry | None:
+def rollback_champion(
+    registry: Registry,
+    history: ChampionHistory,
+    *,
+    reason: str,
+    actor: str,
+    report: str = "",
+    expected: ModelRef | None = None,
+) -> HistoryEntry | None:
     """Return the champion to the last good version in the history; any rollout in progress is
     withdrawn first. With ``expected``, nothing happens unless that version is still the
     champion (two watchers of one promotion never roll back twice). None when nothing moved."""
@@ -194,8 +284,9 @@ def rollback_champion(registry: Registry, history: ChampionHistory, *, reason: s
     return champion.rollback(registry, history, reason=reason, actor=actor, report=report)
 
 
-def promotion_under_watch(history: ChampionHistory, current: ModelRef, now: datetime,
-                          watch_s: float) -> HistoryEntry | None:
+def promotion_under_watch(
+    history: ChampionHistory, current: ModelRef, now: datetime, watch_s: float
+) -> HistoryEntry | None:
     """The history line that made ``current`` the champion by a promotion less than ``watch_s``
     ago, replacing an earlier champion (the baseline it is held to); None otherwise."""
     for entry in reversed(history.entries()):
@@ -219,9 +310,19 @@ def status_rows(champ: ArmStats | None, chal: ArmStats | None) -> list[dict[str,
     for arm in (champ, chal):
         if arm is None:
             continue
-        rows.append({"slot": arm.slot, "version": arm.version, "n": arm.n, "errors": arm.errors,
-                     "p95_ms": arm.p95_ms, "low_conf": arm.low_confidence_rate if arm.n else None,
-                     "labelled": arm.n_labelled, "accuracy": arm.accuracy, "agreement": arm.agreement})
+        rows.append(
+            {
+                "slot": arm.slot,
+                "version": arm.version,
+                "n": arm.n,
+                "errors": arm.errors,
+                "p95_ms": arm.p95_ms,
+                "low_conf": arm.low_confidence_rate if arm.n else None,
+                "labelled": arm.n_labelled,
+                "accuracy": arm.accuracy,
+                "agreement": arm.agreement,
+            }
+        )
     return rows
 
 

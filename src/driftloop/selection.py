@@ -35,7 +35,7 @@ _SCORE_DECIMALS = 12
 class Candidate:
     """One point of the grid: the base model settings with ``overrides`` applied."""
 
-    index: int                 # position in grid order; the tie-break prefers the lower one
+    index: int  # position in grid order; the tie-break prefers the lower one
     overrides: dict[str, Any]
     model: ModelSettings
 
@@ -58,7 +58,7 @@ class CandidateScore:
     # The holdout-trained model (folds 1 with keep_model): registered as is when selection.refit
     # is false, so an expensive family is not fitted a second time on the whole training set.
     model: Any = field(default=None, repr=False, compare=False)
-    train_rows: int = 0                  # rows the kept model was fitted on
+    train_rows: int = 0  # rows the kept model was fitted on
 
     @property
     def score(self) -> float:
@@ -68,12 +68,12 @@ class CandidateScore:
 @dataclass(frozen=True)
 class SelectionResult:
     chosen: CandidateScore
-    scores: tuple[CandidateScore, ...]   # grid order
+    scores: tuple[CandidateScore, ...]  # grid order
     metric: str
     folds: int
-    runner: str                          # "sequential" or "dask"
-    scheduler: str | None = None         # the Dask scheduler's address, for a Dask run
-    refit: bool = True                   # False: the chosen holdout model is registered as is
+    runner: str  # "sequential" or "dask"
+    scheduler: str | None = None  # the Dask scheduler's address, for a Dask run
+    refit: bool = True  # False: the chosen holdout model is registered as is
 
     @property
     def model(self) -> ModelSettings:
@@ -81,15 +81,18 @@ class SelectionResult:
 
     def table(self) -> list[dict[str, Any]]:
         """One row per candidate, for the Prefect table artifact."""
-        return [{
-            "candidate": s.candidate.name,
-            "settings": s.candidate.describe(),
-            f"cv {s.metric}": round(s.score, 4),
-            "folds": ", ".join(f"{f:.4f}" for f in s.fold_scores),
-            "fit s": round(s.fit_s, 1),
-            "worker": s.worker,
-            "chosen": "yes" if s.candidate.index == self.chosen.candidate.index else "",
-        } for s in self.scores]
+        return [
+            {
+                "candidate": s.candidate.name,
+                "settings": s.candidate.describe(),
+                f"cv {s.metric}": round(s.score, 4),
+                "folds": ", ".join(f"{f:.4f}" for f in s.fold_scores),
+                "fit s": round(s.fit_s, 1),
+                "worker": s.worker,
+                "chosen": "yes" if s.candidate.index == self.chosen.candidate.index else "",
+            }
+            for s in self.scores
+        ]
 
     def tags(self) -> dict[str, str]:
         """What the registered model version records about how its settings were chosen."""
@@ -136,8 +139,16 @@ def fold_ids(labels: Sequence[str], folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def score_candidate(train: pd.DataFrame, candidate: Candidate, *, folds: int, metric: str,
-                    seed: int, validation_fraction: float = 0.2, keep_model: bool = False) -> CandidateScore:
+def score_candidate(
+    train: pd.DataFrame,
+    candidate: Candidate,
+    *,
+    folds: int,
+    metric: str,
+    seed: int,
+    validation_fraction: float = 0.2,
+    keep_model: bool = False,
+) -> CandidateScore:
     """Mean ``metric`` over ``folds`` cross-validation folds of ``train``; with ``folds == 1``,
     ``metric`` on one stratified holdout of about ``validation_fraction`` of the rows, and with
     ``keep_model`` the model fitted on the other rows comes back with the score."""
@@ -167,8 +178,9 @@ def pick_best(scores: Sequence[CandidateScore]) -> CandidateScore:
     return min(scores, key=lambda s: (-round(s.score, _SCORE_DECIMALS), s.candidate.index))
 
 
-def choose(scores: Sequence[CandidateScore], *, folds: int, runner: str,
-           scheduler: str | None = None, refit: bool = True) -> SelectionResult:
+def choose(
+    scores: Sequence[CandidateScore], *, folds: int, runner: str, scheduler: str | None = None, refit: bool = True
+) -> SelectionResult:
     """The best candidate; only its kept model (``refit`` false) stays in memory."""
     ordered = tuple(sorted(scores, key=lambda s: s.candidate.index))
     metrics = {s.metric for s in ordered}

@@ -122,9 +122,13 @@ TEXT_PATTERN = rf"^[^\u0000]*[^\u0000{SPACE_CLASS}][^\u0000]*$"
 
 
 def _text_schema(max_chars: int, description: str) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": TEXT_PATTERN,
-            "description": f"{description}: 1 to {max_chars} characters, not only whitespace, no NUL "
-                           f"(U+0000)"}
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_chars,
+        "pattern": TEXT_PATTERN,
+        "description": f"{description}: 1 to {max_chars} characters, not only whitespace, no NUL (U+0000)",
+    }
 
 
 def request_schemas(cfg: ServingSettings) -> dict[str, dict[str, Any]]:
@@ -132,25 +136,46 @@ def request_schemas(cfg: ServingSettings) -> dict[str, dict[str, Any]]:
     :func:`parse_feedback` judge them (OpenAPI components; the limits come from ``cfg``)."""
     text = _text_schema(cfg.max_text_chars, "one text to classify")
     return {
-        "OneText": {"title": "OneText", "type": "object", "required": ["text"], "additionalProperties": False,
-                    "properties": {"text": text}, "examples": [{"text": "my card has not arrived yet"}]},
-        "ManyTexts": {"title": "ManyTexts", "type": "object", "required": ["texts"], "additionalProperties": False,
-                      "properties": {"texts": {
-                          "type": "array", "minItems": 1, "maxItems": cfg.max_batch,
-                          "items": _text_schema(cfg.max_text_chars, "a text"),
-                          "description": f"several texts, 1 to {cfg.max_batch} (serving.max_batch)"}},
-                      "examples": [{"texts": ["I lost my card", "what is the exchange rate?"]}]},
-        "PredictRequest": {"title": "PredictRequest",
-                           "description": "Exactly one of `text` (one text) or `texts` (a batch); no other field.",
-                           "oneOf": [{"$ref": "#/components/schemas/OneText"},
-                                     {"$ref": "#/components/schemas/ManyTexts"}]},
-        "FeedbackRequest": {"title": "FeedbackRequest", "type": "object", "required": ["request_id", "label"],
-                            "additionalProperties": False, "properties": {
-                                "request_id": _text_schema(MAX_ID_CHARS, "the request_id /predict answered with"),
-                                "label": _text_schema(MAX_LABEL_CHARS, "the true intent; may be one the model "
-                                                                       "does not know yet")},
-                            "examples": [{"request_id": "3f0c2a9e8d6b4c1fa7e5d2b9c8a1f0e4",
-                                          "label": "card_arrival"}]},
+        "OneText": {
+            "title": "OneText",
+            "type": "object",
+            "required": ["text"],
+            "additionalProperties": False,
+            "properties": {"text": text},
+            "examples": [{"text": "my card has not arrived yet"}],
+        },
+        "ManyTexts": {
+            "title": "ManyTexts",
+            "type": "object",
+            "required": ["texts"],
+            "additionalProperties": False,
+            "properties": {
+                "texts": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": cfg.max_batch,
+                    "items": _text_schema(cfg.max_text_chars, "a text"),
+                    "description": f"several texts, 1 to {cfg.max_batch} (serving.max_batch)",
+                }
+            },
+            "examples": [{"texts": ["I lost my card", "what is the exchange rate?"]}],
+        },
+        "PredictRequest": {
+            "title": "PredictRequest",
+            "description": "Exactly one of `text` (one text) or `texts` (a batch); no other field.",
+            "oneOf": [{"$ref": "#/components/schemas/OneText"}, {"$ref": "#/components/schemas/ManyTexts"}],
+        },
+        "FeedbackRequest": {
+            "title": "FeedbackRequest",
+            "type": "object",
+            "required": ["request_id", "label"],
+            "additionalProperties": False,
+            "properties": {
+                "request_id": _text_schema(MAX_ID_CHARS, "the request_id /predict answered with"),
+                "label": _text_schema(MAX_LABEL_CHARS, "the true intent; may be one the model does not know yet"),
+            },
+            "examples": [{"request_id": "3f0c2a9e8d6b4c1fa7e5d2b9c8a1f0e4", "label": "card_arrival"}],
+        },
     }
 
 
@@ -187,8 +212,10 @@ class NotReady(BaseModel):
 
 
 class Problem(BaseModel):
-    field: str = Field(description="the field, header or part of the request concerned: text, texts[3], "
-                                   "label, body, Content-Type, Authorization, model")
+    field: str = Field(
+        description="the field, header or part of the request concerned: text, texts[3], "
+        "label, body, Content-Type, Authorization, model"
+    )
     message: str
 
 
@@ -207,14 +234,16 @@ class BadRequest(Exception):
         self.problems = problems
 
     def body(self) -> bytes:
-        return json.dumps({"detail": str(self),
-                           "errors": [{"field": f, "message": m} for f, m in self.problems]}).encode()
+        return json.dumps(
+            {"detail": str(self), "errors": [{"field": f, "message": m} for f, m in self.problems]}
+        ).encode()
 
     def response(self) -> Response:
         return Response(self.body(), status_code=self.status, media_type=_JSON)
 
 
 # -- metrics -------------------------------------------------------------------------------------
+
 
 class ServingMetrics:
     """The app's Prometheus series, in a registry of its own (two apps in one process, as in the
@@ -225,53 +254,93 @@ class ServingMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         vs = ["model_version", "slot"]
-        self.requests = Counter("driftloop_requests", "HTTP requests by endpoint, status, model version and slot",
-                                ["endpoint", "status", *vs], registry=r)
-        self.latency = Histogram("driftloop_predict_latency_seconds",
-                                 "Time to answer /predict inside the app (shadow: the challenger's "
-                                 "own prediction time), by model version and slot", vs, registry=r,
-                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                          0.25, 0.5, 1.0, 2.5))
-        self.predictions = Counter("driftloop_predictions", "Predictions by intent, model version and slot",
-                                   ["intent", *vs], registry=r)
-        self.confidence = Histogram("driftloop_prediction_confidence",
-                                    "Confidence of the predicted intent, by model version and slot", vs,
-                                    registry=r, buckets=tuple(round(0.1 * i, 1) for i in range(1, 11)))
-        self.low_confidence = Counter("driftloop_low_confidence",
-                                      "Predictions below the low-confidence threshold", vs, registry=r)
-        self.tokens = Histogram("driftloop_request_tokens", "Tokens per /predict request (all its texts)",
-                                vs, registry=r,
-                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
-        self.batch_texts = Histogram("driftloop_batch_texts",
-                                     "Texts per forward pass of the micro-batcher (concurrent requests "
-                                     "predicted together), by model version and slot", vs, registry=r,
-                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.requests = Counter(
+            "driftloop_requests",
+            "HTTP requests by endpoint, status, model version and slot",
+            ["endpoint", "status", *vs],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "driftloop_predict_latency_seconds",
+            "Time to answer /predict inside the app (shadow: the challenger's "
+            "own prediction time), by model version and slot",
+            vs,
+            registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.predictions = Counter(
+            "driftloop_predictions", "Predictions by intent, model version and slot", ["intent", *vs], registry=r
+        )
+        self.confidence = Histogram(
+            "driftloop_prediction_confidence",
+            "Confidence of the predicted intent, by model version and slot",
+            vs,
+            registry=r,
+            buckets=tuple(round(0.1 * i, 1) for i in range(1, 11)),
+        )
+        self.low_confidence = Counter(
+            "driftloop_low_confidence", "Predictions below the low-confidence threshold", vs, registry=r
+        )
+        self.tokens = Histogram(
+            "driftloop_request_tokens",
+            "Tokens per /predict request (all its texts)",
+            vs,
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+        )
+        self.batch_texts = Histogram(
+            "driftloop_batch_texts",
+            "Texts per forward pass of the micro-batcher (concurrent requests "
+            "predicted together), by model version and slot",
+            vs,
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
         self.errors = Counter("driftloop_errors", "Errors by kind", ["kind"], registry=r)
-        self.predict_errors = Counter("driftloop_predict_errors",
-                                      "Texts a model failed to predict, by model version and slot", vs,
-                                      registry=r)
+        self.predict_errors = Counter(
+            "driftloop_predict_errors", "Texts a model failed to predict, by model version and slot", vs, registry=r
+        )
         self.feedback = Counter("driftloop_feedback", "Feedback labels received", registry=r)
-        self.feedback_labels = Counter("driftloop_feedback_labels",
-                                       "Feedback labels matched to the answer they judge",
-                                       [*vs, "correct"], registry=r)
-        self.model_info = Gauge("driftloop_model_info", "The model versions loaded for traffic (value 1)",
-                                ["model_name", "model_version", "slot"], registry=r)
-        self.traffic_weight = Gauge("driftloop_traffic_weight",
-                                    "Share of user traffic each slot answers (shadow: share mirrored)",
-                                    ["slot", "model_version"], registry=r)
-        self.rollout_info = Gauge("driftloop_rollout_info", "The rollout state this replica routes by",
-                                  ["rollout_id", "mode", "stage", "challenger"], registry=r)
-        self.shadow_comparisons = Counter("driftloop_shadow_comparisons",
-                                          "Shadow predictions compared with the champion's answer",
-                                          ["model_version", "agree"], registry=r)
-        self.shadow_dropped = Counter("driftloop_shadow_dropped",
-                                      "Requests not mirrored because the shadow queue was full", registry=r)
-        self.drift_share = Gauge("driftloop_drift_share", "Share of drift signals that fired in the "
-                                 "latest monitoring run", registry=r)
-        self.drift_detected = Gauge("driftloop_drift_detected", "1 when the latest monitoring run "
-                                    "confirmed drift", registry=r)
-        self.swaps = Counter("driftloop_model_swaps", "Routing changes applied (champion or rollout)",
-                             registry=r)
+        self.feedback_labels = Counter(
+            "driftloop_feedback_labels",
+            "Feedback labels matched to the answer they judge",
+            [*vs, "correct"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "driftloop_model_info",
+            "The model versions loaded for traffic (value 1)",
+            ["model_name", "model_version", "slot"],
+            registry=r,
+        )
+        self.traffic_weight = Gauge(
+            "driftloop_traffic_weight",
+            "Share of user traffic each slot answers (shadow: share mirrored)",
+            ["slot", "model_version"],
+            registry=r,
+        )
+        self.rollout_info = Gauge(
+            "driftloop_rollout_info",
+            "The rollout state this replica routes by",
+            ["rollout_id", "mode", "stage", "challenger"],
+            registry=r,
+        )
+        self.shadow_comparisons = Counter(
+            "driftloop_shadow_comparisons",
+            "Shadow predictions compared with the champion's answer",
+            ["model_version", "agree"],
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "driftloop_shadow_dropped", "Requests not mirrored because the shadow queue was full", registry=r
+        )
+        self.drift_share = Gauge(
+            "driftloop_drift_share", "Share of drift signals that fired in the latest monitoring run", registry=r
+        )
+        self.drift_detected = Gauge(
+            "driftloop_drift_detected", "1 when the latest monitoring run confirmed drift", registry=r
+        )
+        self.swaps = Counter("driftloop_model_swaps", "Routing changes applied (champion or rollout)", registry=r)
 
     def bind(self, ref: ModelRef, slot: str, low_confidence: float) -> _Bound:
         return _Bound(self, ref.version, slot, low_confidence)
@@ -321,14 +390,18 @@ class MicroBatcher:
     request by request, so one bad input fails only its own request.
     """
 
-    def __init__(self, predict: Callable[[list[str]], tuple[list[Prediction], list[int]]], max_texts: int,
-                 on_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        predict: Callable[[list[str]], tuple[list[Prediction], list[int]]],
+        max_texts: int,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         self._predict = predict
         self.max_texts = max_texts
         self._on_batch = on_batch
         self._pending: deque[tuple[list[str], asyncio.Future]] = deque()
         self._running = False
-        self.batches = 0      # forward passes run (tests, and the batch-size metric's count)
+        self.batches = 0  # forward passes run (tests, and the batch-size metric's count)
 
     async def submit(self, texts: list[str]) -> tuple[list[Prediction], list[int]]:
         future = asyncio.get_running_loop().create_future()
@@ -367,7 +440,7 @@ class MicroBatcher:
                     continue
                 at = 0
                 for part, future in batch:
-                    _settle(future, (predictions[at:at + len(part)], tokens[at:at + len(part)]))
+                    _settle(future, (predictions[at : at + len(part)], tokens[at : at + len(part)]))
                     at += len(part)
         finally:
             self._running = False
@@ -403,10 +476,10 @@ class _Snapshot:
 
     routing: Routing
     champion: _Slot
-    canary: _Slot | None      # the challenger answering a share of callers (canary, A/B)
-    shadow: _Slot | None      # the challenger answering a mirrored copy of every request
+    canary: _Slot | None  # the challenger answering a share of callers (canary, A/B)
+    shadow: _Slot | None  # the challenger answering a mirrored copy of every request
     standby: LoadedModel | None  # blue-green: loaded and warm, no traffic yet
-    complete: bool            # False while the challenger could not be loaded (retried)
+    complete: bool  # False while the challenger could not be loaded (retried)
 
     def pick_canary(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """Whether this request goes to the canary: sticky per ``X-Caller-Id`` (the key hashed
@@ -422,6 +495,7 @@ class _Snapshot:
 
 # -- the model holder and its reloader -----------------------------------------------------------
 
+
 class ModelHolder:
     """Holds the serving models and keeps them at the source's desired routing.
 
@@ -434,8 +508,14 @@ class ModelHolder:
     champion: it serves alone until the challenger loads.
     """
 
-    def __init__(self, source: ModelSource, metrics: ServingMetrics, interval_s: float,
-                 low_confidence: float = 0.5, micro_batch_texts: int = 64):
+    def __init__(
+        self,
+        source: ModelSource,
+        metrics: ServingMetrics,
+        interval_s: float,
+        low_confidence: float = 0.5,
+        micro_batch_texts: int = 64,
+    ):
         self.micro_batch_texts = micro_batch_texts
         self.source = source
         self.metrics = metrics
@@ -499,8 +579,7 @@ class ModelHolder:
                     self._challenger_failures += 1
                     self.metrics.errors.labels("load_challenger").inc()
                     if self._challenger_failures == 1:
-                        log.exception("loading challenger %s failed; the champion serves alone",
-                                      routing.challenger)
+                        log.exception("loading challenger %s failed; the champion serves alone", routing.challenger)
                     else:
                         log.warning("loading challenger %s failed again: %s", routing.challenger, exc)
             if old is not None and not old.complete and not complete and old.routing == routing:
@@ -511,9 +590,15 @@ class ModelHolder:
                 keep.add(challenger.ref)
             if old is not None:
                 keep.add(old.champion.loaded.ref)  # an instant switch back
-            self._models = {r: m for r, m in {**self._models, champion.ref: champion,
-                                              **({challenger.ref: challenger} if challenger else {})}.items()
-                            if r in keep}
+            self._models = {
+                r: m
+                for r, m in {
+                    **self._models,
+                    champion.ref: champion,
+                    **({challenger.ref: challenger} if challenger else {}),
+                }.items()
+                if r in keep
+            }
             self.serving = new
             self._publish(old, new)
             if old is None or old.champion.loaded.ref != champion.ref:
@@ -522,13 +607,17 @@ class ModelHolder:
                 log.info("routing: %s", routing.state)
             return True
 
-    def _snapshot(self, routing: Routing, champion: LoadedModel, challenger: LoadedModel | None,
-                  complete: bool) -> _Snapshot:
+    def _snapshot(
+        self, routing: Routing, champion: LoadedModel, challenger: LoadedModel | None, complete: bool
+    ) -> _Snapshot:
         def slot(loaded: LoadedModel, name: str) -> _Slot:
             batcher = None
             if self.micro_batch_texts > 0:
-                batcher = MicroBatcher(functools.partial(predict_texts, loaded.model), self.micro_batch_texts,
-                                       self.metrics.batch_texts.labels(loaded.ref.version, name).observe)
+                batcher = MicroBatcher(
+                    functools.partial(predict_texts, loaded.model),
+                    self.micro_batch_texts,
+                    self.metrics.batch_texts.labels(loaded.ref.version, name).observe,
+                )
             return _Slot(loaded, self.metrics.bind(loaded.ref, name, self.low_confidence), batcher)
 
         mode = routing.state.mode
@@ -554,11 +643,9 @@ class ModelHolder:
         for part in (new.canary, new.shadow):
             if part is not None:
                 m.model_info.labels(name, part.bound.version, part.bound.slot).set(1)
-                m.traffic_weight.labels(part.bound.slot, part.bound.version).set(
-                    weight if part is new.canary else 1.0)
+                m.traffic_weight.labels(part.bound.slot, part.bound.version).set(weight if part is new.canary else 1.0)
         state = new.routing.state
-        m.rollout_info.labels(state.rollout_id or "-", state.mode, state.stage or "-",
-                              state.challenger or "-").set(1)
+        m.rollout_info.labels(state.rollout_id or "-", state.mode, state.stage or "-", state.challenger or "-").set(1)
         m.swaps.inc()
 
     def poll_safely(self) -> bool:
@@ -569,11 +656,9 @@ class ModelHolder:
             self._failures += 1
             self.metrics.errors.labels("reload").inc()
             if self._failures == 1:
-                log.exception("polling the registry or loading the champion failed; the current "
-                              "model keeps serving")
+                log.exception("polling the registry or loading the champion failed; the current model keeps serving")
             else:
-                log.warning("polling or loading the champion failed again (%d in a row): %s",
-                            self._failures, exc)
+                log.warning("polling or loading the champion failed again (%d in a row): %s", self._failures, exc)
             return False
         self._failures = 0
         return swapped
@@ -581,7 +666,7 @@ class ModelHolder:
     def next_delay(self) -> float:
         if self._failures == 0:
             return self.interval_s
-        return min(self.interval_s * 2 ** self._failures, max(self.interval_s, MAX_BACKOFF_S))
+        return min(self.interval_s * 2**self._failures, max(self.interval_s, MAX_BACKOFF_S))
 
     def start(self) -> None:
         self._stop.clear()
@@ -611,9 +696,16 @@ class ShadowRunner:
     mirrored, and counted (``driftloop_shadow_dropped_total``).
     """
 
-    def __init__(self, log_write: Callable[..., None], metrics: ServingMetrics, max_queue: int = 256, *,
-                 last_activity: Callable[[], float] = lambda: 0.0, min_rate: float = 50.0,
-                 quiet_s: float = 0.002):
+    def __init__(
+        self,
+        log_write: Callable[..., None],
+        metrics: ServingMetrics,
+        max_queue: int = 256,
+        *,
+        last_activity: Callable[[], float] = lambda: 0.0,
+        min_rate: float = 50.0,
+        quiet_s: float = 0.002,
+    ):
         self._write = log_write
         self._metrics = metrics
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -670,8 +762,9 @@ class ShadowRunner:
             except Exception as exc:  # noqa: BLE001  a failing shadow is logged and counted, never raised
                 elapsed = time.perf_counter() - started
                 bound.failed.inc(len(texts))
-                self._log(ids, texts, None, bound.version, elapsed * 1000.0, None, SLOT_SHADOW,
-                          f"{type(exc).__name__}: {exc}")
+                self._log(
+                    ids, texts, None, bound.version, elapsed * 1000.0, None, SLOT_SHADOW, f"{type(exc).__name__}: {exc}"
+                )
                 continue
             elapsed = time.perf_counter() - started
             self._log(ids, texts, predictions, bound.version, elapsed * 1000.0, tokens, SLOT_SHADOW, "")
@@ -730,9 +823,18 @@ def _read_monitor_status(path: Path | None, seen: list[float]) -> dict[str, Any]
 
 # -- request parsing -----------------------------------------------------------------------------
 
+
 def _type_name(value: Any) -> str:
-    return {dict: "an object", _Repeated: "an object", list: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        _Repeated: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 class _Disconnected(Exception):
@@ -751,18 +853,23 @@ def _unsupported_type(content_type: bytes | None) -> BadRequest | None:
     if content_type == _JSON_TYPE:
         return None  # the usual case: one comparison
     if content_type is None:
-        return BadRequest(415, "unsupported_media_type",
-                          [("Content-Type", "missing; send 'Content-Type: application/json'")])
+        return BadRequest(
+            415, "unsupported_media_type", [("Content-Type", "missing; send 'Content-Type: application/json'")]
+        )
     shown = _clip(content_type.decode("latin-1"))
     media, _, params = content_type.partition(b";")
     if media.strip().lower() != _JSON_TYPE:
-        return BadRequest(415, "unsupported_media_type",
-                          [("Content-Type", f"{shown!r} is not accepted; send 'application/json'")])
+        return BadRequest(
+            415, "unsupported_media_type", [("Content-Type", f"{shown!r} is not accepted; send 'application/json'")]
+        )
     for param in params.split(b";"):
         name, _, value = param.partition(b"=")
         if name.strip().lower() == b"charset" and value.strip().strip(b'"').lower() not in (b"utf-8", b"utf8"):
-            return BadRequest(415, "unsupported_media_type",
-                              [("Content-Type", f"{shown!r}: the body must be UTF-8 JSON (charset=utf-8)")])
+            return BadRequest(
+                415,
+                "unsupported_media_type",
+                [("Content-Type", f"{shown!r}: the body must be UTF-8 JSON (charset=utf-8)")],
+            )
     return None
 
 
@@ -850,7 +957,8 @@ def read_api_token(cfg: ServingSettings, environ: Mapping[str, str] = os.environ
         raise MissingApiToken(
             f"serving.require_token is true but ${cfg.api_token_env} is unset or empty: export it "
             f"(a long random secret, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'), "
-            f"or set serving.require_token: false to leave /feedback open on a trusted loopback")
+            f"or set serving.require_token: false to leave /feedback open on a trusted loopback"
+        )
     return None
 
 
@@ -869,7 +977,7 @@ MAX_FIELD_SHOWN = 64
 
 
 def _clip(name: str) -> str:
-    return name if len(name) <= MAX_FIELD_SHOWN else name[:MAX_FIELD_SHOWN - 3] + "..."
+    return name if len(name) <= MAX_FIELD_SHOWN else name[: MAX_FIELD_SHOWN - 3] + "..."
 
 
 def _too_large(limit: int) -> BadRequest:
@@ -906,23 +1014,30 @@ def _parse_json_object(body: bytes, shape: str) -> dict[str, Any]:
     try:
         decoded = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadRequest(400, "invalid_utf8",
-                         [("body", f"not valid UTF-8 (byte {exc.start}: {exc.reason})")]) from None
+        raise BadRequest(400, "invalid_utf8", [("body", f"not valid UTF-8 (byte {exc.start}: {exc.reason})")]) from None
     try:
         value = _DECODER.decode(decoded)
     except RecursionError:
-        raise BadRequest(400, "invalid_json", [("body", f"nested too deeply to parse; expected a JSON "
-                                                        f"object like {shape}")]) from None
+        raise BadRequest(
+            400, "invalid_json", [("body", f"nested too deeply to parse; expected a JSON object like {shape}")]
+        ) from None
     except ValueError as exc:
-        problem = ("starts with a byte order mark (U+FEFF); send JSON without one" if decoded[:1] == "\ufeff"
-                   else f"not valid JSON: {exc}")
+        problem = (
+            "starts with a byte order mark (U+FEFF); send JSON without one"
+            if decoded[:1] == "\ufeff"
+            else f"not valid JSON: {exc}"
+        )
         raise BadRequest(400, "invalid_json", [("body", problem)]) from None
     if not isinstance(value, dict):
-        raise BadRequest(422, "invalid_request",
-                         [("body", f"expected a JSON object like {shape}, got {_type_name(value)}")])
+        raise BadRequest(
+            422, "invalid_request", [("body", f"expected a JSON object like {shape}, got {_type_name(value)}")]
+        )
     if type(value) is _Repeated:
-        raise BadRequest(422, "invalid_request", [(_clip(k), "given more than once; send each field once")
-                                                  for k in value.repeated[:MAX_PROBLEMS]])
+        raise BadRequest(
+            422,
+            "invalid_request",
+            [(_clip(k), "given more than once; send each field once") for k in value.repeated[:MAX_PROBLEMS]],
+        )
     return value
 
 
@@ -942,8 +1057,7 @@ _PREDICT_FIELDS = {"text", "texts"}
 _FEEDBACK_FIELDS = {"request_id", "label"}
 
 
-def _unknown_fields(value: dict[str, Any], known: set[str], expected: str,
-                    problems: list[tuple[str, str]]) -> None:
+def _unknown_fields(value: dict[str, Any], known: set[str], expected: str, problems: list[tuple[str, str]]) -> None:
     if not value.keys() <= known:  # the usual case: no unknown field, no set built
         for key in sorted(set(value) - known)[:MAX_PROBLEMS]:
             problems.append((_clip(key), f"unknown field; expected {expected}"))
@@ -1008,6 +1122,7 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 
 # -- the app -------------------------------------------------------------------------------------
 
+
 class ServingApp(FastAPI):
     """FastAPI with a direct path for ``POST /predict``.
 
@@ -1022,17 +1137,28 @@ class ServingApp(FastAPI):
     fast_predict: Callable[[dict[str, Any], Receive, Send], Awaitable[None]] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if (self.fast_predict is not None and scope["type"] == "http" and scope["path"] == "/predict"
-                and scope["method"] == "POST" and not self.user_middleware
-                and not scope.get("root_path")):
+        if (
+            self.fast_predict is not None
+            and scope["type"] == "http"
+            and scope["path"] == "/predict"
+            and scope["method"] == "POST"
+            and not self.user_middleware
+            and not scope.get("root_path")
+        ):
             await self.fast_predict(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
 
-def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
-               low_confidence: float = 0.5, monitor_status: Path | None = None,
-               api_token: str | None = None) -> ServingApp:
+def create_app(
+    cfg: ServingSettings,
+    source: ModelSource,
+    log_root: Path,
+    *,
+    low_confidence: float = 0.5,
+    monitor_status: Path | None = None,
+    api_token: str | None = None,
+) -> ServingApp:
     """The serving app. Nothing happens until it starts: the logs are opened, the champion (and
     a rollout's challenger) loaded and the poller started in its lifespan (a missing or failing
     champion leaves it running but not ready). ``monitor_status`` is the file the monitoring
@@ -1045,8 +1171,9 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
     token = api_token if api_token is not None else read_api_token(cfg)
     expected_token = token.encode() if token else None
     if expected_token is None:
-        log.warning("no API token ($%s unset, serving.require_token false): /feedback accepts anyone",
-                    cfg.api_token_env)
+        log.warning(
+            "no API token ($%s unset, serving.require_token false): /feedback accepts anyone", cfg.api_token_env
+        )
     metrics = ServingMetrics()
     holder = ModelHolder(source, metrics, cfg.reload_interval_s, low_confidence, cfg.micro_batch_texts)
     answers = _Answers(cfg.feedback_memory)
@@ -1063,8 +1190,9 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
             logs["predictions"].write_batch(ids, texts, predictions, version, latency_ms, tokens, slot)
 
     activity = [0.0]  # when the last /predict call was answered (time.monotonic)
-    shadow_runner = ShadowRunner(write_shadow, metrics, cfg.shadow_queue, last_activity=lambda: activity[0],
-                                 min_rate=cfg.shadow_min_rate)
+    shadow_runner = ShadowRunner(
+        write_shadow, metrics, cfg.shadow_queue, last_activity=lambda: activity[0], min_rate=cfg.shadow_min_rate
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -1081,8 +1209,11 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
             logs["predictions"].close()
             logs["feedback"].close()
 
-    app = ServingApp(title="driftloop serving", lifespan=lifespan,
-                  description="The registry's champion model, with feedback, health and metrics.")
+    app = ServingApp(
+        title="driftloop serving",
+        lifespan=lifespan,
+        description="The registry's champion model, with feedback, health and metrics.",
+    )
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.shadow = shadow_runner
@@ -1090,8 +1221,9 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
     errors_total = metrics.errors
 
     def reject(endpoint: str, version: str, exc: BadRequest) -> tuple[int, bytes]:
-        requests_total.labels(endpoint, str(exc.status), version, SLOT_CHAMPION if endpoint == "predict"
-                              else "none").inc()
+        requests_total.labels(
+            endpoint, str(exc.status), version, SLOT_CHAMPION if endpoint == "predict" else "none"
+        ).inc()
         errors_total.labels(exc.kind).inc()
         return exc.status, exc.body()
 
@@ -1114,20 +1246,35 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
     def errors(codes: dict[int, str]) -> dict[int | str, dict[str, Any]]:
         return {code: {"model": ErrorResponse, "description": text} for code, text in codes.items()}
 
-    body_errors = errors({
-        400: "the body is empty, not UTF-8, not JSON, or nested too deeply to parse (field: body)",
-        413: f"the body is larger than any valid request could be (field: body; /predict: {body_limit} "
-             f"bytes, /feedback: {FEEDBACK_BODY_LIMIT})",
-        415: "Content-Type is missing or not application/json (charset, when given, utf-8; field: Content-Type)",
-        422: "well-formed JSON that breaks the contract: not an object, an unknown, missing, repeated or "
-             "empty field, a text too long, a batch too large, a NUL character; each problem names its field"})
-    request_id_header = {"X-Request-Id": {
-        "description": "the HTTP exchange's id: the caller's own X-Request-Id when it is plain "
-                       "([A-Za-z0-9._:-]{1,128}), else a new one", "schema": {"type": "string"}}}
-    predict_body = {"requestBody": {"required": True, "content": {
-        _JSON: {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}}}
-    feedback_body = {"requestBody": {"required": True, "content": {
-        _JSON: {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}}}}
+    body_errors = errors(
+        {
+            400: "the body is empty, not UTF-8, not JSON, or nested too deeply to parse (field: body)",
+            413: f"the body is larger than any valid request could be (field: body; /predict: {body_limit} "
+            f"bytes, /feedback: {FEEDBACK_BODY_LIMIT})",
+            415: "Content-Type is missing or not application/json (charset, when given, utf-8; field: Content-Type)",
+            422: "well-formed JSON that breaks the contract: not an object, an unknown, missing, repeated or "
+            "empty field, a text too long, a batch too large, a NUL character; each problem names its field",
+        }
+    )
+    request_id_header = {
+        "X-Request-Id": {
+            "description": "the HTTP exchange's id: the caller's own X-Request-Id when it is plain "
+            "([A-Za-z0-9._:-]{1,128}), else a new one",
+            "schema": {"type": "string"},
+        }
+    }
+    predict_body = {
+        "requestBody": {
+            "required": True,
+            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+        }
+    }
+    feedback_body = {
+        "requestBody": {
+            "required": True,
+            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}},
+        }
+    }
     bearer = "bearerAuth"
 
     def openapi() -> dict[str, Any]:
@@ -1138,9 +1285,13 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
             if expected_token is not None:
                 # Only when the server has a token: without one /feedback is open, and saying
                 # otherwise would be a contract the server does not keep.
-                components["securitySchemes"] = {bearer: {
-                    "type": "http", "scheme": "bearer",
-                    "description": f"the token in ${cfg.api_token_env} (serving.api_token_env)"}}
+                components["securitySchemes"] = {
+                    bearer: {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": f"the token in ${cfg.api_token_env} (serving.api_token_env)",
+                    }
+                }
                 schema["paths"]["/feedback"]["post"]["security"] = [{bearer: []}]
         return app.openapi_schema
 
@@ -1152,8 +1303,11 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         started = time.perf_counter()
         headers = scope["headers"]
         request_id = http_request_id(headers)
-        with tracing.span("POST /predict", {"driftloop.request_id": request_id, "http.request.method": "POST",
-                                            "url.path": "/predict"}, kind="server") as span:
+        with tracing.span(
+            "POST /predict",
+            {"driftloop.request_id": request_id, "http.request.method": "POST", "url.path": "/predict"},
+            kind="server",
+        ) as span:
             try:
                 body = await _receive_body(scope, receive, body_limit)
             except _Disconnected:
@@ -1167,18 +1321,26 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
                 finally:
                     activity[0] = time.monotonic()
             if span.recording:
-                span.set_many({"http.response.status_code": status,
-                               "driftloop.latency_ms": (time.perf_counter() - started) * 1000.0})
+                span.set_many(
+                    {
+                        "http.response.status_code": status,
+                        "driftloop.latency_ms": (time.perf_counter() - started) * 1000.0,
+                    }
+                )
                 if status >= 500:
                     span.fail(f"answered {status}")
         return status, payload, request_id
 
-    async def _answer_predict(body: bytes, started: float, headers: list[tuple[bytes, bytes]],
-                              span: tracing.Span) -> tuple[int, bytes]:
+    async def _answer_predict(
+        body: bytes, started: float, headers: list[tuple[bytes, bytes]], span: tracing.Span
+    ) -> tuple[int, bytes]:
         snap = holder.serving  # read once: the whole request uses this routing
         if snap is None:
-            return reject("predict", "none", BadRequest(
-                503, "not_ready", [("model", "no model loaded yet; retry when /ready says 200")]))
+            return reject(
+                "predict",
+                "none",
+                BadRequest(503, "not_ready", [("model", "no model loaded yet; retry when /ready says 200")]),
+            )
         try:
             texts = parse_predict(body, cfg)
         except BadRequest as exc:
@@ -1204,17 +1366,27 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
                 bound.failed.inc(len(texts))
                 errors_total.labels("predict").inc()
                 try:
-                    logs["predictions"].write_errors(ids, texts, bound.version,
-                                                     (time.perf_counter() - started) * 1000.0, bound.slot,
-                                                     f"{type(exc).__name__}: {exc}")
+                    logs["predictions"].write_errors(
+                        ids,
+                        texts,
+                        bound.version,
+                        (time.perf_counter() - started) * 1000.0,
+                        bound.slot,
+                        f"{type(exc).__name__}: {exc}",
+                    )
                 except OSError:
                     log.exception("writing the prediction log failed")
                     errors_total.labels("log_write").inc()
                 if part is snap.champion:
                     requests_total.labels("predict", "500", bound.version, bound.slot).inc()
                     if span.recording:
-                        span.set_many({"driftloop.model_version": bound.version, "driftloop.slot": bound.slot,
-                                       "driftloop.batch_size": len(texts)})
+                        span.set_many(
+                            {
+                                "driftloop.model_version": bound.version,
+                                "driftloop.slot": bound.slot,
+                                "driftloop.batch_size": len(texts),
+                            }
+                        )
                         span.fail("the model failed on this input", exc)
                     return 500, b'{"detail": "the model failed on this input"}'
                 # A failing canary costs the caller nothing: the champion answers instead (the
@@ -1225,8 +1397,9 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         elapsed = time.perf_counter() - started
         bound = part.bound
         try:
-            logs["predictions"].write_batch(ids, texts, predictions, bound.version, elapsed * 1000.0, tokens,
-                                            bound.slot)
+            logs["predictions"].write_batch(
+                ids, texts, predictions, bound.version, elapsed * 1000.0, tokens, bound.slot
+            )
         except OSError:
             # Answering matters more than the record; the counter makes the gap visible.
             log.exception("writing the prediction log failed")
@@ -1237,13 +1410,22 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         bound.ok.inc()
         bound.observe(predictions, tokens, elapsed)
         if span.recording:
-            span.set_many({"driftloop.model_name": part.loaded.ref.name, "driftloop.model_version": bound.version,
-                           "driftloop.slot": bound.slot, "driftloop.batch_size": len(texts),
-                           "driftloop.tokens": sum(tokens), "driftloop.prediction_ids": ids,
-                           "driftloop.rollout_id": snap.routing.state.rollout_id or None})
+            span.set_many(
+                {
+                    "driftloop.model_name": part.loaded.ref.name,
+                    "driftloop.model_version": bound.version,
+                    "driftloop.slot": bound.slot,
+                    "driftloop.batch_size": len(texts),
+                    "driftloop.tokens": sum(tokens),
+                    "driftloop.prediction_ids": ids,
+                    "driftloop.rollout_id": snap.routing.state.rollout_id or None,
+                }
+            )
         # By hand, as in the prediction log: json.dumps of the nested dicts costs more.
-        items = [f'{{"request_id":"{rid}","intent":{_q(p.intent)},"confidence":{float(p.confidence)!r}}}'
-                 for rid, p in zip(ids, predictions, strict=True)]
+        items = [
+            f'{{"request_id":"{rid}","intent":{_q(p.intent)},"confidence":{float(p.confidence)!r}}}'
+            for rid, p in zip(ids, predictions, strict=True)
+        ]
         return 200, f'{{"model_version":{bound.version_json},"predictions":[{",".join(items)}]}}'.encode()
 
     async def fast_predict(scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -1251,15 +1433,29 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         if answered is None:
             return
         status, payload, request_id = answered
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode()),
-                                (b"x-request-id", request_id.encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"x-request-id", request_id.encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
-    @app.post("/predict", response_model=PredictResponse, openapi_extra=predict_body,
-              responses={200: {"headers": request_id_header}, **body_errors,
-                         **errors({503: "no model loaded yet; retry when /ready says 200 (field: model)"})})
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        openapi_extra=predict_body,
+        responses={
+            200: {"headers": request_id_header},
+            **body_errors,
+            **errors({503: "no model loaded yet; retry when /ready says 200 (field: model)"}),
+        },
+    )
     async def predict(request: Request) -> Response:
         """Classify one text (``{"text": ...}``) or a batch (``{"texts": [...]}``); each text gets its
         own ``request_id``. The body is UTF-8 JSON (``Content-Type: application/json``)."""
@@ -1281,29 +1477,41 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
             return None
         requests_total.labels("feedback", "401", version, "none").inc()
         errors_total.labels("unauthorized").inc()
-        message = ("missing; send 'Authorization: Bearer <token>'" if given is None
-                   else "not the expected bearer token")
+        message = "missing; send 'Authorization: Bearer <token>'" if given is None else "not the expected bearer token"
         challenge = 'Bearer realm="driftloop"' + ("" if given is None else ', error="invalid_token"')
-        body = json.dumps({"detail": f"Authorization: {message}",
-                           "errors": [{"field": "Authorization", "message": message}]})
+        body = json.dumps(
+            {"detail": f"Authorization: {message}", "errors": [{"field": "Authorization", "message": message}]}
+        )
         return Response(body, 401, media_type=_JSON, headers={"WWW-Authenticate": challenge})
 
     feedback_responses: dict[int | str, dict[str, Any]] = {
-        202: {"model": FeedbackAccepted, "description": "recorded", "headers": request_id_header}, **body_errors,
-        401: {"model": ErrorResponse, "description": "no or wrong bearer token (field: Authorization)",
-              "headers": {"WWW-Authenticate": {"description": 'Bearer realm="driftloop"',
-                                               "schema": {"type": "string"}}}}}
+        202: {"model": FeedbackAccepted, "description": "recorded", "headers": request_id_header},
+        **body_errors,
+        401: {
+            "model": ErrorResponse,
+            "description": "no or wrong bearer token (field: Authorization)",
+            "headers": {"WWW-Authenticate": {"description": 'Bearer realm="driftloop"', "schema": {"type": "string"}}},
+        },
+    }
     if expected_token is None:
         del feedback_responses[401]
 
-    @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, openapi_extra=feedback_body,
-              responses=feedback_responses)
+    @app.post(
+        "/feedback",
+        status_code=202,
+        response_model=FeedbackAccepted,
+        openapi_extra=feedback_body,
+        responses=feedback_responses,
+    )
     async def feedback(request: Request) -> Response:
         """Record the true label of an answered request (any label, known to the model or not).
         Needs ``Authorization: Bearer <token>`` when the server has a token (``serving.api_token_env``)."""
         request_id = http_request_id(request.scope["headers"])
-        with tracing.span("POST /feedback", {"driftloop.request_id": request_id, "http.request.method": "POST",
-                                             "url.path": "/feedback"}, kind="server") as span:
+        with tracing.span(
+            "POST /feedback",
+            {"driftloop.request_id": request_id, "http.request.method": "POST", "url.path": "/feedback"},
+            kind="server",
+        ) as span:
             response = await _feedback(request, span)
             if span.recording:
                 span.set("http.response.status_code", response.status_code)
@@ -1318,8 +1526,7 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         if refused is not None:
             return refused
         try:
-            request_id, label = parse_feedback(
-                await _receive_body(request.scope, request.receive, FEEDBACK_BODY_LIMIT))
+            request_id, label = parse_feedback(await _receive_body(request.scope, request.receive, FEEDBACK_BODY_LIMIT))
         except _Disconnected:
             return Response(status_code=400)  # nobody is left to read it
         except BadRequest as exc:
@@ -1338,13 +1545,17 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
             metrics.feedback_labels.labels(answered[0], answered[1], "true" if answered[2] == label else "false").inc()
         if span.recording:
             # The version and slot that gave the answer, when this replica still remembers it.
-            span.set_many({"driftloop.feedback.request_id": request_id, "driftloop.feedback.label": label,
-                           "driftloop.model_version": answered[0] if answered else version,
-                           "driftloop.slot": answered[1] if answered else None,
-                           "driftloop.feedback.correct": (answered[2] == label) if answered else None})
+            span.set_many(
+                {
+                    "driftloop.feedback.request_id": request_id,
+                    "driftloop.feedback.label": label,
+                    "driftloop.model_version": answered[0] if answered else version,
+                    "driftloop.slot": answered[1] if answered else None,
+                    "driftloop.feedback.correct": (answered[2] == label) if answered else None,
+                }
+            )
         requests_total.labels("feedback", "202", version, "none").inc()
-        return Response(json.dumps({"status": "accepted", "request_id": request_id}), 202,
-                        media_type=_JSON)
+        return Response(json.dumps({"status": "accepted", "request_id": request_id}), 202, media_type=_JSON)
 
     @app.get("/health", response_model=Health)
     async def health() -> Response:
@@ -1354,21 +1565,28 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
         requests_total.labels("health", "200", version or "none", "none").inc()
         return Response(json.dumps({"status": "ok", "model_version": version}), media_type=_JSON)
 
-    @app.get("/ready", response_model=Ready,
-             responses={503: {"model": NotReady, "description": "no model loaded yet"}})
+    @app.get("/ready", response_model=Ready, responses={503: {"model": NotReady, "description": "no model loaded yet"}})
     async def ready() -> Response:
         """Readiness: 200 once a model is loaded, 503 before."""
         current = holder.current
         if current is None:
             requests_total.labels("ready", "503", "none", "none").inc()
-            return Response(json.dumps({"status": "not ready", "detail": "no model loaded yet"}), 503,
-                            media_type=_JSON)
+            return Response(json.dumps({"status": "not ready", "detail": "no model loaded yet"}), 503, media_type=_JSON)
         requests_total.labels("ready", "200", current.ref.version, "none").inc()
-        return Response(json.dumps({"status": "ready", "model": current.ref.name,
-                                    "model_version": current.ref.version}), media_type=_JSON)
+        return Response(
+            json.dumps({"status": "ready", "model": current.ref.name, "model_version": current.ref.version}),
+            media_type=_JSON,
+        )
 
-    @app.get("/routing", responses={503: {"description": "no model loaded yet (champion null)",
-                                           "content": {_JSON: {"schema": {"type": "object"}}}}})
+    @app.get(
+        "/routing",
+        responses={
+            503: {
+                "description": "no model loaded yet (champion null)",
+                "content": {_JSON: {"schema": {"type": "object"}}},
+            }
+        },
+    )
     async def routing() -> Response:
         """The routing this replica applies now: champion, challenger and the rollout state it
         converged to (``complete`` is false while the challenger could not be loaded)."""
@@ -1381,17 +1599,36 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
             slots[SLOT_CANARY] = snap.canary.bound.version
         if snap.shadow is not None:
             slots[SLOT_SHADOW] = snap.shadow.bound.version
-        return Response(json.dumps({
-            "champion": snap.champion.bound.version, "slots": slots,
-            "standby": snap.standby.ref.version if snap.standby else None,
-            "complete": snap.complete,
-            "state": {"rollout_id": state.rollout_id, "mode": state.mode, "challenger": state.challenger,
-                      "weight": state.weight, "stage": state.stage, "since": state.since},
-        }), media_type=_JSON)
+        return Response(
+            json.dumps(
+                {
+                    "champion": snap.champion.bound.version,
+                    "slots": slots,
+                    "standby": snap.standby.ref.version if snap.standby else None,
+                    "complete": snap.complete,
+                    "state": {
+                        "rollout_id": state.rollout_id,
+                        "mode": state.mode,
+                        "challenger": state.challenger,
+                        "weight": state.weight,
+                        "stage": state.stage,
+                        "since": state.since,
+                    },
+                }
+            ),
+            media_type=_JSON,
+        )
 
-    @app.get("/metrics", response_class=Response, responses={200: {
-        "description": "the Prometheus text exposition format", "content": {
-            CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the Prometheus text exposition format",
+                "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics_endpoint() -> Response:
         """Prometheus text format."""
         current = holder.current
@@ -1405,8 +1642,15 @@ def create_app(cfg: ServingSettings, source: ModelSource, log_root: Path, *,
     return app
 
 
-def run_server(cfg: ServingSettings, source: ModelSource, log_root: Path, *, low_confidence: float = 0.5,
-               monitor_status: Path | None = None, trace_cfg: TracingSettings | None = None) -> None:
+def run_server(
+    cfg: ServingSettings,
+    source: ModelSource,
+    log_root: Path,
+    *,
+    low_confidence: float = 0.5,
+    monitor_status: Path | None = None,
+    trace_cfg: TracingSettings | None = None,
+) -> None:
     """Serve until interrupted: one uvicorn worker on ``cfg.host:cfg.port`` (the CLI's entry).
     Raises :class:`MissingApiToken` before binding anything when the token is required and unset.
     ``trace_cfg``: tracing is configured from it here, the process's entry (None: left as is)."""
@@ -1416,8 +1660,7 @@ def run_server(cfg: ServingSettings, source: ModelSource, log_root: Path, *, low
     if trace_cfg is not None:
         tracing.configure(trace_cfg, component="serving")
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1,
-                    log_level="warning", access_log=False)
+        uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1, log_level="warning", access_log=False)
     finally:
         if trace_cfg is not None:
             tracing.shutdown()  # the spans still in the batch leave before the process does

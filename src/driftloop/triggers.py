@@ -43,12 +43,12 @@ class DriftEvent:
     """The monitoring run's request for a retrain, as the payload of ``driftloop.drift.detected``."""
 
     model_name: str
-    window_id: str           # the hash of the window's request ids (drift.window_id_for)
+    window_id: str  # the hash of the window's request ids (drift.window_id_for)
     reason: str
-    report: str = ""         # the Evidently report's URI
+    report: str = ""  # the Evidently report's URI
     champion_version: str = ""
-    monitor_run: str = ""    # the Prefect flow run that decided
-    config: tuple[str, ...] = field(default_factory=tuple)   # the monitor's overlays, reused by the retrain
+    monitor_run: str = ""  # the Prefect flow run that decided
+    config: tuple[str, ...] = field(default_factory=tuple)  # the monitor's overlays, reused by the retrain
 
     @property
     def id(self) -> uuid.UUID:
@@ -59,9 +59,15 @@ class DriftEvent:
         return model_resource_id(self.model_name)
 
     def payload(self) -> dict[str, Any]:
-        return {"window_id": self.window_id, "window_hash": self.window_id, "reason": self.reason,
-                "report": self.report, "champion_version": self.champion_version,
-                "monitor_run": self.monitor_run, "config": list(self.config)}
+        return {
+            "window_id": self.window_id,
+            "window_hash": self.window_id,
+            "reason": self.reason,
+            "report": self.report,
+            "champion_version": self.champion_version,
+            "monitor_run": self.monitor_run,
+            "config": list(self.config),
+        }
 
 
 def parse_params(pairs: Iterable[str], allowed: Iterable[str]) -> dict[str, Any]:
@@ -75,8 +81,9 @@ def parse_params(pairs: Iterable[str], allowed: Iterable[str]) -> dict[str, Any]
         if not sep or not key:
             raise ValueError(f"--param {pair!r}: expected key=value")
         if key not in allowed:
-            raise ValueError(f"--param {key}: unknown parameter {key!r}; the retraining flow takes "
-                             f"{', '.join(allowed)}")
+            raise ValueError(
+                f"--param {key}: unknown parameter {key!r}; the retraining flow takes {', '.join(allowed)}"
+            )
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:

@@ -154,15 +154,15 @@ class HistoryEntry:
 
 # Which part of a rollout answered a prediction (a column of the prediction log, a metric label).
 SLOT_CHAMPION = "champion"
-SLOT_CANARY = "canary"    # the challenger answering users: a canary stage or the B arm of an A/B test
-SLOT_SHADOW = "shadow"    # the challenger answering a mirrored copy; never returned to the caller
+SLOT_CANARY = "canary"  # the challenger answering users: a canary stage or the B arm of an A/B test
+SLOT_SHADOW = "shadow"  # the challenger answering a mirrored copy; never returned to the caller
 SLOTS = (SLOT_CHAMPION, SLOT_CANARY, SLOT_SHADOW)
 
 # Rollout modes of the desired routing state.
-MODE_NONE = "none"            # champion only
-MODE_SHADOW = "shadow"        # challenger mirrored
-MODE_CANARY = "canary"        # `weight` of callers to the challenger
-MODE_AB = "ab"                # a fixed split until a statistical decision
+MODE_NONE = "none"  # champion only
+MODE_SHADOW = "shadow"  # challenger mirrored
+MODE_CANARY = "canary"  # `weight` of callers to the challenger
+MODE_AB = "ab"  # a fixed split until a statistical decision
 MODE_BLUEGREEN = "bluegreen"  # challenger loaded and warm, no traffic: the switch is one alias move
 MODES = (MODE_NONE, MODE_SHADOW, MODE_CANARY, MODE_AB, MODE_BLUEGREEN)
 
@@ -180,7 +180,7 @@ class RolloutState:
     challenger: str | None = None
     weight: float = 0.0
     stage: str = ""
-    since: str = ""     # when this stage began (ISO 8601, UTC)
+    since: str = ""  # when this stage began (ISO 8601, UTC)
     actor: str = ""
 
     def __post_init__(self) -> None:

@@ -17,9 +17,15 @@ class ValidationError(InputError, ValueError):
         self.report = report
 
 
-def validate_training_set(frame: pd.DataFrame, *, source: str, known_labels: Iterable[str] | None = None,
-                          eval_texts: Iterable[str] = (), min_rows_per_label: int = 1,
-                          max_text_chars: int | None = None) -> ValidationReport:
+def validate_training_set(
+    frame: pd.DataFrame,
+    *,
+    source: str,
+    known_labels: Iterable[str] | None = None,
+    eval_texts: Iterable[str] = (),
+    min_rows_per_label: int = 1,
+    max_text_chars: int | None = None,
+) -> ValidationReport:
     """Check schema, empty texts, unknown labels, duplicates and train/eval overlap.
 
     Row numbers in the report are 0-based positions in ``frame``. Duplicates compare texts
@@ -68,9 +74,13 @@ def validate_training_set(frame: pd.DataFrame, *, source: str, known_labels: Ite
     counts = labels[~no_label].value_counts()
     few = counts[counts < min_rows_per_label]
     if len(few):
-        issues.append(ValidationIssue(
-            "too_few_rows", f"labels with fewer than {min_rows_per_label} rows: {sorted(few.index)[:5]}",
-            rows(labels.isin(set(few.index)))))
+        issues.append(
+            ValidationIssue(
+                "too_few_rows",
+                f"labels with fewer than {min_rows_per_label} rows: {sorted(few.index)[:5]}",
+                rows(labels.isin(set(few.index))),
+            )
+        )
     return ValidationReport(source, len(frame), tuple(issues))
 
 

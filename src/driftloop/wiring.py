@@ -19,7 +19,7 @@ class Components:
     ledger: TriggerLedger
     datasets: DatasetStore
     log_root: Path
-    prepared_dir: Path   # one folder per data key below it (dataset.ensure_prepared)
+    prepared_dir: Path  # one folder per data key below it (dataset.ensure_prepared)
     reports_dir: Path
     retrain_dir: Path
     data: DataSettings
@@ -32,8 +32,12 @@ class Components:
 def build(settings: Settings) -> Components:
     state = settings.state_dir
     return Components(
-        registry=Registry(settings.tracking_uri, settings.registry.model_name, settings.registry.experiment,
-                          artifact_root=settings.artifact_root),
+        registry=Registry(
+            settings.tracking_uri,
+            settings.registry.model_name,
+            settings.registry.experiment,
+            artifact_root=settings.artifact_root,
+        ),
         history=ChampionHistory(settings.history_path),
         ledger=TriggerLedger(settings.trigger_state_path),
         datasets=DatasetStore(settings.datasets_dir, settings.storage.dvc_remote, settings.storage.s3_endpoint_url),

@@ -23,14 +23,21 @@ def test_switching_data_sets_back_and_forth_trains_each_on_its_own(state, tmp_pa
         assert tags[-1]["data.name"] == prepared.name and tags[-1]["data.key"] == prepared.key
         restored = parts.datasets.restore(tags[-1]["data.md5"], tmp_path / f"{len(outs)}.csv")
         labels = set(prepared.read("train")["label"])
-        assert set(read_labelled(restored)["label"]) == labels   # trained on this data set's labels
+        assert set(read_labelled(restored)["label"]) == labels  # trained on this data set's labels
     first, other, last = tags
     assert (first["data.name"], other["data.name"], last["data.name"]) == ("banking77", "hwu64", "banking77")
     assert other["data.key"] != first["data.key"]
     assert other["data.raw.train.sha256"] != first["data.raw.train.sha256"]
     # the same data gives the same training set and the same model, to the last digit
-    for key in ("data.key", "data.md5", "data.raw.train.sha256", "data.raw.test.sha256", "eval.md5",
-                "metric.accuracy", "metric.macro_f1"):
+    for key in (
+        "data.key",
+        "data.md5",
+        "data.raw.train.sha256",
+        "data.raw.test.sha256",
+        "eval.md5",
+        "metric.accuracy",
+        "metric.macro_f1",
+    ):
         assert first[key] == last[key], key
     assert other["eval.md5"] != first["eval.md5"] and other["metric.accuracy"] != first["metric.accuracy"]
     assert outs[1].candidate.name == "hwu64-router" and outs[0].candidate.name == outs[2].candidate.name

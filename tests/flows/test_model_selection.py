@@ -38,7 +38,8 @@ def small_data(state, tmp_path, banking_train):
     overlay = tmp_path / "small.yaml"
     overlay.write_text(
         f"data:\n  train_path: {tmp_path / 'train.csv'}\n  test_path: {tmp_path / 'test.csv'}\n"
-        f"  new_labels: [{labels[0]}]\n")
+        f"  new_labels: [{labels[0]}]\n"
+    )
     return str(overlay)
 
 

@@ -120,15 +120,15 @@ def test_a_promotion_that_regresses_is_undone_by_the_next_monitor_run(champion_p
     monkeypatch.setenv("DRIFTLOOP__ROLLOUT__BAKE__MIN_SAMPLES", "150")
     v1 = parts.registry.champion()
     known = parts.prepared().read("live_known")
-    serve_window(parts, known.head(300), "before")           # v1's baseline: 1 ms per request
+    serve_window(parts, known.head(300), "before")  # v1's baseline: 1 ms per request
     slow = SlowClassifier(parts.registry.load(v1), delay_s=0.0)
     v2 = parts.registry.register_model(slow, run_name="hand-made", input_example=["where is my card"])
-    aliases.move_alias(parts.registry, parts.history, "champion", v2, action="promote", reason="by hand",
-                       actor="test")
+    aliases.move_alias(parts.registry, parts.history, "champion", v2, action="promote", reason="by hand", actor="test")
     texts = known["text"].tolist()[300:500]
-    with predlog.PredictionLog(parts.log_root) as log:   # v2 answers the same way, 40 ms each
-        log.write_batch([f"after-{i}" for i in range(len(texts))], texts, slow.predict(texts), v2.version, 40.0,
-                        [1] * len(texts))
+    with predlog.PredictionLog(parts.log_root) as log:  # v2 answers the same way, 40 ms each
+        log.write_batch(
+            [f"after-{i}" for i in range(len(texts))], texts, slow.predict(texts), v2.version, 40.0, [1] * len(texts)
+        )
     out = monitoring()
     assert out.rolled_back is not None and out.drift is None
     assert (out.rolled_back.from_version, out.rolled_back.to_version) == (v2.version, v1.version)
@@ -171,7 +171,7 @@ def test_event_dispatch_emits_one_drift_event_per_window_instead_of_retraining(c
     window = first.drift.window_id
     assert first.decision.retrain and first.retrain is None
     assert first.event_id == str(drift_event_id(parts.registry.model_name, window))
-    assert retrain_runs() == before   # no inline retrain
+    assert retrain_runs() == before  # no inline retrain
     assert [r.window_id for r in parts.ledger.records()] == [window]
     second = monitoring()
     assert second.drift.window_id == window and not second.decision.retrain and second.event_id == ""

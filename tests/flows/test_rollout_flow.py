@@ -76,10 +76,15 @@ def overlay(tmp_path, **rollout) -> list[str]:
     to the old one's latency measured *earlier*, and a busy 2-core machine (the suite's server
     tests run beside these) has moved p95 from 3 ms to 28 ms between the two: 40 ms of slack, half
     the 80 ms the slow test models add."""
-    body = {"rollout": {"enabled": True, "poll_s": 0.2,
-                        "bake": {"min_samples": 120, "max_duration_s": 60, "baseline_samples": 300},
-                        "guard": {"latency_slack_ms": 40.0},
-                        **rollout}}
+    body = {
+        "rollout": {
+            "enabled": True,
+            "poll_s": 0.2,
+            "bake": {"min_samples": 120, "max_duration_s": 60, "baseline_samples": 300},
+            "guard": {"latency_slack_ms": 40.0},
+            **rollout,
+        }
+    }
     path = tmp_path / "rollout-test.yaml"
     path.write_text(yaml.safe_dump(body))
     return [str(path)]
@@ -92,10 +97,10 @@ def loop(settings, banking_train):
     rows = banking_train[banking_train["label"].isin(labels)]
     parts = wiring.build(settings)
     small = rows.groupby("label").head(6)
-    v1 = parts.registry.register_model(TfidfFamily().fit(small, PARAMS), run_name="v1",
-                                       input_example=["where is my card"])
-    champion.move_alias(parts.registry, parts.history, "champion", v1, action="promote", reason="first",
-                        actor="test")
+    v1 = parts.registry.register_model(
+        TfidfFamily().fit(small, PARAMS), run_name="v1", input_example=["where is my card"]
+    )
+    champion.move_alias(parts.registry, parts.history, "champion", v1, action="promote", reason="first", actor="test")
     return parts, v1, rows.groupby("label").head(60), rows.groupby("label").tail(40)
 
 
@@ -111,10 +116,14 @@ def serve(parts):
 def test_a_good_challenger_goes_through_shadow_and_canaries_and_is_promoted(loop, tmp_path):
     parts, _v1, big, traffic_rows = loop
     v2 = register(parts, TfidfFamily().fit(big, PARAMS))
-    config = overlay(tmp_path, stages=[
-        {"name": "shadow", "kind": "shadow", "min_samples": 100},
-        {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 60},
-        {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 100}])
+    config = overlay(
+        tmp_path,
+        stages=[
+            {"name": "shadow", "kind": "shadow", "min_samples": 100},
+            {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 60},
+            {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 100},
+        ],
+    )
     with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
         out = rollout(challenger=v2.version, requested_by="test", config=config)
     assert out.result == PROMOTED, out.reason
@@ -128,15 +137,16 @@ def test_a_good_challenger_goes_through_shadow_and_canaries_and_is_promoted(loop
     by_caller: dict[str, list[str]] = {}
     for _, caller, _, version in traffic.responses:
         by_caller.setdefault(caller, []).append(version)
-    back = [c for c, seen in by_caller.items() if "2" in seen and "1" in seen[seen.index("2"):]]
+    back = [c for c, seen in by_caller.items() if "2" in seen and "1" in seen[seen.index("2") :]]
     assert back == []
     logged = predlog.read_predictions(parts.log_root, include_shadow=True)
     slots = logged.groupby(["slot", "model_version"]).size().to_dict()
     assert slots[("shadow", "2")] >= 100 and slots[("canary", "2")] >= 60 and slots[("champion", "1")] > 0
     # shadow answers were never returned: every response during the shadow stage came from v1
     shadow_lines = logged[logged["slot"] == "shadow"]
-    assert set(logged[logged["request_id"].isin(shadow_lines["request_id"])
-                      & (logged["slot"] != "shadow")]["model_version"]) == {"1"}
+    assert set(
+        logged[logged["request_id"].isin(shadow_lines["request_id"]) & (logged["slot"] != "shadow")]["model_version"]
+    ) == {"1"}
     reports = sorted((parts.reports_dir / "rollouts").glob(f"rollout-{out.rollout_id}-*.md"))
     assert reports and all(r.read_text() for r in reports)
 
@@ -146,9 +156,13 @@ def test_a_challenger_trained_on_shuffled_labels_is_rolled_back_in_shadow(loop, 
     shuffled = big.copy()
     shuffled["label"] = shuffled["label"].sample(frac=1.0, random_state=3).to_numpy()
     v2 = register(parts, TfidfFamily().fit(shuffled, PARAMS))
-    config = overlay(tmp_path, stages=[
-        {"name": "shadow", "kind": "shadow", "min_samples": 150},
-        {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 100}])
+    config = overlay(
+        tmp_path,
+        stages=[
+            {"name": "shadow", "kind": "shadow", "min_samples": 150},
+            {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 100},
+        ],
+    )
     with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
         out = rollout(challenger=v2.version, config=config)
     assert out.result == ROLLED_BACK and out.stage == "shadow", out.reason
@@ -169,9 +183,13 @@ def test_a_challenger_trained_on_shuffled_labels_is_rolled_back_in_shadow(loop, 
 def test_a_much_slower_challenger_is_rolled_back_at_the_first_canary(loop, tmp_path):
     parts, v1, big, traffic_rows = loop
     v2 = register(parts, SlowClassifier(TfidfFamily().fit(big, PARAMS), delay_s=0.08))
-    config = overlay(tmp_path, stages=[
-        {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 200},
-        {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 200}])
+    config = overlay(
+        tmp_path,
+        stages=[
+            {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 200},
+            {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 200},
+        ],
+    )
     with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
         out = rollout(challenger=v2.version, config=config)
     assert out.result == ROLLED_BACK and out.stage == "canary-10", out.reason
@@ -187,8 +205,11 @@ def test_a_promotion_that_regresses_is_undone_and_a_retrain_opened(loop, tmp_pat
     parts, v1, big, traffic_rows = loop
     # Healthy through its canary, then 80 ms slower per call under full traffic.
     v2 = register(parts, DegradingClassifier(TfidfFamily().fit(big, PARAMS), healthy_calls=250, delay_s=0.08))
-    config = overlay(tmp_path, stages=[{"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 30}],
-                     bake={"min_samples": 400, "max_duration_s": 90, "baseline_samples": 300})
+    config = overlay(
+        tmp_path,
+        stages=[{"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 30}],
+        bake={"min_samples": 400, "max_duration_s": 90, "baseline_samples": 300},
+    )
     with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
         out = rollout(challenger=v2.version, config=config)
     assert out.result == REGRESSED, out.reason
@@ -221,7 +242,7 @@ def test_blue_green_switches_at_once_after_the_new_version_is_warm(loop, tmp_pat
     assert traffic.failures == []
     versions = [r[3] for r in traffic.responses]
     # one atomic switch: once v2 answers, v1 never does again
-    assert "1" in versions and "2" in versions and "1" not in versions[versions.index("2"):]
+    assert "1" in versions and "2" in versions and "1" not in versions[versions.index("2") :]
     logged = predlog.read_predictions(parts.log_root, include_shadow=True)
     assert set(logged["slot"]) == {"champion"}, "no canary or shadow traffic in blue-green"
 
@@ -230,11 +251,13 @@ def test_an_ab_test_runs_to_its_planned_sample_size_and_promotes_the_better_mode
     parts, _, big, traffic_rows = loop
     # a champion trained on two rows per intent, against a challenger trained on sixty
     weak = register(parts, TfidfFamily().fit(big.groupby("label").head(2), PARAMS))
-    champion.move_alias(parts.registry, parts.history, "champion", weak, action="promote", reason="weak",
-                        actor="test")
+    champion.move_alias(parts.registry, parts.history, "champion", weak, action="promote", reason="weak", actor="test")
     v2 = register(parts, TfidfFamily().fit(big, PARAMS))
-    config = overlay(tmp_path, strategy="ab", ab={"weight": 0.5, "baseline_accuracy": 0.6,
-                                                  "min_detectable_effect": 0.25, "max_duration_s": 120})
+    config = overlay(
+        tmp_path,
+        strategy="ab",
+        ab={"weight": 0.5, "baseline_accuracy": 0.6, "min_detectable_effect": 0.25, "max_duration_s": 120},
+    )
     with serve(parts) as url, Traffic(url, traffic_rows, label_share=0.8) as traffic:
         out = rollout(challenger=v2.version, config=config)
     assert out.result == PROMOTED, out.reason
@@ -244,6 +267,7 @@ def test_an_ab_test_runs_to_its_planned_sample_size_and_promotes_the_better_mode
     logged = predlog.join_feedback(predlog.read_predictions(parts.log_root), predlog.read_feedback(parts.log_root))
     labelled = logged[logged["label"].notna()].groupby("slot").size().to_dict()
     from driftloop.analysis import required_sample_size
+
     planned = required_sample_size(0.6, 0.25, 0.05, 0.8)
     assert labelled["champion"] >= planned and labelled["canary"] >= planned
     assert traffic.failures == []
@@ -263,7 +287,7 @@ def test_manual_abort_promote_and_rollback_are_recorded_and_a_running_rollout_st
     runner = CliRunner()
     outcome: list = []
     flow_thread = threading.Thread(target=lambda: outcome.append(rollout(challenger=v2.version, config=config)))
-    flow_thread.start()   # no traffic: the shadow stage waits for samples
+    flow_thread.start()  # no traffic: the shadow stage waits for samples
     deadline = time.monotonic() + 60
     while not parts.registry.rollout_state().active:
         assert time.monotonic() < deadline, "the rollout never published its first stage"
@@ -271,8 +295,7 @@ def test_manual_abort_promote_and_rollback_are_recorded_and_a_running_rollout_st
     status = runner.invoke(app, ["rollout", "status", "-c", config[0]])
     assert status.exit_code == 0, status.output
     assert "stage shadow" in status.output and "analysis now: wait" in status.output
-    aborted = runner.invoke(app, ["rollout", "abort", "--reason", "saw odd answers", "--by", "alice",
-                                  "-c", config[0]])
+    aborted = runner.invoke(app, ["rollout", "abort", "--reason", "saw odd answers", "--by", "alice", "-c", config[0]])
     assert aborted.exit_code == 0, aborted.output
     flow_thread.join(timeout=60)
     assert outcome and outcome[0].result == ENDED_BY_HAND

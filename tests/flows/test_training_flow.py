@@ -36,7 +36,10 @@ def test_first_training_promotes_with_lineage(settings, tmp_path):
     assert 0.75 < out.report.accuracy < 0.9
     entries = parts.history.entries()
     assert [(e.alias, e.action, e.to_version) for e in entries] == [
-        ("challenger", "register", "1"), ("champion", "promote", "1"), ("challenger", "clear", None)]
+        ("challenger", "register", "1"),
+        ("champion", "promote", "1"),
+        ("challenger", "clear", None),
+    ]
     assert parts.registry.challenger() is None
     # the exact training set comes back from its DVC hash alone
     restored = parts.datasets.restore(tags["data.md5"], tmp_path / "restored.csv")
@@ -96,7 +99,8 @@ def test_other_dataset_by_configuration_alone(state, tmp_path, banking_train, mo
         f"  train_path: {tmp_path / 'train.json'}\n  test_path: {tmp_path / 'test.json'}\n"
         "  text_field: utterance\n  label_field: intent\n"
         f"  new_labels: [{labels[0]}]\n"
-        "registry:\n  model_name: other-router\n")
+        "registry:\n  model_name: other-router\n"
+    )
     out = training(reason="other data set", trigger="test", config=[str(overlay)])
     assert out.decision.promote and out.candidate.name == "other-router"
     assert out.report.n > 0

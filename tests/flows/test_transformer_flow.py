@@ -28,8 +28,10 @@ def overlays(state, tmp_path, banking_train, tiny_transformer_base, monkeypatch)
     train.rename(columns={"label": "category"}).to_csv(tmp_path / "train.csv", index=False)
     test.rename(columns={"label": "category"}).to_csv(tmp_path / "test.csv", index=False)
     data = tmp_path / "small.yaml"
-    data.write_text(f"data:\n  train_path: {tmp_path / 'train.csv'}\n  test_path: {tmp_path / 'test.csv'}\n"
-                    f"  new_labels: [{labels[0]}]\n")
+    data.write_text(
+        f"data:\n  train_path: {tmp_path / 'train.csv'}\n  test_path: {tmp_path / 'test.csv'}\n"
+        f"  new_labels: [{labels[0]}]\n"
+    )
     family = tmp_path / "tiny-transformer.yaml"
     family.write_text(
         "model:\n  family: transformer\n  params:\n"
@@ -37,7 +39,8 @@ def overlays(state, tmp_path, banking_train, tiny_transformer_base, monkeypatch)
         "    batch_size: 8\n    learning_rate: 1.0e-3\n    log_every_steps: 2\n"
         "selection:\n  grid: {mode: [frozen, finetune]}\n  folds: 1\n  validation_fraction: 0.25\n"
         # a random tiny encoder is far from useful; the test is about the path, not the score
-        "promotion:\n  min_score: 0.0\n")
+        "promotion:\n  min_score: 0.0\n"
+    )
     return [str(data), str(family)]
 
 
@@ -80,6 +83,6 @@ def test_without_refit_the_chosen_holdout_model_is_registered(overlays, monkeypa
     # a 25% holdout of the training set: the registered model saw only the other rows
     rows = int(tags["data.rows"])
     assert int(tags["training.rows"]) == result.chosen.train_rows < rows
-    assert abs(result.chosen.train_rows - 0.75 * rows) <= 5   # stratified per label, so about 3/4
+    assert abs(result.chosen.train_rows - 0.75 * rows) <= 5  # stratified per label, so about 3/4
     model = parts.registry.load(out.candidate)
     assert model.info["mode"] == result.chosen.candidate.overrides["mode"]

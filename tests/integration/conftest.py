@@ -58,9 +58,9 @@ def serve_in_thread(app, startup_timeout_s: float = 60.0, port: int = 0) -> Iter
 
 
 @contextmanager
-def serve_in_subprocess(tracking_uri: str, model_name: str, log_root: Path,
-                        reload_interval_s: float = 0.5,
-                        startup_timeout_s: float = 90.0) -> Iterator[tuple[str, subprocess.Popen]]:
+def serve_in_subprocess(
+    tracking_uri: str, model_name: str, log_root: Path, reload_interval_s: float = 0.5, startup_timeout_s: float = 90.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run ``serve_app.py`` (the app on the registry) in its own process; yields (URL, process)."""
     script = Path(__file__).with_name("serve_app.py")
     # mlflow exports its current URIs into os.environ; the child gets the store only by argv,
@@ -68,7 +68,11 @@ def serve_in_subprocess(tracking_uri: str, model_name: str, log_root: Path,
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.Popen(
         [sys.executable, str(script), tracking_uri, model_name, str(log_root), str(reload_interval_s)],
-        stdout=subprocess.PIPE, text=True, cwd=log_root, env=env)
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=log_root,
+        env=env,
+    )
     try:
         # The child binds port 0 itself and prints the port it got: no race for a port.
         line = _readline(proc, startup_timeout_s)
@@ -93,7 +97,6 @@ def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
     if not box:
         raise TimeoutError(f"serve_app.py printed nothing in {timeout_s}s (exit code {proc.poll()})")
     return box[0].strip()
-
 
 
 def tiny_frame(train: pd.DataFrame, labels: list[str], per_label: int = 8) -> pd.DataFrame:

@@ -39,22 +39,30 @@ def prefect_api(tmp_path_factory) -> str:
     """One local Prefect server for every command of this module (as `driftloop train` would start)."""
     server = prefect_server.ensure_server(tmp_path_factory.mktemp("prefect"), free_port())
     yield server.api_url
-    prefect_server.stop_server(server, flush=False)   # this process sent it nothing
+    prefect_server.stop_server(server, flush=False)  # this process sent it nothing
 
 
-def driftloop(*args: str, state: Path, api_url: str | None = None, timeout: float = 300,
-              **env: str) -> subprocess.CompletedProcess:
+def driftloop(
+    *args: str, state: Path, api_url: str | None = None, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess:
     """``driftloop <args>`` with its output piped, as in a CI log."""
-    full = {k: v for k, v in os.environ.items()
-            if not k.startswith("DRIFTLOOP__") and k not in ("DRIFTLOOP_CONFIG", "DRIFTLOOP_DEBUG", "PREFECT_API_URL")}
-    full |= {"DRIFTLOOP__PROJECT__STATE_DIR": str(state), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-             # MLflow's client retries a refused connection for minutes by default.
-             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DRIFTLOOP__") and k not in ("DRIFTLOOP_CONFIG", "DRIFTLOOP_DEBUG", "PREFECT_API_URL")
+    }
+    full |= {
+        "DRIFTLOOP__PROJECT__STATE_DIR": str(state),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # MLflow's client retries a refused connection for minutes by default.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
     if api_url:
         full["DRIFTLOOP__PREFECT__API_URL"] = api_url
     full |= env
-    return subprocess.run([DRIFTLOOP, *args], cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        [DRIFTLOOP, *args], cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def lines(done: subprocess.CompletedProcess) -> list[str]:
@@ -68,20 +76,35 @@ def overlay(tmp_path: Path, text: str) -> str:
 
 
 def _closed_port_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"   # bound and released: nothing listens there
+    return f"http://127.0.0.1:{free_port()}"  # bound and released: nothing listens there
 
 
 # (id, overlay text, files to write, what the error must name). {tmp} is the test's folder.
 FLOW_CASES = [
-    ("missing-file", "data:\n  train_path: {tmp}/nonexistent.csv\n", {},
-     ["{tmp}/nonexistent.csv: file not found", "data.train_path"]),
-    ("malformed-csv", "data:\n  train_path: {tmp}/bad.csv\n",
-     {"bad.csv": 'text,category\n"an unterminated quote,card_arrival\nhello,greeting\n'},
-     ["{tmp}/bad.csv: cannot parse", "EOF inside string"]),
-    ("empty-data-set", "data:\n  train_path: {tmp}/empty.csv\n", {"empty.csv": "text,category\n"},
-     ["{tmp}/empty.csv: no rows"]),
-    ("unknown-label-column", "data:\n  label_field: nope\n", {},
-     ["data/raw/", "missing field(s) ['nope']", "data.label_field"]),
+    (
+        "missing-file",
+        "data:\n  train_path: {tmp}/nonexistent.csv\n",
+        {},
+        ["{tmp}/nonexistent.csv: file not found", "data.train_path"],
+    ),
+    (
+        "malformed-csv",
+        "data:\n  train_path: {tmp}/bad.csv\n",
+        {"bad.csv": 'text,category\n"an unterminated quote,card_arrival\nhello,greeting\n'},
+        ["{tmp}/bad.csv: cannot parse", "EOF inside string"],
+    ),
+    (
+        "empty-data-set",
+        "data:\n  train_path: {tmp}/empty.csv\n",
+        {"empty.csv": "text,category\n"},
+        ["{tmp}/empty.csv: no rows"],
+    ),
+    (
+        "unknown-label-column",
+        "data:\n  label_field: nope\n",
+        {},
+        ["data/raw/", "missing field(s) ['nope']", "data.label_field"],
+    ),
 ]
 
 
@@ -105,8 +128,11 @@ def test_bad_input_in_a_flow_run_is_one_clear_error(case, prefect_api, tmp_path)
     # ... with the flow run it failed in, the one whose log on the server has the traceback.
     run = RUN_URL.search(done.stderr)
     assert run and run.group(1).startswith(prefect_api.removesuffix("/api")), report
-    logs = httpx.post(f"{prefect_api}/logs/filter", json={
-        "logs": {"flow_run_id": {"any_": [run.group(1).rsplit("/", 1)[1]]}}}, timeout=30).json()
+    logs = httpx.post(
+        f"{prefect_api}/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [run.group(1).rsplit("/", 1)[1]]}}},
+        timeout=30,
+    ).json()
     assert any(TRACEBACK in log["message"] for log in logs), [log["message"][:80] for log in logs]
 
     debug = driftloop("--debug", "train", "-c", config, state=tmp_path / "state-debug", api_url=prefect_api)
@@ -116,8 +142,11 @@ def test_bad_input_in_a_flow_run_is_one_clear_error(case, prefect_api, tmp_path)
 
 SETTINGS_CASES = [
     ("unknown-key", "monitor:\n  windw: 3\n", ["monitor.windw", "unknown setting", "overlay.yaml"]),
-    ("wrong-type", 'monitor:\n  window_size: "abc"\n', ["monitor.window_size", "'abc'", "overlay.yaml",
-                                                         "valid integer"]),
+    (
+        "wrong-type",
+        'monitor:\n  window_size: "abc"\n',
+        ["monitor.window_size", "'abc'", "overlay.yaml", "valid integer"],
+    ),
 ]
 
 
@@ -130,7 +159,7 @@ def test_wrong_setting_is_named_before_anything_starts(case, tmp_path):
     assert done.returncode == EXIT_INPUT, out
     assert out == [out[0]] and out[0].startswith("error: configuration: "), out
     assert all(n in out[0] for n in named), out
-    assert not (tmp_path / "state").exists()   # refused before any server or store was touched
+    assert not (tmp_path / "state").exists()  # refused before any server or store was touched
 
     debug = driftloop("train", "-c", config, state=tmp_path / "state", DRIFTLOOP_DEBUG="1")
     assert debug.returncode == EXIT_INPUT and TRACEBACK in debug.stderr and "ValidationError" in debug.stderr
@@ -142,8 +171,9 @@ def test_unreachable_registry_names_its_url(tmp_path):
     done = driftloop("rollout", "status", "-c", config, state=tmp_path / "state")
     out = lines(done)
     assert done.returncode == EXIT_UNREACHABLE, out
-    assert out == [f"error: cannot reach the MLflow tracking server (registry.tracking_uri) at {url}: "
-                   "connection refused"], out
+    assert out == [
+        f"error: cannot reach the MLflow tracking server (registry.tracking_uri) at {url}: connection refused"
+    ], out
 
     debug = driftloop("--debug", "rollout", "status", "-c", config, state=tmp_path / "state")
     assert debug.returncode == EXIT_UNREACHABLE
@@ -153,16 +183,24 @@ def test_unreachable_registry_names_its_url(tmp_path):
 def test_serve_takes_host_and_port_through_the_settings(tmp_path):
     refused = driftloop("serve", "--host", "0.0.0.0", state=tmp_path / "state")
     assert refused.returncode == EXIT_INPUT
-    assert lines(refused) == ["error: configuration: serving.host = '0.0.0.0' (from --host): binding every "
-                              "interface needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1"]
+    assert lines(refused) == [
+        "error: configuration: serving.host = '0.0.0.0' (from --host): binding every "
+        "interface needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1"
+    ]
     wrong = driftloop("serve", "--port", "70000", state=tmp_path / "state")
     assert wrong.returncode == EXIT_INPUT and "serving.port = 70000 (from --port)" in wrong.stderr
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP__")}
     env |= {"DRIFTLOOP__PROJECT__STATE_DIR": str(tmp_path / "state")}
-    proc = subprocess.Popen([DRIFTLOOP, "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [DRIFTLOOP, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -18,10 +18,14 @@ pytestmark = pytest.mark.slow
 
 def dvc(clone: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     bin_dir = Path(sys.executable).parent
-    env = os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-                         "PYTHONPATH": str(clone / "src")}   # the clone's code, not the working tree's
-    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=clone, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    env = os.environ | {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(clone / "src"),
+    }  # the clone's code, not the working tree's
+    return subprocess.run(
+        [str(bin_dir / "dvc"), *args], cwd=clone, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def test_the_committed_lock_records_the_code_and_params_of_the_clone(clone):
                 stale.append((stage, change))
                 continue
             for kind, paths in change.items():
-                for path, state in (paths.items() if isinstance(paths, dict) else [(str(paths), "")]):
+                for path, state in paths.items() if isinstance(paths, dict) else [(str(paths), "")]:
                     if kind == "changed params" or state not in ("deleted", "not in cache"):
                         stale.append((stage, kind, path, state))
     assert not stale, f"dvc.lock is out of date (run `make repro` and commit dvc.lock): {stale}"
@@ -58,8 +62,9 @@ def test_dvc_repro_from_fresh_clone(clone):
     shown = dvc(clone, "metrics", "show", timeout=120)
     assert shown.returncode == 0 and "metrics/eval.json" in shown.stdout and "accuracy" in shown.stdout
     # the repro made exactly what the committed lock records: a newcomer sees no change to commit
-    diff = subprocess.run(["git", "diff", "--stat", "--", "dvc.lock"], cwd=clone, capture_output=True, text=True,
-                          check=False)
+    diff = subprocess.run(
+        ["git", "diff", "--stat", "--", "dvc.lock"], cwd=clone, capture_output=True, text=True, check=False
+    )
     assert diff.stdout == "", f"`dvc repro` rewrote dvc.lock:\n{diff.stdout}"
     assert "up to date" in dvc(clone, "status").stdout
     # a second repro has nothing to do: every stage is cached
@@ -72,12 +77,23 @@ def test_each_stage_depends_on_every_module_it_loads(clone):
     stages = yaml.safe_load((clone / "dvc.yaml").read_text())["stages"]
     if not (clone / "models/model.joblib").exists():
         assert dvc(clone, "repro").returncode == 0
-    env = os.environ | {"PYTHONPROFILEIMPORTTIME": "1", "PYTHONPATH": str(clone / "src"),
-                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = os.environ | {
+        "PYTHONPROFILEIMPORTTIME": "1",
+        "PYTHONPATH": str(clone / "src"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     for name, stage in stages.items():
         # dvc.yaml's own stage command, run through a shell as DVC runs it
-        run = subprocess.run(stage["cmd"], shell=True, cwd=clone, env=env,  # noqa: S602
-                             capture_output=True, text=True, timeout=300, check=False)
+        run = subprocess.run(  # noqa: S602
+            stage["cmd"],
+            shell=True,
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         loaded = set(re.findall(r"\|\s+(driftloop(?:\.\w+)*)\s*$", run.stderr, flags=re.M))
         assert "driftloop.dataset" in loaded, "the import log was not read"

@@ -44,14 +44,20 @@ SCHEMATHESIS_EXAMPLES = 1000  # per operation and phase: ~2,100 requests, about 
 
 
 @contextmanager
-def serve_contract(tracking_uri: str, log_root: Path, settings: dict,
-                   startup_timeout_s: float = 90.0) -> Iterator[tuple[str, subprocess.Popen]]:
+def serve_contract(
+    tracking_uri: str, log_root: Path, settings: dict, startup_timeout_s: float = 90.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """``serve_contract_app.py`` in its own process (the direct path: no middleware); yields
     (URL, process)."""
     script = Path(__file__).with_name("serve_contract_app.py")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.Popen([sys.executable, str(script), tracking_uri, MODEL_NAME, str(log_root),
-                             json.dumps(settings)], stdout=subprocess.PIPE, text=True, cwd=log_root, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), tracking_uri, MODEL_NAME, str(log_root), json.dumps(settings)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=log_root,
+        env=env,
+    )
     try:
         line = _readline(proc, startup_timeout_s)
         if not line.startswith("PORT "):
@@ -108,23 +114,37 @@ def client(request) -> Iterator[httpx.Client]:
 
 # -- the schema says what the server does --------------------------------------------------------
 
+
 def test_schemathesis_finds_no_failure_in_a_few_thousand_requests(registry, tracking_uri, tmp_path):
     cli = Path(sys.executable).with_name("schemathesis")
     if not cli.exists():
         pytest.skip("schemathesis is not installed (the test extra: make install)")
     with serve_contract(tracking_uri, tmp_path, FUZZ_SETTINGS) as (url, proc):
-        command = [str(cli), "run", f"{url}/openapi.json", "--checks", "all",
-                   "--seed", str(SCHEMATHESIS_SEED), "--max-examples", str(SCHEMATHESIS_EXAMPLES),
-                   "--header", f"Authorization: Bearer {API_TOKEN}",
-                   "--request-timeout", "30",  # the suite runs beside the stack tests on 2 cores
-                   "--generation-database", "none", "--no-color"]
+        command = [
+            str(cli),
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "all",
+            "--seed",
+            str(SCHEMATHESIS_SEED),
+            "--max-examples",
+            str(SCHEMATHESIS_EXAMPLES),
+            "--header",
+            f"Authorization: Bearer {API_TOKEN}",
+            "--request-timeout",
+            "30",  # the suite runs beside the stack tests on 2 cores
+            "--generation-database",
+            "none",
+            "--no-color",
+        ]
         # cwd: nothing (a config file, a report) is read or written in the repository.
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400, check=False)
         alive = proc.poll() is None
     output = done.stdout + done.stderr
     shown = " ".join(command).replace(API_TOKEN, "<token>")
     print(f"$ {shown}\n{output}")  # the summary, for `pytest -s` / `-rP`
-    summary = output[output.find("SUMMARY") - 40:] if "SUMMARY" in output else output[-6000:]
+    summary = output[output.find("SUMMARY") - 40 :] if "SUMMARY" in output else output[-6000:]
     assert done.returncode == 0, f"schemathesis found failures (exit code {done.returncode}):\n{output[-12000:]}"
     generated = re.search(r"(\d+) generated", output)
     assert generated, f"no test case count in the summary:\n{summary}"
@@ -142,8 +162,14 @@ HOSTILE_PREDICTS = [
     ("deep-list", b"[" * DEEP + b"]" * DEEP, J, 400, "body", "nested too deeply"),
     ("deep-in-text", b'{"text": ' + b"[" * DEEP + b"]" * DEEP + b"}", J, 400, "body", "nested too deeply"),
     ("deep-objects", b'{"a": ' * 30_000 + b"1" + b"}" * 30_000, J, 400, "body", "nested too deeply"),
-    ("nested-but-parsable", b'{"texts": ' + b"[" * 300 + b"]" * 300 + b"}", J, 422, "texts[0]",
-     "expected a string, got a list"),
+    (
+        "nested-but-parsable",
+        b'{"texts": ' + b"[" * 300 + b"]" * 300 + b"}",
+        J,
+        422,
+        "texts[0]",
+        "expected a string, got a list",
+    ),
     ("huge-exponent", b'{"text": 1e999999}', J, 422, "text", "expected a string, got a number"),
     ("100k-digit-int", b'{"text": ' + b"9" * 100_000 + b"}", J, 422, "text", "expected a string, got a number"),
     ("huge-int-in-batch", b'{"texts": ["ok", -' + b"7" * 50_000 + b"]}", J, 422, "texts[1]", "got a number"),
@@ -154,13 +180,31 @@ HOSTILE_PREDICTS = [
     ("nul-in-batch", b'{"texts": ["fine", "\\u0000"]}', J, 422, "texts[1]", "NUL"),
     ("nul-raw-byte", b'{"text": "card\x00arrived"}', J, 400, "body", "not valid JSON"),
     ("text-plain", b'{"text": "hello"}', {"content-type": "text/plain"}, 415, "Content-Type", "text/plain"),
-    ("form", b"text=hello", {"content-type": "application/x-www-form-urlencoded"}, 415, "Content-Type",
-     "application/x-www-form-urlencoded"),
-    ("multipart", b"--x\r\n\r\nhello\r\n--x--\r\n", {"content-type": "multipart/form-data; boundary=x"}, 415,
-     "Content-Type", "multipart/form-data"),
+    (
+        "form",
+        b"text=hello",
+        {"content-type": "application/x-www-form-urlencoded"},
+        415,
+        "Content-Type",
+        "application/x-www-form-urlencoded",
+    ),
+    (
+        "multipart",
+        b"--x\r\n\r\nhello\r\n--x--\r\n",
+        {"content-type": "multipart/form-data; boundary=x"},
+        415,
+        "Content-Type",
+        "multipart/form-data",
+    ),
     ("no-content-type", b'{"text": "hello"}', {}, 415, "Content-Type", "missing"),
-    ("latin1-charset", b'{"text": "hello"}', {"content-type": "application/json; charset=iso-8859-1"}, 415,
-     "Content-Type", "UTF-8"),
+    (
+        "latin1-charset",
+        b'{"text": "hello"}',
+        {"content-type": "application/json; charset=iso-8859-1"},
+        415,
+        "Content-Type",
+        "UTF-8",
+    ),
     ("empty", b"", J, 400, "body", "empty"),
     ("only-whitespace", b"  \n ", J, 400, "body", "not valid JSON"),
     ("byte-order-mark", b'\xef\xbb\xbf{"text": "hello"}', J, 400, "body", "byte order mark"),
@@ -178,8 +222,14 @@ HOSTILE_FEEDBACK = [
     ("nul-label", b'{"request_id": "abc", "label": "card\\u0000arrival"}', J, 422, "label", "NUL"),
     ("nul-id", b'{"request_id": "\\u0000", "label": "card_arrival"}', J, 422, "request_id", "NUL"),
     ("empty-strings", b'{"request_id": "", "label": ""}', J, 422, "request_id", "empty"),
-    ("text-plain", b'{"request_id": "abc", "label": "x"}', {"content-type": "text/plain"}, 415, "Content-Type",
-     "text/plain"),
+    (
+        "text-plain",
+        b'{"request_id": "abc", "label": "x"}',
+        {"content-type": "text/plain"},
+        415,
+        "Content-Type",
+        "text/plain",
+    ),
     ("no-content-type", b'{"request_id": "abc", "label": "x"}', {}, 415, "Content-Type", "missing"),
     ("empty", b"", J, 400, "body", "empty"),
     ("list", b'[{"request_id": "abc", "label": "x"}]', J, 422, "body", "got a list"),
@@ -202,16 +252,22 @@ def _still_answering(client: httpx.Client) -> None:
     assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
 
 
-@pytest.mark.parametrize(("body", "headers", "status", "field", "words"), [c[1:] for c in HOSTILE_PREDICTS],
-                         ids=[c[0] for c in HOSTILE_PREDICTS])
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "field", "words"),
+    [c[1:] for c in HOSTILE_PREDICTS],
+    ids=[c[0] for c in HOSTILE_PREDICTS],
+)
 def test_a_hostile_predict_gets_a_4xx_naming_the_problem(client, body, headers, status, field, words):
     response = client.post("/predict", content=body, headers=headers)
     _check_refusal(response, status, field, words)
     _still_answering(client)
 
 
-@pytest.mark.parametrize(("body", "headers", "status", "field", "words"), [c[1:] for c in HOSTILE_FEEDBACK],
-                         ids=[c[0] for c in HOSTILE_FEEDBACK])
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "field", "words"),
+    [c[1:] for c in HOSTILE_FEEDBACK],
+    ids=[c[0] for c in HOSTILE_FEEDBACK],
+)
 def test_a_hostile_feedback_gets_a_4xx_naming_the_problem(client, body, headers, status, field, words):
     response = client.post("/feedback", content=body, headers=headers)
     _check_refusal(response, status, field, words)
@@ -232,8 +288,9 @@ def test_feedback_checks_the_token_before_the_body(client):
 
 def test_json_with_a_utf8_charset_in_any_case_is_answered(client):
     for content_type in ("application/json; charset=utf-8", "Application/JSON; Charset=UTF-8"):
-        response = client.post("/predict", content=json.dumps({"text": TEXTS[1]}).encode(),
-                               headers={"content-type": content_type})
+        response = client.post(
+            "/predict", content=json.dumps({"text": TEXTS[1]}).encode(), headers={"content-type": content_type}
+        )
         assert response.status_code == 200, response.text
 
 
@@ -253,9 +310,13 @@ def test_no_hostile_input_was_answered_with_a_5xx(client):
     plain = client.post("/predict", content=b'{"text": "hi"}', headers={"content-type": "text/plain"})
     assert plain.status_code == 415
     families = text_string_to_metric_families(client.get("/metrics").text)
-    statuses = {(s.labels["endpoint"], s.labels["status"]): s.value
-                for f in families if f.name == "driftloop_requests" for s in f.samples
-                if s.name == "driftloop_requests_total"}
+    statuses = {
+        (s.labels["endpoint"], s.labels["status"]): s.value
+        for f in families
+        if f.name == "driftloop_requests"
+        for s in f.samples
+        if s.name == "driftloop_requests_total"
+    }
     assert statuses.get(("predict", "400"), 0) > 0 and statuses.get(("predict", "415"), 0) > 0
     assert not {k: v for k, v in statuses.items() if k[1].startswith("5")}, statuses
 

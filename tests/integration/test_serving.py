@@ -36,10 +36,20 @@ from .conftest import TINY_PARAMS, serve_in_subprocess, serve_in_thread, tiny_fr
 LABELS_V1 = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 NEW_LABEL = "apple_pay_or_google_pay"
 CFG = ServingSettings(reload_interval_s=0.2, max_text_chars=200, max_batch=16, fsync_interval_s=0.2)
-TEXTS = ["my card has not arrived yet", "I lost my card in the street", "what is the exchange rate",
-         "my top up did not work", "my pin is blocked", "when will the card come",
-         "someone stole my card", "the rate you gave me is wrong", "top-up failed twice",
-         "I typed the wrong pin three times", "where is my new card", "card stolen yesterday"]
+TEXTS = [
+    "my card has not arrived yet",
+    "I lost my card in the street",
+    "what is the exchange rate",
+    "my top up did not work",
+    "my pin is blocked",
+    "when will the card come",
+    "someone stole my card",
+    "the rate you gave me is wrong",
+    "top-up failed twice",
+    "I typed the wrong pin three times",
+    "where is my new card",
+    "card stolen yesterday",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +66,7 @@ def v2_model(banking_train) -> TextClassifier:
 def registry_for(tracking_uri, artifact_root):
     def make(name: str) -> Registry:
         return Registry(tracking_uri, name, artifact_root=artifact_root)
+
     return make
 
 
@@ -79,8 +90,10 @@ def served(registry_for, v1_model, tmp_path_factory):
     registry = registry_for("serving-basic")
     ref = publish(registry, v1_model)
     log_root = tmp_path_factory.mktemp("logs-basic")
-    with serve_in_thread(create_app(CFG, registry, log_root)) as url, \
-            httpx.Client(base_url=url, timeout=30, headers=AUTH) as client:
+    with (
+        serve_in_thread(create_app(CFG, registry, log_root)) as url,
+        httpx.Client(base_url=url, timeout=30, headers=AUTH) as client,
+    ):
         yield Served(url, client, log_root, ref, v1_model)
 
 
@@ -90,8 +103,11 @@ def predict(client: httpx.Client, payload) -> httpx.Response:
 
 def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
     text = client.get("/metrics").text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def sample(samples, name: str, **labels) -> float:
@@ -99,6 +115,7 @@ def sample(samples, name: str, **labels) -> float:
 
 
 # -- answers -------------------------------------------------------------------------------------
+
 
 def test_one_text_is_answered_by_the_registered_champion(served):
     response = predict(served.client, {"text": TEXTS[0]})
@@ -139,8 +156,9 @@ def test_every_answer_is_in_the_prediction_log(served):
 
 def test_a_lone_surrogate_is_answered_and_logged(served):
     # Valid JSON, not encodable as UTF-8: must not crash the response or the log write.
-    response = served.client.post("/predict", content=b'{"text": "card \\ud800 arrived"}',
-                                  headers={"content-type": "application/json"})
+    response = served.client.post(
+        "/predict", content=b'{"text": "card \\ud800 arrived"}', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 200
     rid = response.json()["predictions"][0]["request_id"]
     logged = read_predictions(served.log_root).set_index("request_id")
@@ -220,12 +238,10 @@ BAD_PREDICTS = [
 ]
 
 
-@pytest.mark.parametrize(("body", "status", "message"), [b[1:] for b in BAD_PREDICTS],
-                         ids=[b[0] for b in BAD_PREDICTS])
+@pytest.mark.parametrize(("body", "status", "message"), [b[1:] for b in BAD_PREDICTS], ids=[b[0] for b in BAD_PREDICTS])
 def test_a_bad_predict_gets_a_4xx_naming_the_problem(served, body, status, message):
     content = body if isinstance(body, bytes) else body.encode()
-    response = served.client.post("/predict", content=content,
-                                  headers={"content-type": "application/json"})
+    response = served.client.post("/predict", content=content, headers={"content-type": "application/json"})
     assert response.status_code == status
     detail = response.json()["detail"]
     assert message in detail
@@ -254,8 +270,7 @@ def test_bad_feedback_gets_a_422_naming_the_field(served, payload, message):
     assert message in response.json()["detail"]
 
 
-def test_middleware_turns_the_direct_path_off_with_the_same_answers(registry_for, v1_model, served,
-                                                                    tmp_path):
+def test_middleware_turns_the_direct_path_off_with_the_same_answers(registry_for, v1_model, served, tmp_path):
     class Tag:
         """A pure ASGI middleware that marks responses, to prove it saw the request."""
 
@@ -267,19 +282,18 @@ def test_middleware_turns_the_direct_path_off_with_the_same_answers(registry_for
                 if message["type"] == "http.response.start":
                     message = {**message, "headers": [*message.get("headers", []), (b"x-tag", b"1")]}
                 await send(message)
+
             await self.app(scope, receive, tagged)
 
     app = create_app(CFG, registry_for("serving-basic"), tmp_path)
     app.add_middleware(Tag)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         good = predict(client, {"texts": TEXTS[:2]})
-        bad = client.post("/predict", content=b'{"texts": ["ok", ""]}',
-                          headers={"content-type": "application/json"})
+        bad = client.post("/predict", content=b'{"texts": ["ok", ""]}', headers={"content-type": "application/json"})
     reference = predict(served.client, {"texts": TEXTS[:2]})
     assert good.headers.get("x-tag") == "1"
     assert good.status_code == 200
-    assert [a["intent"] for a in good.json()["predictions"]] == \
-        [a["intent"] for a in reference.json()["predictions"]]
+    assert [a["intent"] for a in good.json()["predictions"]] == [a["intent"] for a in reference.json()["predictions"]]
     assert bad.status_code == 422 and "texts[1]" in bad.json()["detail"]
     logged = set(read_predictions(tmp_path)["request_id"])
     assert {a["request_id"] for a in good.json()["predictions"]} <= logged
@@ -287,10 +301,10 @@ def test_middleware_turns_the_direct_path_off_with_the_same_answers(registry_for
 
 # -- the model's life cycle ----------------------------------------------------------------------
 
+
 def test_not_ready_until_a_champion_exists_then_ready(registry_for, v1_model, tmp_path):
     registry = registry_for("serving-late")
-    with serve_in_thread(create_app(CFG, registry, tmp_path)) as url, \
-            httpx.Client(base_url=url, timeout=30) as client:
+    with serve_in_thread(create_app(CFG, registry, tmp_path)) as url, httpx.Client(base_url=url, timeout=30) as client:
         assert client.get("/ready").status_code == 503
         health = client.get("/health")
         assert health.status_code == 200 and health.json()["model_version"] is None
@@ -320,8 +334,9 @@ def test_an_alias_move_under_load_fails_no_request(registry_for, v1_model, v2_mo
                     results[k].append((-1, repr(exc), []))
                     continue
                 body = r.json() if r.status_code == 200 else {}
-                results[k].append((r.status_code, body.get("model_version"),
-                                   [a["request_id"] for a in body.get("predictions", [])]))
+                results[k].append(
+                    (r.status_code, body.get("model_version"), [a["request_id"] for a in body.get("predictions", [])])
+                )
 
     with serve_in_thread(create_app(CFG, registry, tmp_path)) as url:
         threads = [threading.Thread(target=client_loop, args=(k, url)) for k in range(8)]
@@ -350,7 +365,7 @@ def test_an_alias_move_under_load_fails_no_request(registry_for, v1_model, v2_mo
         assert set(versions) <= {v1.version, v2.version}
         if v2.version in versions:
             # Each client is sequential: once it saw v2, it never sees v1 again.
-            assert v1.version not in versions[versions.index(v2.version):]
+            assert v1.version not in versions[versions.index(v2.version) :]
     assert sum(r[1] == v2.version for r in answered) >= 8
     logged = read_predictions(tmp_path).set_index("request_id")["model_version"]
     for _status, version, ids in answered:
@@ -358,14 +373,14 @@ def test_an_alias_move_under_load_fails_no_request(registry_for, v1_model, v2_mo
             assert logged.get(rid) == version, f"{rid} answered by v{version} is not logged as such"
 
 
-def test_a_version_that_fails_to_load_leaves_the_old_one_serving(tracking_uri, v1_model, v2_model,
-                                                                  tmp_path):
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving(tracking_uri, v1_model, v2_model, tmp_path):
     # An experiment of its own, so its artifacts can be removed without touching other tests'.
-    registry = Registry(tracking_uri, "serving-broken", experiment="broken",
-                        artifact_root=tmp_path / "art")
+    registry = Registry(tracking_uri, "serving-broken", experiment="broken", artifact_root=tmp_path / "art")
     v1 = publish(registry, v1_model)
-    with serve_in_thread(create_app(CFG, registry, tmp_path / "logs")) as url, \
-            httpx.Client(base_url=url, timeout=30) as client:
+    with (
+        serve_in_thread(create_app(CFG, registry, tmp_path / "logs")) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
         v2 = registry.register_model(v2_model, input_example=TEXTS[:2])
         shutil.rmtree(tmp_path / "art")  # v2 can no longer be loaded; v1 is already in memory
         before = sample(metric_samples(client), "driftloop_errors_total", kind="reload")

@@ -26,8 +26,7 @@ pytestmark = pytest.mark.slow
 
 # SeaweedFS's ports move with s3_port: 7133 keeps all of them (up to the admin gRPC port,
 # 32446) below the ephemeral range that the suite's free-port tests draw from.
-PORTS = {"postgres_port": 15433, "s3_port": 7133, "mlflow_port": 15000, "prefect_port": 14300,
-         "prometheus_port": 19090}
+PORTS = {"postgres_port": 15433, "s3_port": 7133, "mlflow_port": 15000, "prefect_port": 14300, "prometheus_port": 19090}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,8 @@ def on_stack(stack, tmp_path, monkeypatch):
         f"registry:\n  tracking_uri: {stack.mlflow_url}\n  model_name: router-{tmp_path.name[-12:]}\n"
         f"prefect:\n  api_url: {stack.prefect_api_url}\n"
         f"storage:\n  dvc_remote: s3://{stack.cfg.bucket}/dvc-{tmp_path.name[-12:]}\n"
-        f"  s3_endpoint_url: {stack.s3_url}\n")
+        f"  s3_endpoint_url: {stack.s3_url}\n"
+    )
     monkeypatch.setenv("DRIFTLOOP_CONFIG", str(overlay))
     monkeypatch.setenv("DRIFTLOOP__PROJECT__STATE_DIR", str(tmp_path / "state"))
     for key, value in stack.client_env().items():
@@ -70,8 +70,7 @@ def on_stack(stack, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     # what `driftloop` sets for every Prefect client (prefect_server.CLIENT_RETRIES)
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url,
-                                     PREFECT_CLIENT_RETRY_EXTRA_CODES: {500}}):
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url, PREFECT_CLIENT_RETRY_EXTRA_CODES: {500}}):
         yield stack
 
 
@@ -101,10 +100,11 @@ def test_up_starts_every_server_on_loopback_and_is_safe_to_run_twice(stack):
     assert [s.name for s in stack.statuses] == stack_mod.ORDER
     assert all(s.healthy for s in stack.statuses)
     again = stack_mod.up(stack)
-    assert [s.started_s for s in again] == [None] * len(stack_mod.ORDER)   # nothing restarted
+    assert [s.started_s for s in again] == [None] * len(stack_mod.ORDER)  # nothing restarted
     # every socket our servers listen on is on 127.0.0.1
-    leaders = [int((stack.path("run", f"{n}.pid")).read_text()) for n in ("s3", "mlflow", "prefect", "worker",
-                                                                         "prometheus")]
+    leaders = [
+        int((stack.path("run", f"{n}.pid")).read_text()) for n in ("s3", "mlflow", "prefect", "worker", "prometheus")
+    ]
     pg_pid = int((stack.path("postgres", "postmaster.pid")).read_text().split()[0])
     addresses = _listening(_group_pids(leaders) | {pg_pid})
     assert len(addresses) >= 6 and all(a.startswith("127.0.0.1:") for a in addresses), addresses
@@ -146,8 +146,13 @@ def _s3_keys(stack, prefix: str) -> list[str]:
 def _pg(stack, sql: str, db: str = "mlflow") -> list[tuple]:
     import psycopg2
 
-    conn = psycopg2.connect(host="127.0.0.1", port=stack.cfg.postgres_port, user=stack.cfg.postgres_user,
-                            password=stack.secrets.pg_password, dbname=db)
+    conn = psycopg2.connect(
+        host="127.0.0.1",
+        port=stack.cfg.postgres_port,
+        user=stack.cfg.postgres_user,
+        password=stack.secrets.pg_password,
+        dbname=db,
+    )
     try:
         with conn.cursor() as cur:
             cur.execute(sql)
@@ -181,26 +186,29 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     assert v2.version == "2" and parts.registry.champion() == v2
 
     # the registry lives in PostgreSQL ...
-    rows = _pg(stack, f"SELECT version FROM model_versions WHERE name = '{settings.registry.model_name}' "
-                      "ORDER BY version")
+    rows = _pg(
+        stack, f"SELECT version FROM model_versions WHERE name = '{settings.registry.model_name}' ORDER BY version"
+    )
     assert [r[0] for r in rows] == [1, 2]
-    aliases = _pg(stack, "SELECT alias, version FROM registered_model_aliases "
-                         f"WHERE name = '{settings.registry.model_name}'")
+    aliases = _pg(
+        stack, f"SELECT alias, version FROM registered_model_aliases WHERE name = '{settings.registry.model_name}'"
+    )
     assert ("champion", 2) in aliases
     # ... the model files in S3 (through the MLflow server's artifact proxy) ...
     assert len([k for k in _s3_keys(stack, "mlflow/") if k.endswith("classifier.joblib")]) >= 2
     # ... and every training set in the DVC remote on S3: a fresh DVC repo pulls v2's back.
     md5 = parts.registry.version_tags(v2)["data.md5"]
     assert any(k.endswith(md5[2:]) for k in _s3_keys(stack, f"dvc-{tmp_path.name[-12:]}/"))
-    fresh = DatasetStore(tmp_path / "fresh" / "datasets", settings.storage.dvc_remote,
-                         settings.storage.s3_endpoint_url)
+    fresh = DatasetStore(tmp_path / "fresh" / "datasets", settings.storage.dvc_remote, settings.storage.s3_endpoint_url)
     restored = fresh.restore(md5, tmp_path / "restored.csv")
     assert hashlib.md5(restored.read_bytes(), usedforsecurity=False).hexdigest() == md5
 
     # the runs are on the stack's Prefect server (PostgreSQL), completed
-    runs = {r.name: r for r in _flow_runs(["training", "monitoring", "retraining"])
-            if r.parameters.get("reason", "").startswith(("v1 on the stack", "drift"))
-            or r.name.startswith("monitor")}
+    runs = {
+        r.name: r
+        for r in _flow_runs(["training", "monitoring", "retraining"])
+        if r.parameters.get("reason", "").startswith(("v1 on the stack", "drift")) or r.name.startswith("monitor")
+    }
     assert {r.state_type.value for r in runs.values()} == {"COMPLETED"}
     assert len(_pg(stack, "SELECT id FROM flow_run", db="prefect")) >= 4
 
@@ -222,13 +230,15 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
         series: list = []
         while not series and time.monotonic() < deadline + 30:
             time.sleep(1)
-            series = httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": query},
-                               timeout=5).json()["data"]["result"]
+            series = httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": query}, timeout=5).json()[
+                "data"
+            ]["result"]
     assert answer["model_version"] == "2"
     assert series and any(s["metric"].get("model_version") == "2" for s in series), series
 
 
 # ---------------------------------------------------------------- faults
+
 
 def _outage_mid_flow(stack, server: str, datasets: Path, down_s: float | None) -> threading.Thread:
     """Stop ``server`` once the running flow has versioned its training set (DVC add + push to
@@ -270,8 +280,7 @@ def small_data(tmp_path_factory) -> str:
         paths[split] = folder / f"{split}.csv"
         frame.to_csv(paths[split], index=False)
     overlay = folder / "small.yaml"
-    overlay.write_text(f"data:\n  train_path: {paths['train']}\n  test_path: {paths['test']}\n"
-                       f"  new_labels: {new}\n")
+    overlay.write_text(f"data:\n  train_path: {paths['train']}\n  test_path: {paths['test']}\n  new_labels: {new}\n")
     return str(overlay)
 
 
@@ -299,15 +308,15 @@ def _train_v2(extra: Path):
 
 
 def _versions(parts) -> list[str]:
-    return sorted(v.version for v in parts.registry.client.search_model_versions(
-        f"name = '{parts.registry.model_name}'"))
+    return sorted(
+        v.version for v in parts.registry.client.search_model_versions(f"name = '{parts.registry.model_name}'")
+    )
 
 
 # How long each stays away: SeaweedFS restarts in a second or two, and the MLflow server's own S3
 # client retries a few seconds by itself, so a shorter S3 outage never reaches our tasks.
 @pytest.mark.parametrize(("server", "down_s"), [("mlflow", 2), ("s3", 12), ("postgres", 4)])
-def test_a_server_that_comes_back_is_ridden_out_by_task_retries(with_champion, on_stack, server, down_s,
-                                                                 caplog):
+def test_a_server_that_comes_back_is_ridden_out_by_task_retries(with_champion, on_stack, server, down_s, caplog):
     """The server goes away in the middle of the flow and is back a few seconds later: the task
     that needs it retries, the run completes, v2 is registered once and judged as usual."""
     caplog.set_level(logging.INFO, logger="prefect")
@@ -317,7 +326,7 @@ def test_a_server_that_comes_back_is_ridden_out_by_task_retries(with_champion, o
     outage.join()
     assert state.is_completed(), state.message
     outcome = state.result()
-    assert _versions(parts) == ["1", "2"]                        # exactly one new version
+    assert _versions(parts) == ["1", "2"]  # exactly one new version
     assert outcome.candidate.version == "2"
     # the engine's own word that a task failed and was retried (task runs reach the API as
     # events, which a test process that also used another Prefect server cannot rely on)
@@ -353,6 +362,7 @@ def test_a_server_that_stays_down_fails_the_run_cleanly(with_champion, on_stack)
     state = _train_v2(extra)
     outage.join()
     assert state.is_failed()
-    assert _pg(on_stack, f"SELECT alias, version FROM registered_model_aliases WHERE name = '{name}'") == \
-        [("champion", int(v1.version))]
+    assert _pg(on_stack, f"SELECT alias, version FROM registered_model_aliases WHERE name = '{name}'") == [
+        ("champion", int(v1.version))
+    ]
     assert _pg(on_stack, f"SELECT version FROM model_versions WHERE name = '{name}'") == [(1,)]

@@ -35,8 +35,10 @@ def logged(banking_train, tiny_transformer_base, tracking_uri, artifact_root, tm
     mp.setenv("TRANSFORMERS_OFFLINE", "1")
     base = shutil.copytree(tiny_transformer_base, tmp_path_factory.mktemp("base") / "model")
     model = get_family("transformer").fit(
-        tiny_frame(banking_train, LABELS), {"base_model": str(base), "mode": "finetune", "epochs": 1,
-                                            "batch_size": 8, "learning_rate": 1e-3}, seed=0)
+        tiny_frame(banking_train, LABELS),
+        {"base_model": str(base), "mode": "finetune", "epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
+        seed=0,
+    )
     registry = Registry(tracking_uri, "transformer-serving", artifact_root=artifact_root)
     ref = registry.register_model(model, input_example=TEXTS[:2])
     registry.set_alias(CHAMPION, ref)
@@ -52,7 +54,7 @@ def test_the_logged_model_pins_torch_and_transformers(logged, artifact_root):
     [requirements] = [p for p in artifact_root.rglob("requirements.txt") if model_id in str(p)]
     pins = dict(line.split("==") for line in requirements.read_text().split() if "==" in line)
     assert {"torch", "transformers", "tokenizers", "safetensors", "scikit-learn"} <= set(pins)
-    assert "+" not in pins["torch"]   # the release, not the local "+cpu" wheel label
+    assert "+" not in pins["torch"]  # the release, not the local "+cpu" wheel label
 
 
 def test_it_loads_offline_without_its_base_folder(logged):
@@ -65,8 +67,10 @@ def test_it_loads_offline_without_its_base_folder(logged):
 
 def test_served_in_batches_with_real_token_counts(logged, tmp_path):
     registry, ref, model = logged
-    with serve_in_thread(create_app(CFG, registry, tmp_path)) as url, \
-            httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
+    with (
+        serve_in_thread(create_app(CFG, registry, tmp_path)) as url,
+        httpx.Client(base_url=url, timeout=60, headers=AUTH) as client,
+    ):
         one = client.post("/predict", json={"text": TEXTS[0]})
         many = client.post("/predict", json={"texts": TEXTS})
         assert one.status_code == many.status_code == 200
@@ -98,8 +102,10 @@ def test_concurrent_requests_share_forward_passes(logged, tmp_path):
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             return await asyncio.gather(*(client.post("/predict", json={"text": t}) for t in texts))
 
-    with serve_in_thread(create_app(CFG, registry, tmp_path)) as url, \
-            httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
+    with (
+        serve_in_thread(create_app(CFG, registry, tmp_path)) as url,
+        httpx.Client(base_url=url, timeout=60, headers=AUTH) as client,
+    ):
         answers = asyncio.run(send_all(url))
         assert [a.status_code for a in answers] == [200] * len(texts)
         assert [a.json()["predictions"][0]["intent"] for a in answers] == [expected[t] for t in texts]
@@ -107,4 +113,4 @@ def test_concurrent_requests_share_forward_passes(logged, tmp_path):
         slot = {"model_version": ref.version, "slot": "champion"}
         passes = sample(samples, "driftloop_batch_texts_count", **slot)
         assert sample(samples, "driftloop_batch_texts_sum", **slot) == len(texts)
-        assert passes < len(texts)   # some requests shared a forward pass
+        assert passes < len(texts)  # some requests shared a forward pass

@@ -42,9 +42,25 @@ class WrkRun:
         script.write_text(loadgen.lua_script(texts, record_dir, caller_keys=True), encoding="ascii")
         self.record_dir = record_dir
         self.proc = subprocess.Popen(
-            ["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{longest_s}s", "--latency",
-             "--timeout", "5s", "-s", str(script), f"{url}/predict"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                "wrk",
+                "-t",
+                str(THREADS),
+                "-c",
+                str(CONNECTIONS),
+                "-d",
+                f"{longest_s}s",
+                "--latency",
+                "--timeout",
+                "5s",
+                "-s",
+                str(script),
+                f"{url}/predict",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def stop(self) -> loadgen.WrkResult:
         self.proc.send_signal(signal.SIGINT)
@@ -59,9 +75,15 @@ def overlay(tmp_path: Path, name: str, stages: list[dict]) -> list[str]:
     # the shadow's own prediction time, measured in a thread that waits for the GIL while the
     # event loop serves, reads several ms slower than the champion's; the guard then withdraws
     # a good challenger at shadow now and then; see bench/rollout.py.)
-    body = {"rollout": {"enabled": True, "poll_s": 0.2, "stages": stages, "guard": {"latency_slack_ms": 25.0},
-                        "bake": {"min_samples": 150, "max_duration_s": 60, "baseline_samples": 300,
-                                 "retrain_on_regression": False}}}
+    body = {
+        "rollout": {
+            "enabled": True,
+            "poll_s": 0.2,
+            "stages": stages,
+            "guard": {"latency_slack_ms": 25.0},
+            "bake": {"min_samples": 150, "max_duration_s": 60, "baseline_samples": 300, "retrain_on_regression": False},
+        }
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body))
     return [str(path)]
@@ -72,24 +94,36 @@ def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, 
     rows = banking_train[banking_train["label"].isin(labels)]
     parts = wiring.build(settings)
     register = parts.registry.register_model
-    v1 = register(TfidfFamily().fit(rows.groupby("label").head(6), TINY_PARAMS), run_name="v1",
-                  input_example=["where is my card"])
-    champion.move_alias(parts.registry, parts.history, "champion", v1, action="promote", reason="first",
-                        actor="test")
+    v1 = register(
+        TfidfFamily().fit(rows.groupby("label").head(6), TINY_PARAMS), run_name="v1", input_example=["where is my card"]
+    )
+    champion.move_alias(parts.registry, parts.history, "champion", v1, action="promote", reason="first", actor="test")
 
     def challengers():
         good = TfidfFamily().fit(rows.groupby("label").head(60), TINY_PARAMS)
         # Fails one call in four: as a canary each failure is answered by the champion instead.
-        return (register(good, run_name="good", input_example=["where is my card"]),
-                register(FailingClassifier(good, every=4), run_name="failing", input_example=["where is my card"]))
+        return (
+            register(good, run_name="good", input_example=["where is my card"]),
+            register(FailingClassifier(good, every=4), run_name="failing", input_example=["where is my card"]),
+        )
 
-    good_stages = overlay(tmp_path, "good", [
-        {"name": "shadow", "kind": "shadow", "min_samples": 150},
-        {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 100},
-        {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 150}])
-    bad_stages = overlay(tmp_path, "bad", [
-        {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 150},
-        {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 150}])
+    good_stages = overlay(
+        tmp_path,
+        "good",
+        [
+            {"name": "shadow", "kind": "shadow", "min_samples": 150},
+            {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 100},
+            {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 150},
+        ],
+    )
+    bad_stages = overlay(
+        tmp_path,
+        "bad",
+        [
+            {"name": "canary-10", "kind": "canary", "weight": 0.1, "min_samples": 150},
+            {"name": "canary-50", "kind": "canary", "weight": 0.5, "min_samples": 150},
+        ],
+    )
     texts = rows.groupby("label").tail(20)["text"].tolist()
 
     # The child unpickles FailingClassifier: tests.flows.rollout_models must be importable there.
@@ -99,8 +133,10 @@ def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, 
     # The challengers are registered while the server process starts (its imports take seconds).
     with ThreadPoolExecutor(1) as pool:
         registering = pool.submit(challengers)
-        with serve_in_subprocess(settings.tracking_uri, parts.registry.model_name, log_root,
-                                 reload_interval_s=0.2) as (url, proc):
+        with serve_in_subprocess(settings.tracking_uri, parts.registry.model_name, log_root, reload_interval_s=0.2) as (
+            url,
+            proc,
+        ):
             v2, v3 = registering.result()
             wrk = WrkRun(url, texts, tmp_path / "wrk")
             try:
@@ -119,8 +155,14 @@ def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, 
     assert "error_rate" in withdrawn.reason
     assert parts.registry.champion() == v2 and not parts.registry.rollout_state().active
     actions = [e.action for e in parts.history.entries()]
-    assert actions[1:] == ["stage:shadow", "stage:canary-10", "stage:canary-50", "promote",
-                           "stage:canary-10", "rollback"]
+    assert actions[1:] == [
+        "stage:shadow",
+        "stage:canary-10",
+        "stage:canary-50",
+        "promote",
+        "stage:canary-10",
+        "rollback",
+    ]
 
     # Not one request failed, at the HTTP level or the socket level.
     assert load.non_2xx == 0 and load.total_socket_errors == 0, load.raw

@@ -20,17 +20,29 @@ def piped(*args: str, state: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP__") and k != "DRIFTLOOP_CONFIG"}
     # What a CI runner often sets: neither may bring back wrapping or colour in a pipe.
     env |= {"DRIFTLOOP__PROJECT__STATE_DIR": str(state), "COLUMNS": "80", "FORCE_COLOR": "1"}
-    return subprocess.run([DRIFTLOOP, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    return subprocess.run(
+        [DRIFTLOOP, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_a_table_row_comes_out_whole(tmp_path):
-    reason = ("drift in text (0.8123 vs threshold 0.6500) and intent (0.4100 vs threshold 0.2000) "
-              "over window 0a1b2c3d4e5f of 400 requests; challenger v7 beat the champion on the eval set")
+    reason = (
+        "drift in text (0.8123 vs threshold 0.6500) and intent (0.4100 vs threshold 0.2000) "
+        "over window 0a1b2c3d4e5f of 400 requests; challenger v7 beat the champion on the eval set"
+    )
     actor = f"monitor:flow-run-{uuid.uuid4()}"
-    ChampionHistory(tmp_path / "champion_history.jsonl").append(HistoryEntry(
-        time="2026-01-02T03:04:05.678+00:00", model="intent-router", alias="champion", from_version="6",
-        to_version="7", action="promote", reason=reason, actor=actor))
+    ChampionHistory(tmp_path / "champion_history.jsonl").append(
+        HistoryEntry(
+            time="2026-01-02T03:04:05.678+00:00",
+            model="intent-router",
+            alias="champion",
+            from_version="6",
+            to_version="7",
+            action="promote",
+            reason=reason,
+            actor=actor,
+        )
+    )
     done = piped("history", state=tmp_path)
     assert done.returncode == 0, done.stderr
     row = [line for line in done.stdout.splitlines() if "promote" in line]
@@ -46,8 +58,9 @@ def test_status_keeps_flow_run_ids_on_one_line(tmp_path, monkeypatch):
     settings = load_settings()
     flow_run = str(uuid.uuid4())
     name = "retrain (drift): window 0a1b2c3d4e5f drifted, text 0.8123 > 0.6500, intent 0.4100 > 0.2000"
-    Registry(settings.tracking_uri, settings.registry.model_name, settings.registry.experiment,
-             settings.artifact_root).log_run(name, tags={"prefect.flow_run_id": flow_run, "driftloop.kind": "train"})
+    Registry(
+        settings.tracking_uri, settings.registry.model_name, settings.registry.experiment, settings.artifact_root
+    ).log_run(name, tags={"prefect.flow_run_id": flow_run, "driftloop.kind": "train"})
     done = piped("status", state=tmp_path)
     assert done.returncode == 0, done.stderr
     row = [line for line in done.stdout.splitlines() if flow_run in line]
@@ -64,7 +77,8 @@ def test_an_error_line_comes_out_whole(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         f"error: configuration: monitor.window_size = 'abc' (in {config}): Input should be a valid integer, "
-        "unable to parse string as an integer"]
+        "unable to parse string as an integer"
+    ]
 
 
 def test_a_bug_is_reported_with_its_traceback(capsys):
@@ -81,5 +95,6 @@ def test_a_bug_is_reported_with_its_traceback(capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "Traceback (most recent call last)" in err and "in buggy" in err
-    assert err.rstrip().endswith("unexpected error (KeyError: 'missing'); this is a bug, please report it with "
-                                 "the traceback above")
+    assert err.rstrip().endswith(
+        "unexpected error (KeyError: 'missing'); this is a bug, please report it with the traceback above"
+    )

@@ -48,13 +48,15 @@ def _predicted(model, frame: pd.DataFrame) -> pd.DataFrame:
 def traffic() -> Traffic:
     settings = load_settings(config_dir=ROOT / "configs")
     # base.yaml's data paths are relative to the repository root, not to pytest's directory.
-    data = settings.data.model_copy(update={"train_path": ROOT / settings.data.train_path,
-                                            "test_path": ROOT / settings.data.test_path})
+    data = settings.data.model_copy(
+        update={"train_path": ROOT / settings.data.train_path, "test_path": ROOT / settings.data.test_path}
+    )
     splits = build_splits(data)
     model = get_family(settings.model.family).fit(splits.train, settings.model.params)
     reference = _predicted(model, splits.reference).drop(columns="label")
-    return Traffic(reference, _predicted(model, splits.live_known), _predicted(model, splits.live_new),
-                   settings.monitor)
+    return Traffic(
+        reference, _predicted(model, splits.live_known), _predicted(model, splits.live_new), settings.monitor
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +70,10 @@ def quiet_window(traffic: Traffic, seed: int) -> pd.DataFrame:
 
 def drifted_window(traffic: Traffic, seed: int) -> pd.DataFrame:
     n_new = round(WINDOW * NEW_SHARE)
-    parts = [traffic.live_new.sample(n_new, random_state=seed),
-             traffic.live_known.sample(WINDOW - n_new, random_state=seed)]
+    parts = [
+        traffic.live_new.sample(n_new, random_state=seed),
+        traffic.live_known.sample(WINDOW - n_new, random_state=seed),
+    ]
     return pd.concat(parts).sample(frac=1, random_state=seed).reset_index(drop=True)
 
 
@@ -189,8 +193,7 @@ def test_result_carries_window_metadata_and_live_accuracy(traffic, calibration):
 
 def test_html_report_is_written_and_calibration_is_computed_when_missing(traffic, tmp_path):
     path = tmp_path / "reports" / "window.html"
-    result = drift.detect_drift(traffic.reference, drifted_window(traffic, 0), traffic.cfg,
-                                report_path=path)
+    result = drift.detect_drift(traffic.reference, drifted_window(traffic, 0), traffic.cfg, report_path=path)
     assert result.report_path == str(path)
     html = path.read_text()
     assert len(html) > 10_000
@@ -212,10 +215,12 @@ def test_importing_the_module_does_not_import_evidently():
 
 def test_only_the_drift_module_imports_evidently():
     offenders = [
-        str(path.relative_to(ROOT)) for path in (ROOT / "src" / "driftloop").rglob("*.py")
-        if path.name != "drift.py" and any(
-            line.strip().startswith(("import evidently", "from evidently"))
-            for line in path.read_text().splitlines())
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "src" / "driftloop").rglob("*.py")
+        if path.name != "drift.py"
+        and any(
+            line.strip().startswith(("import evidently", "from evidently")) for line in path.read_text().splitlines()
+        )
     ]
     assert offenders == []
 

@@ -24,8 +24,7 @@ def embed(texts) -> np.ndarray:
 
 
 def _frame(rows: pd.DataFrame, confidence: float) -> pd.DataFrame:
-    return pd.DataFrame({"text": rows["text"].to_numpy(), "intent": rows["label"].to_numpy(),
-                         "confidence": confidence})
+    return pd.DataFrame({"text": rows["text"].to_numpy(), "intent": rows["label"].to_numpy(), "confidence": confidence})
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,15 @@ def test_history_is_append_only_and_skips_torn_line(tmp_path):
 
 def test_last_good_skips_current_and_rolled_back_versions(tmp_path):
     h = ChampionHistory(tmp_path / "h.jsonl")
-    for e in [move(None, "1"), move("1", "2"), move("2", "1", action="rollback"), move("1", "3"),
-              move(None, "3", alias="challenger")]:
+    for e in [
+        move(None, "1"),
+        move("1", "2"),
+        move("2", "1", action="rollback"),
+        move("1", "3"),
+        move(None, "3", alias="challenger"),
+    ]:
         h.append(e)
-    assert h.last_good(exclude="3") == "1"      # 2 was rolled back from: never a target again
+    assert h.last_good(exclude="3") == "1"  # 2 was rolled back from: never a target again
     assert h.last_good(exclude="1") == "3"
     assert ChampionHistory(tmp_path / "none.jsonl").last_good() is None
 
@@ -39,12 +44,14 @@ def preds(rows):
 
 
 def test_window_keeps_newest_distinct_texts_of_the_champion():
-    p = preds([
-        ("a", "2026-01-01T00:00:01", "Hello  there", "x", "1"),
-        ("b", "2026-01-01T00:00:02", "hello there", "x", "1"),   # same text: keep the newest only
-        ("c", "2026-01-01T00:00:03", "other", "y", "2"),         # another model's answer
-        ("d", "2026-01-01T00:00:04", "third", "y", "1"),
-    ])
+    p = preds(
+        [
+            ("a", "2026-01-01T00:00:01", "Hello  there", "x", "1"),
+            ("b", "2026-01-01T00:00:02", "hello there", "x", "1"),  # same text: keep the newest only
+            ("c", "2026-01-01T00:00:03", "other", "y", "2"),  # another model's answer
+            ("d", "2026-01-01T00:00:04", "third", "y", "1"),
+        ]
+    )
     w = curation.select_window(p, "1", size=10)
     assert list(w["request_id"]) == ["b", "d"]
     assert list(curation.select_window(p, "1", size=1)["request_id"]) == ["d"]
@@ -52,8 +59,10 @@ def test_window_keeps_newest_distinct_texts_of_the_champion():
 
 def test_labelled_rows_last_label_wins_and_quarantines_unknown():
     p = preds([("a", "t", "text a", "x", "1"), ("b", "t", "text b", "x", "1")])
-    fb = pd.DataFrame([("a", "2026-01-01T00:00:01", "x"), ("a", "2026-01-01T00:00:02", "y"),
-                       ("b", "2026-01-01T00:00:01", "bogus")], columns=["request_id", "time", "label"])
+    fb = pd.DataFrame(
+        [("a", "2026-01-01T00:00:01", "x"), ("a", "2026-01-01T00:00:02", "y"), ("b", "2026-01-01T00:00:01", "bogus")],
+        columns=["request_id", "time", "label"],
+    )
     out = curation.labelled_rows(p, fb, ["x", "y"])
     assert out.rows.to_dict("records") == [{"text": "text a", "label": "y"}]
     assert list(out.quarantined["label"]) == ["bogus"]

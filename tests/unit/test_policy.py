@@ -25,12 +25,15 @@ def test_floor_applies_even_to_first_model(acc):
     assert not d.promote and "floor" in d.reason
 
 
-@pytest.mark.parametrize(("cand", "champ", "promote"), [
-    (0.80, 0.80, True),    # equal: no regression
-    (0.791, 0.80, True),   # within the 0.01 tolerance
-    (0.789, 0.80, False),  # just beyond it
-    (0.85, 0.80, True),
-])
+@pytest.mark.parametrize(
+    ("cand", "champ", "promote"),
+    [
+        (0.80, 0.80, True),  # equal: no regression
+        (0.791, 0.80, True),  # within the 0.01 tolerance
+        (0.789, 0.80, False),  # just beyond it
+        (0.85, 0.80, True),
+    ],
+)
 def test_regression_tolerance_boundary(cand, champ, promote):
     assert decide_promotion(report(cand), report(champ), POLICY).promote is promote
 
@@ -58,8 +61,9 @@ RET = RetrainPolicy(cooldown_s=600)
 
 def drift(detected=True, n=300, wid="w1", accuracy=None, n_labelled=0) -> DriftResult:
     sig = SignalResult("text_drift", 0.7, 0.6, detected)
-    return DriftResult(wid, None, None, 500, n, (sig,), detected, 1.0 if detected else 0.0,
-                       accuracy=accuracy, n_labelled=n_labelled)
+    return DriftResult(
+        wid, None, None, 500, n, (sig,), detected, 1.0 if detected else 0.0, accuracy=accuracy, n_labelled=n_labelled
+    )
 
 
 def test_retrain_on_confirmed_drift():
@@ -91,12 +95,15 @@ def test_cooldown_boundary(ago, expected):
 QUALITY = RetrainPolicy(cooldown_s=600, min_live_accuracy=0.75, min_labelled=50)
 
 
-@pytest.mark.parametrize(("accuracy", "n_labelled", "expected"), [
-    (0.74, 50, True),     # below the floor with enough labels: retrain without drift
-    (0.75, 50, False),    # at the floor
-    (0.10, 49, False),    # too few labels to judge
-    (None, 0, False),     # no labels at all
-])
+@pytest.mark.parametrize(
+    ("accuracy", "n_labelled", "expected"),
+    [
+        (0.74, 50, True),  # below the floor with enough labels: retrain without drift
+        (0.75, 50, False),  # at the floor
+        (0.10, 49, False),  # too few labels to judge
+        (None, 0, False),  # no labels at all
+    ],
+)
 def test_live_quality_trigger(accuracy, n_labelled, expected):
     d = should_retrain(drift(detected=False, accuracy=accuracy, n_labelled=n_labelled), MON, QUALITY, [], NOW)
     assert d.retrain is expected

@@ -22,8 +22,14 @@ from driftloop.predlog import (
 )
 from driftloop.types import Prediction
 
-WEIRD_TEXTS = ["plain", 'quote " backslash \\ tab \t', "line\nbreak\r\nand more", "où 💳 ünïcode",
-               "lone \ud800 surrogate", ""]
+WEIRD_TEXTS = [
+    "plain",
+    'quote " backslash \\ tab \t',
+    "line\nbreak\r\nand more",
+    "où 💳 ünïcode",
+    "lone \ud800 surrogate",
+    "",
+]
 
 
 def at(iso: str, step_ns: int = 1000):
@@ -88,8 +94,9 @@ def test_files_are_partitioned_by_utc_date_and_named_by_process(tmp_path):
     assert list(read_predictions(tmp_path)["request_id"]) == ["before", "after"]
 
 
-@pytest.mark.parametrize("since", [datetime(2024, 3, 2), datetime(2024, 3, 2, tzinfo=UTC)],
-                         ids=["naive-is-utc", "aware"])
+@pytest.mark.parametrize(
+    "since", [datetime(2024, 3, 2), datetime(2024, 3, 2, tzinfo=UTC)], ids=["naive-is-utc", "aware"]
+)
 def test_since_keeps_only_newer_predictions(tmp_path, since):
     with PredictionLog(tmp_path, clock=at("2024-03-01T23:59:59", step_ns=2 * 10**9)) as log:
         log.write("before", "t", Prediction("x", 0.5), "1", 1.0, 1)
@@ -158,8 +165,7 @@ def test_join_adds_the_latest_label_per_request_and_keeps_the_rows(tmp_path):
 
 def test_join_replaces_an_existing_label_column():
     preds = pd.DataFrame({"request_id": ["a", "b"], "label": ["old", "old"]})
-    feedback = pd.DataFrame({"request_id": ["a"], "time": pd.to_datetime(["2024-01-01"], utc=True),
-                             "label": ["new"]})
+    feedback = pd.DataFrame({"request_id": ["a"], "time": pd.to_datetime(["2024-01-01"], utc=True), "label": ["new"]})
     assert list(join_feedback(preds, feedback)["label"]) == ["new", None]
 
 
@@ -182,8 +188,9 @@ def test_fsync_interval_must_be_positive(tmp_path):
 def test_shadow_and_failed_predictions_are_kept_apart_from_the_answers(tmp_path):
     with PredictionLog(tmp_path) as log:
         log.write_batch(["r1", "r2"], ["x", "y"], [Prediction("a", 0.9), Prediction("b", 0.4)], "1", 2.0, [1, 1])
-        log.write_batch(["r1", "r2"], ["x", "y"], [Prediction("a", 0.8), Prediction("c", 0.3)], "2", 5.0, [1, 1],
-                        slot="shadow")
+        log.write_batch(
+            ["r1", "r2"], ["x", "y"], [Prediction("a", 0.8), Prediction("c", 0.3)], "2", 5.0, [1, 1], slot="shadow"
+        )
         log.write_batch(["r3"], ["z"], [Prediction("a", 0.7)], "2", 1.0, [1], slot="canary")
         log.write_errors(["r4"], ["w"], "2", 0.5, "canary", 'ValueError: "bad" input')
     answered = read_predictions(tmp_path)

@@ -16,8 +16,11 @@ from driftloop.settings import DataSettings
 def write_set(folder, labels, per_label, prefix, label_field="label"):
     """A labelled CSV whose texts carry ``prefix``, so a test can tell which file a split came from."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"text": f"{prefix} {label} question number {i}", label_field: label}
-            for label in labels for i in range(per_label)]
+    rows = [
+        {"text": f"{prefix} {label} question number {i}", label_field: label}
+        for label in labels
+        for i in range(per_label)
+    ]
     train, test = folder / "train.csv", folder / "test.csv"
     pd.DataFrame(rows).to_csv(train, index=False)
     test_rows = [{"text": f"{prefix} {label} held out {i}", label_field: label} for label in labels for i in range(20)]
@@ -51,9 +54,15 @@ def test_each_data_set_gets_its_own_splits_back_and_forth(tmp_path, two_sets):
     assert lineage["data.raw.train.sha256"] == dataset.file_sha256(b.train_path)
 
 
-@pytest.mark.parametrize("change", [
-    {"seed": 7}, {"eval_fraction": 0.3}, {"reference_fraction": 0.2}, {"new_labels": ("beta",)},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 7},
+        {"eval_fraction": 0.3},
+        {"reference_fraction": 0.2},
+        {"new_labels": ("beta",)},
+    ],
+)
 def test_a_setting_that_shapes_the_splits_changes_the_key(tmp_path, two_sets, change):
     a, _ = two_sets
     before = ensure_prepared(a, tmp_path)
@@ -63,8 +72,7 @@ def test_a_setting_that_shapes_the_splits_changes_the_key(tmp_path, two_sets, ch
 
 def test_the_name_alone_does_not_change_the_key(tmp_path, two_sets):
     a, _ = two_sets
-    assert ensure_prepared(a, tmp_path).key == ensure_prepared(a.model_copy(update={"name": "renamed"}),
-                                                               tmp_path).key
+    assert ensure_prepared(a, tmp_path).key == ensure_prepared(a.model_copy(update={"name": "renamed"}), tmp_path).key
 
 
 def test_an_edited_raw_file_is_prepared_again(tmp_path, two_sets):
@@ -97,14 +105,17 @@ def test_an_unfinished_build_is_never_reused(tmp_path, two_sets):
     (done.dir / "train.csv").write_text("text,label\nhalf written,alpha\n")
     rebuilt = ensure_prepared(a, tmp_path)
     assert rebuilt.dir == done.dir and len(rebuilt.read("train")) == 20
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary folder left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("text,label\n", "no rows"),
-    ('text,label\n"never closed,alpha\n', "cannot parse"),
-    ("words,label\nhello,alpha\n", r"missing field\(s\) \['text'\]"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("text,label\n", "no rows"),
+        ('text,label\n"never closed,alpha\n', "cannot parse"),
+        ("words,label\nhello,alpha\n", r"missing field\(s\) \['text'\]"),
+    ],
+)
 def test_bad_raw_files_name_the_file(tmp_path, two_sets, content, message):
     a, _ = two_sets
     bad = tmp_path / "bad.csv"
@@ -117,7 +128,7 @@ def test_the_require_same_data_guard(tmp_path, two_sets):
     a, b = two_sets
     prepared = ensure_prepared(a, tmp_path)
     dataset.require_same_data(prepared, prepared.lineage(), "v1")
-    dataset.require_same_data(prepared, {}, "v1")   # registered before the tag existed
+    dataset.require_same_data(prepared, {}, "v1")  # registered before the tag existed
     other = ensure_prepared(b, tmp_path)
     with pytest.raises(DataError, match=f"v3 was trained on data set 'b' \\(data key {other.key}\\)"):
         dataset.require_same_data(prepared, other.lineage(), "v3")
@@ -128,8 +139,9 @@ def test_traffic_as_configured_when_the_pools_hold_it():
     assert plan == simulator.TrafficPlan(400, 800, 400, scaled=False)
 
 
-@pytest.mark.parametrize(("known", "new", "share"),
-                         [(353, 1128, 0.35), (500, 90, 0.35), (300, 300, 0.9), (777, 5, 0.0)])
+@pytest.mark.parametrize(
+    ("known", "new", "share"), [(353, 1128, 0.35), (500, 90, 0.35), (300, 300, 0.9), (777, 5, 0.0)]
+)
 def test_traffic_scales_to_small_pools_and_never_asks_for_more_than_they_hold(known, new, share):
     plan = simulator.plan_traffic(400, 800, 400, share, known_pool=known, new_pool=new, min_window=50)
     assert plan.scaled
@@ -145,7 +157,7 @@ def test_traffic_scales_to_small_pools_and_never_asks_for_more_than_they_hold(kn
     used_known = (len(drift) + len(after)) - (drift["label"].eq("n").sum() + after["label"].eq("n").sum())
     used_new = len(drift) + len(after) - used_known
     assert used_known >= 0.97 * known - 2 or used_new >= 0.97 * new - 2
-    assert plan.after * 2 >= plan.drift - 2   # the configured 2:1 ratio of the later phases is kept
+    assert plan.after * 2 >= plan.drift - 2  # the configured 2:1 ratio of the later phases is kept
 
 
 def test_traffic_too_small_for_a_window_says_what_is_missing():

@@ -19,7 +19,10 @@ from driftloop.types import HistoryEntry, ModelRef
 def test_the_default_plan_is_shadow_then_growing_canaries():
     steps = plan(RolloutSettings())
     assert [(s.name, s.mode, s.weight) for s in steps] == [
-        ("shadow", "shadow", 0.0), ("canary-10", "canary", 0.1), ("canary-50", "canary", 0.5)]
+        ("shadow", "shadow", 0.0),
+        ("canary-10", "canary", 0.1),
+        ("canary-50", "canary", 0.5),
+    ]
     assert stage_spec(steps[1]).weight == 0.1
 
 
@@ -30,16 +33,21 @@ def test_blue_green_and_ab_plans():
     assert (ab.kind, ab.mode, ab.weight) == (KIND_AB, "ab", 0.3)
 
 
-@pytest.mark.parametrize(("stages", "message"), [
-    ([], "at least one stage"),
-    ([{"name": "a", "kind": "canary", "weight": 0.5}, {"name": "b", "kind": "canary", "weight": 0.1}],
-     "must not decrease"),
-    ([{"name": "a", "kind": "canary", "weight": 1.0}], "between 0 and 1"),
-    ([{"name": "a", "kind": "canary", "weight": 0.0}], "between 0 and 1"),
-    ([{"name": "a", "kind": "shadow", "weight": 0.2}], "leave weight at 0"),
-    ([{"name": "a", "kind": "shadow"}, {"name": "a", "kind": "canary", "weight": 0.1}], "unique"),
-    ([{"name": "a", "kind": "mirror"}], "kind"),
-])
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([], "at least one stage"),
+        (
+            [{"name": "a", "kind": "canary", "weight": 0.5}, {"name": "b", "kind": "canary", "weight": 0.1}],
+            "must not decrease",
+        ),
+        ([{"name": "a", "kind": "canary", "weight": 1.0}], "between 0 and 1"),
+        ([{"name": "a", "kind": "canary", "weight": 0.0}], "between 0 and 1"),
+        ([{"name": "a", "kind": "shadow", "weight": 0.2}], "leave weight at 0"),
+        ([{"name": "a", "kind": "shadow"}, {"name": "a", "kind": "canary", "weight": 0.1}], "unique"),
+        ([{"name": "a", "kind": "mirror"}], "kind"),
+    ],
+)
 def test_bad_stages_fail_at_start_naming_the_problem(stages, message, tmp_path):
     overlay = tmp_path / "o.yaml"
     overlay.write_text(yaml.safe_dump({"rollout": {"stages": stages}}))
@@ -54,8 +62,16 @@ def test_the_rollout_overlay_enables_the_policy():
 
 
 def entry(time: datetime, action: str, from_version, to_version, alias="champion") -> HistoryEntry:
-    return HistoryEntry(time=time.isoformat(), model="m", alias=alias, from_version=from_version,
-                        to_version=to_version, action=action, reason="", actor="test")
+    return HistoryEntry(
+        time=time.isoformat(),
+        model="m",
+        alias=alias,
+        from_version=from_version,
+        to_version=to_version,
+        action=action,
+        reason="",
+        actor="test",
+    )
 
 
 def test_only_a_recent_promotion_over_an_earlier_champion_is_under_watch(tmp_path):

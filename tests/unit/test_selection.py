@@ -22,7 +22,11 @@ def test_grid_is_every_combination_in_key_order_last_key_fastest():
     candidates = expand_grid(BASE, {"C": [0.25, 1.0], "word_ngrams": [[1, 1], [1, 3]], "char_min_df": [1]})
     assert [c.index for c in candidates] == [0, 1, 2, 3]
     assert [(c.model.params["C"], c.model.params["word_ngrams"]) for c in candidates] == [
-        (0.25, [1, 1]), (0.25, [1, 3]), (1.0, [1, 1]), (1.0, [1, 3])]
+        (0.25, [1, 1]),
+        (0.25, [1, 3]),
+        (1.0, [1, 1]),
+        (1.0, [1, 3]),
+    ]
     # parameters outside the grid keep the base value; the base itself is untouched
     assert all(c.model.params["char_min_df"] == 1 for c in candidates)
     assert BASE.params == {"C": 0.5, "word_ngrams": [1, 2], "char_min_df": 2}
@@ -53,8 +57,7 @@ def test_tie_goes_to_the_earlier_candidate_whatever_the_finishing_order():
 
 
 def test_choose_orders_by_grid_and_records_the_choice():
-    result = choose([_score(1, (0.9,)), _score(0, (0.8,))], folds=1, runner="dask",
-                    scheduler="tcp://127.0.0.1:1234")
+    result = choose([_score(1, (0.9,)), _score(0, (0.8,))], folds=1, runner="dask", scheduler="tcp://127.0.0.1:1234")
     assert [s.candidate.index for s in result.scores] == [0, 1]
     assert result.model.params["C"] == 1
     tags = result.tags()
@@ -99,18 +102,21 @@ def test_one_fold_scores_one_stratified_holdout(tiny_frame):
     assert tiny_frame[held].groupby("label").size().eq(3).all()
 
 
-@pytest.mark.parametrize(("env", "key"), [
-    ({"DRIFTLOOP__SELECTION__GRID": '{"Cc": [0.5, 1.0]}'}, "selection.grid.Cc"),
-    ({"DRIFTLOOP__SELECTION__GRID": '{"C": []}'}, "selection.grid.C"),
-    ({"DRIFTLOOP__SELECTION__GRID": '{"C": [1, 1]}'}, "selection.grid.C"),
-    ({"DRIFTLOOP__SELECTION__RUNNER": "ray"}, "selection.runner"),
-    ({"DRIFTLOOP__SELECTION__FOLDS": "0"}, "selection.folds"),
-    ({"DRIFTLOOP__SELECTION__VALIDATION_FRACTION": "0.9"}, "selection.validation_fraction"),
-    ({"DRIFTLOOP__SELECTION__METRIC": "auc"}, "selection.metric"),
-    ({"DRIFTLOOP__SELECTION__DASK__ADDRESS": "scheduler:8786"}, "selection.dask.address"),
-    ({"DRIFTLOOP__SELECTION__DASK__N_WORKERS": "0"}, "selection.dask.n_workers"),
-    ({"DRIFTLOOP__SELECTION__DASK__PORT": "1"}, "selection.dask.port"),
-])
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"DRIFTLOOP__SELECTION__GRID": '{"Cc": [0.5, 1.0]}'}, "selection.grid.Cc"),
+        ({"DRIFTLOOP__SELECTION__GRID": '{"C": []}'}, "selection.grid.C"),
+        ({"DRIFTLOOP__SELECTION__GRID": '{"C": [1, 1]}'}, "selection.grid.C"),
+        ({"DRIFTLOOP__SELECTION__RUNNER": "ray"}, "selection.runner"),
+        ({"DRIFTLOOP__SELECTION__FOLDS": "0"}, "selection.folds"),
+        ({"DRIFTLOOP__SELECTION__VALIDATION_FRACTION": "0.9"}, "selection.validation_fraction"),
+        ({"DRIFTLOOP__SELECTION__METRIC": "auc"}, "selection.metric"),
+        ({"DRIFTLOOP__SELECTION__DASK__ADDRESS": "scheduler:8786"}, "selection.dask.address"),
+        ({"DRIFTLOOP__SELECTION__DASK__N_WORKERS": "0"}, "selection.dask.n_workers"),
+        ({"DRIFTLOOP__SELECTION__DASK__PORT": "1"}, "selection.dask.port"),
+    ],
+)
 def test_bad_selection_settings_name_the_key(monkeypatch, env, key):
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -133,8 +133,12 @@ def test_the_info_gauge_names_only_the_serving_version(holder):
         source.ref = ref(version)
         h.poll()
     assert value(h, "driftloop_model_info", model_name="m", model_version="2", slot="champion") == 1
-    assert h.metrics.registry.get_sample_value(
-        "driftloop_model_info", {"model_name": "m", "model_version": "1", "slot": "champion"}) is None
+    assert (
+        h.metrics.registry.get_sample_value(
+            "driftloop_model_info", {"model_name": "m", "model_version": "1", "slot": "champion"}
+        )
+        is None
+    )
     assert value(h, "driftloop_model_swaps_total") == 2
 
 
@@ -146,24 +150,30 @@ def test_request_ids_are_uuid4_hex():
         assert rid == parsed.hex and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
-@pytest.mark.parametrize(("payload", "texts"), [
-    ({"text": "hello"}, ["hello"]),
-    ({"texts": ["a", "b", "c"]}, ["a", "b", "c"]),
-    ({"text": "x" * 10}, ["x" * 10]),
-])
+@pytest.mark.parametrize(
+    ("payload", "texts"),
+    [
+        ({"text": "hello"}, ["hello"]),
+        ({"texts": ["a", "b", "c"]}, ["a", "b", "c"]),
+        ({"text": "x" * 10}, ["x" * 10]),
+    ],
+)
 def test_good_predict_bodies_give_their_texts(payload, texts):
     assert parse_predict(json.dumps(payload).encode(), CFG) == texts
 
 
-@pytest.mark.parametrize(("body", "status", "field"), [
-    (b'{"text": "x" }', None, None),
-    (json.dumps({"text": "x" * 11}).encode(), 422, "text"),
-    (json.dumps({"texts": ["a"] * 4}).encode(), 422, "texts"),
-    (json.dumps({"texts": ["a", "", "b"]}).encode(), 422, "texts[1]"),
-    (b"\xff", 400, "body"),
-    (b"{", 400, "body"),
-    (b"", 400, "body"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b'{"text": "x" }', None, None),
+        (json.dumps({"text": "x" * 11}).encode(), 422, "text"),
+        (json.dumps({"texts": ["a"] * 4}).encode(), 422, "texts"),
+        (json.dumps({"texts": ["a", "", "b"]}).encode(), 422, "texts[1]"),
+        (b"\xff", 400, "body"),
+        (b"{", 400, "body"),
+        (b"", 400, "body"),
+    ],
+)
 def test_bad_predict_bodies_name_the_field(body, status, field):
     if status is None:
         assert parse_predict(body, CFG) == ["x"]

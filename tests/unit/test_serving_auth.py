@@ -29,12 +29,22 @@ def test_feedback_without_a_token_is_refused_with_a_bearer_challenge(client):
     response = label(client)
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="driftloop"'
-    assert response.json()["errors"] == [{"field": "Authorization",
-                                          "message": "missing; send 'Authorization: Bearer <token>'"}]
+    assert response.json()["errors"] == [
+        {"field": "Authorization", "message": "missing; send 'Authorization: Bearer <token>'"}
+    ]
 
 
-@pytest.mark.parametrize("header", [f"Bearer {API_TOKEN}x", "Bearer ", f"Basic {API_TOKEN}", API_TOKEN,
-                                    f"Bearer {API_TOKEN[:-1]}", "Bearer t\xc3\xabst".encode("latin-1")])
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"Bearer {API_TOKEN}x",
+        "Bearer ",
+        f"Basic {API_TOKEN}",
+        API_TOKEN,
+        f"Bearer {API_TOKEN[:-1]}",
+        "Bearer t\xc3\xabst".encode("latin-1"),
+    ],
+)
 def test_feedback_with_a_wrong_token_is_refused(client, header):
     response = label(client, headers={"Authorization": header})
     assert response.status_code == 401
@@ -48,12 +58,17 @@ def test_feedback_with_the_token_is_accepted_and_refusals_are_counted(client):
     label(client)
     metrics = client.get("/metrics").text
     assert 'driftloop_errors_total{kind="unauthorized"} 1.0' in metrics
-    assert 'driftloop_feedback_total 2.0' in metrics
+    assert "driftloop_feedback_total 2.0" in metrics
 
 
 def test_predict_and_the_probes_need_no_token(client):
-    for method, path, body in (("POST", "/predict", {"text": "lost card"}), ("GET", "/health", None),
-                               ("GET", "/ready", None), ("GET", "/metrics", None), ("GET", "/routing", None)):
+    for method, path, body in (
+        ("POST", "/predict", {"text": "lost card"}),
+        ("GET", "/health", None),
+        ("GET", "/ready", None),
+        ("GET", "/metrics", None),
+        ("GET", "/routing", None),
+    ):
         assert client.request(method, path, json=body).status_code == 200, path
 
 

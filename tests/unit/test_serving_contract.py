@@ -57,26 +57,67 @@ def test_the_space_class_is_exactly_what_isspace_calls_whitespace():
 
 
 TEXT_VALUES = [
-    "hello", "x" * 10, "x" * 11, "", " ", "\t\n", "\ufeff", "\ufeff ", " a ", "\x00", "a\x00", "\x00 a",
-    "a\nb", "a\n", "\n", "💳", "é" * 10, 7, 1.5, None, True, [], {}, ["a"],
-    *SPACES, *(s + "a" for s in SPACES), *(s * 3 for s in SPACES),
+    "hello",
+    "x" * 10,
+    "x" * 11,
+    "",
+    " ",
+    "\t\n",
+    "\ufeff",
+    "\ufeff ",
+    " a ",
+    "\x00",
+    "a\x00",
+    "\x00 a",
+    "a\nb",
+    "a\n",
+    "\n",
+    "💳",
+    "é" * 10,
+    7,
+    1.5,
+    None,
+    True,
+    [],
+    {},
+    ["a"],
+    *SPACES,
+    *(s + "a" for s in SPACES),
+    *(s * 3 for s in SPACES),
 ]
 
 
 @pytest.mark.parametrize("text", TEXT_VALUES, ids=[repr(t)[:20] for t in TEXT_VALUES])
 def test_the_predict_schema_accepts_exactly_what_the_parser_accepts(text):
-    bodies = [{"text": text}, {"texts": [text]}, {"texts": ["fine", text]}, {"text": text, "texts": [text]},
-              {"texts": [text] * 4}, {"text": text, "extra": 1}]
+    bodies = [
+        {"text": text},
+        {"texts": [text]},
+        {"texts": ["fine", text]},
+        {"text": text, "texts": [text]},
+        {"texts": [text] * 4},
+        {"text": text, "extra": 1},
+    ]
     for payload in bodies:
         parsed = accepted(lambda b: parse_predict(b, CFG), json.dumps(payload).encode())
         for is_valid in validators(CFG, "PredictRequest"):
             assert is_valid(payload) == parsed, payload
 
 
-@pytest.mark.parametrize("payload", [
-    {}, {"text": None, "texts": None}, {"texts": []}, {"texts": None}, {"txt": "a"}, {"texts": "abc"},
-    {"texts": ["a", "b", "c"]}, {"texts": ["a", "b", "c", "d"]}, {"text": "a", "texts": None},
-], ids=repr)
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"text": None, "texts": None},
+        {"texts": []},
+        {"texts": None},
+        {"txt": "a"},
+        {"texts": "abc"},
+        {"texts": ["a", "b", "c"]},
+        {"texts": ["a", "b", "c", "d"]},
+        {"text": "a", "texts": None},
+    ],
+    ids=repr,
+)
 def test_the_predict_schema_and_parser_agree_on_shapes(payload):
     parsed = accepted(lambda b: parse_predict(b, CFG), json.dumps(payload).encode())
     for is_valid in validators(CFG, "PredictRequest"):
@@ -88,9 +129,14 @@ def test_the_feedback_schema_accepts_exactly_what_the_parser_accepts(text):
     def times(n: int):
         return text * n if isinstance(text, (str, list)) else text
 
-    bodies = [{"request_id": text, "label": "card_arrival"}, {"request_id": "r1", "label": text},
-              {"request_id": "r1", "label": times(50)}, {"request_id": times(30), "label": "x"},
-              {"label": text}, {"request_id": "r1", "label": text, "more": 1}]
+    bodies = [
+        {"request_id": text, "label": "card_arrival"},
+        {"request_id": "r1", "label": text},
+        {"request_id": "r1", "label": times(50)},
+        {"request_id": times(30), "label": "x"},
+        {"label": text},
+        {"request_id": "r1", "label": text, "more": 1},
+    ]
     for payload in bodies:
         parsed = accepted(parse_feedback, json.dumps(payload).encode())
         for is_valid in validators(CFG, "FeedbackRequest"):
@@ -108,7 +154,9 @@ def test_the_documented_limits_come_from_the_settings():
     texts = schemas["ManyTexts"]["properties"]["texts"]
     assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 7, 123)
     assert [s["$ref"] for s in schemas["PredictRequest"]["oneOf"]] == [
-        "#/components/schemas/OneText", "#/components/schemas/ManyTexts"]
+        "#/components/schemas/OneText",
+        "#/components/schemas/ManyTexts",
+    ]
     for name in ("request_id", "label"):
         assert schemas["FeedbackRequest"]["properties"][name]["minLength"] == 1
 
@@ -136,8 +184,10 @@ def test_metrics_are_documented_as_prometheus_text_not_json():
 def test_the_bearer_token_is_documented_only_when_the_server_has_one():
     with_token = openapi("secret")
     assert with_token["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer",
-        "description": "the token in $DRIFTLOOP_API_TOKEN (serving.api_token_env)"}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the token in $DRIFTLOOP_API_TOKEN (serving.api_token_env)",
+    }
     assert with_token["paths"]["/feedback"]["post"]["security"] == [{"bearerAuth": []}]
     assert "security" not in with_token["paths"]["/predict"]["post"]
     open_doc = openapi(None)
@@ -146,15 +196,26 @@ def test_the_bearer_token_is_documented_only_when_the_server_has_one():
     assert "401" not in open_doc["paths"]["/feedback"]["post"]["responses"]
 
 
-@pytest.mark.parametrize(("content_type", "refused"), [
-    (b"application/json", False), (b"application/json; charset=utf-8", False),
-    (b"APPLICATION/JSON;CHARSET=\"UTF-8\"", False), (b"application/json; charset=utf8", False),
-    (b"application/json; version=1", False),
-    (None, True), (b"", True), (b"text/plain", True), (b"application/x-www-form-urlencoded", True),
-    (b"multipart/form-data; boundary=x", True), (b"application/jsonx", True), (b"text/json", True),
-    (b"application/json; charset=latin-1", True), (b"application/json; charset=utf-16", True),
-    (b"\xff\xfe", True),
-])
+@pytest.mark.parametrize(
+    ("content_type", "refused"),
+    [
+        (b"application/json", False),
+        (b"application/json; charset=utf-8", False),
+        (b'APPLICATION/JSON;CHARSET="UTF-8"', False),
+        (b"application/json; charset=utf8", False),
+        (b"application/json; version=1", False),
+        (None, True),
+        (b"", True),
+        (b"text/plain", True),
+        (b"application/x-www-form-urlencoded", True),
+        (b"multipart/form-data; boundary=x", True),
+        (b"application/jsonx", True),
+        (b"text/json", True),
+        (b"application/json; charset=latin-1", True),
+        (b"application/json; charset=utf-16", True),
+        (b"\xff\xfe", True),
+    ],
+)
 def test_only_utf8_json_bodies_are_read(content_type, refused):
     problem = _unsupported_type(content_type)
     assert (problem is not None) == refused
@@ -162,19 +223,33 @@ def test_only_utf8_json_bodies_are_read(content_type, refused):
         assert problem.status == 415 and problem.problems[0][0] == "Content-Type"
 
 
-@pytest.mark.parametrize(("body", "status", "field", "words"), [
-    (b"[" * 100_000 + b"]" * 100_000, 400, "body", "nested too deeply"),
-    (b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "body", "nested too deeply"),
-    (b'{"text": 1e999999}', 422, "text", "got a number"),
-    (b'{"text": -' + b"1" * 100_000 + b"}", 422, "text", "got a number"),
-    (b'{"texts": [' + b"1" * 5000 + b"]}", 422, "texts[0]", "got a number"),
-    (b'{"text": "a\\u0000"}', 422, "text", "NUL"),
-    (b'{"texts": ["a", "b", "\\u0000"]}', 422, "texts[2]", "NUL"),
-    (b'{"text": "a", "text": "b"}', 422, "text", "more than once"),
-    (b'\xef\xbb\xbf{"text": "a"}', 400, "body", "byte order mark"),
-    (b'{"text": "\xc3"}', 400, "body", "UTF-8"),
-], ids=["deep-list", "deep-in-text", "huge-exponent", "huge-int", "huge-int-in-batch", "nul", "nul-in-batch",
-        "repeated-key", "bom", "broken-utf8"])
+@pytest.mark.parametrize(
+    ("body", "status", "field", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, 400, "body", "nested too deeply"),
+        (b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "body", "nested too deeply"),
+        (b'{"text": 1e999999}', 422, "text", "got a number"),
+        (b'{"text": -' + b"1" * 100_000 + b"}", 422, "text", "got a number"),
+        (b'{"texts": [' + b"1" * 5000 + b"]}", 422, "texts[0]", "got a number"),
+        (b'{"text": "a\\u0000"}', 422, "text", "NUL"),
+        (b'{"texts": ["a", "b", "\\u0000"]}', 422, "texts[2]", "NUL"),
+        (b'{"text": "a", "text": "b"}', 422, "text", "more than once"),
+        (b'\xef\xbb\xbf{"text": "a"}', 400, "body", "byte order mark"),
+        (b'{"text": "\xc3"}', 400, "body", "UTF-8"),
+    ],
+    ids=[
+        "deep-list",
+        "deep-in-text",
+        "huge-exponent",
+        "huge-int",
+        "huge-int-in-batch",
+        "nul",
+        "nul-in-batch",
+        "repeated-key",
+        "bom",
+        "broken-utf8",
+    ],
+)
 def test_hostile_predict_bodies_are_refused_naming_the_field(body, status, field, words):
     with pytest.raises(BadRequest) as caught:
         parse_predict(body, CFG)

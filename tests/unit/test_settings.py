@@ -23,11 +23,14 @@ def test_overlay_file_wins_over_base(tmp_path):
     assert s.monitor.min_window == 42 and s.monitor.window_size == 400
 
 
-@pytest.mark.parametrize(("env", "field"), [
-    ({"DRIFTLOOP__MONITOR__WINDW": "3"}, "monitor.windw"),
-    ({"DRIFTLOOP__SERVING__PORT": "99999"}, "serving.port"),
-    ({"DRIFTLOOP__PROMOTION__METRIC": "auc"}, "promotion.metric"),
-])
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"DRIFTLOOP__MONITOR__WINDW": "3"}, "monitor.windw"),
+        ({"DRIFTLOOP__SERVING__PORT": "99999"}, "serving.port"),
+        ({"DRIFTLOOP__PROMOTION__METRIC": "auc"}, "promotion.metric"),
+    ],
+)
 def test_wrong_key_or_value_names_the_key(monkeypatch, env, field):
     for k, v in env.items():
         monkeypatch.setenv(k, v)

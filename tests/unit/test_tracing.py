@@ -77,6 +77,7 @@ def client(source, tmp_path):
 
 # -- serving -------------------------------------------------------------------------------------
 
+
 def test_a_predict_request_is_one_server_span_with_its_request_id_version_and_tokens(spans, client):
     response = client.post("/predict", json={"texts": ["my card is lost", "what is the rate"]})
     assert response.status_code == 200
@@ -142,8 +143,7 @@ def test_a_failing_model_marks_the_span_as_an_error(spans, source, tmp_path):
     assert span.status.status_code == StatusCode.ERROR
     assert span.attributes["http.response.status_code"] == 500
     assert span.attributes["driftloop.model_version"] == "3"
-    assert any(e.name == "exception" and "cannot score this" in e.attributes["exception.message"]
-               for e in span.events)
+    assert any(e.name == "exception" and "cannot score this" in e.attributes["exception.message"] for e in span.events)
 
 
 def test_a_bad_request_is_traced_but_not_an_error(spans, client):
@@ -173,6 +173,7 @@ def test_a_refused_feedback_is_traced_as_401(spans, client):
 
 # -- off by default ------------------------------------------------------------------------------
 
+
 def test_without_an_endpoint_nothing_is_installed_or_exported(client):
     global_before = trace.get_tracer_provider()
     assert tracing.configure(TracingSettings()) is False
@@ -185,17 +186,27 @@ def test_without_an_endpoint_nothing_is_installed_or_exported(client):
     assert trace.get_tracer_provider() is global_before
 
 
-@pytest.mark.parametrize(("setting", "env", "expected"), [
-    (None, {}, None),
-    ("http://collector:4318", {}, "http://collector:4318/v1/traces"),
-    ("http://collector:4318/", {}, "http://collector:4318/v1/traces"),
-    ("https://c.example/otlp/v1/traces", {}, "https://c.example/otlp/v1/traces"),
-    (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318"}, "http://env:4318/v1/traces"),
-    (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:9999/custom"}, "http://traces:9999/custom"),
-    ("http://setting:4318", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318"}, "http://setting:4318/v1/traces"),
-    ("http://setting:4318", {"OTEL_SDK_DISABLED": "true"}, None),
-], ids=["off", "base", "slash", "full-url", "env-base", "env-traces-wins", "setting-wins", "sdk-disabled"])
+@pytest.mark.parametrize(
+    ("setting", "env", "expected"),
+    [
+        (None, {}, None),
+        ("http://collector:4318", {}, "http://collector:4318/v1/traces"),
+        ("http://collector:4318/", {}, "http://collector:4318/v1/traces"),
+        ("https://c.example/otlp/v1/traces", {}, "https://c.example/otlp/v1/traces"),
+        (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318"}, "http://env:4318/v1/traces"),
+        (
+            None,
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:9999/custom",
+            },
+            "http://traces:9999/custom",
+        ),
+        ("http://setting:4318", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318"}, "http://setting:4318/v1/traces"),
+        ("http://setting:4318", {"OTEL_SDK_DISABLED": "true"}, None),
+    ],
+    ids=["off", "base", "slash", "full-url", "env-base", "env-traces-wins", "setting-wins", "sdk-disabled"],
+)
 def test_the_endpoint_comes_from_the_setting_then_the_standard_variables(setting, env, expected):
     assert tracing.resolve_endpoint(TracingSettings(otlp_endpoint=setting), env) == expected
 
@@ -262,6 +273,7 @@ def test_spans_reach_an_otlp_http_collector_on_loopback():
 
 # -- flow runs -----------------------------------------------------------------------------------
 
+
 def test_a_flow_run_is_a_span_with_its_run_id_and_outcome_and_subflows_nest(spans):
     @tracing.traced_flow("inner", run_id=lambda: "run-2", outcome=lambda out: {"driftloop.result": out})
     def inner(config=None):
@@ -283,8 +295,7 @@ def test_a_flow_run_is_a_span_with_its_run_id_and_outcome_and_subflows_nest(span
 
 
 def test_a_failing_flow_run_is_an_error_span_and_still_raises(spans):
-    @tracing.traced_flow("broken", run_id=lambda: "run-3",
-                         outcome=lambda out: {"never": 1})
+    @tracing.traced_flow("broken", run_id=lambda: "run-3", outcome=lambda out: {"never": 1})
     def broken():
         raise RuntimeError("no data")
 

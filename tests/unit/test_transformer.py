@@ -61,15 +61,19 @@ def test_validation_split_is_stratified_and_seeded():
 def test_checkpoint_key_follows_data_and_learned_settings_only(small_frame):
     p = TransformerParams.from_params({"mode": "finetune"})
     key = checkpoint_key(small_frame, p, seed=0)
-    assert key == checkpoint_key(small_frame, TransformerParams.from_params(
-        {"mode": "finetune", "stop_after_steps": 3, "max_minutes": 5, "log_every_steps": 1}), seed=0)
+    assert key == checkpoint_key(
+        small_frame,
+        TransformerParams.from_params(
+            {"mode": "finetune", "stop_after_steps": 3, "max_minutes": 5, "log_every_steps": 1}
+        ),
+        seed=0,
+    )
     assert key != checkpoint_key(small_frame, TransformerParams.from_params({"mode": "finetune", "epochs": 2}), seed=0)
     assert key != checkpoint_key(small_frame.iloc[1:], p, seed=0)
     assert key.split("-")[0] != checkpoint_key(small_frame.iloc[1:], p, seed=0).split("-")[0]
 
 
-def test_frozen_mode_predicts_counts_real_tokens_and_pickles_its_weights(small_frame, tiny_transformer_base,
-                                                                          tmp_path):
+def test_frozen_mode_predicts_counts_real_tokens_and_pickles_its_weights(small_frame, tiny_transformer_base, tmp_path):
     base = shutil.copytree(tiny_transformer_base, tmp_path / "base")
     model = get_family("transformer").fit(small_frame, params(base, mode="frozen"), seed=0)
     proba = model.predict_proba(TEXTS)
@@ -94,8 +98,9 @@ def test_finetune_resumes_from_its_checkpoint_after_an_interruption(small_frame,
     family = get_family("transformer")
     messages: list[str] = []
     with pytest.raises(TrainingInterrupted):
-        family.fit(small_frame, {**cfg, "stop_after_steps": 3}, seed=0, progress=messages.append,
-                   checkpoint_root=tmp_path)
+        family.fit(
+            small_frame, {**cfg, "stop_after_steps": 3}, seed=0, progress=messages.append, checkpoint_root=tmp_path
+        )
     [folder] = list(tmp_path.iterdir())
     assert folder.name == checkpoint_key(small_frame, TransformerParams.from_params(cfg), seed=0)
     assert (folder / "checkpoint.pt").is_file()
@@ -104,36 +109,35 @@ def test_finetune_resumes_from_its_checkpoint_after_an_interruption(small_frame,
     messages.clear()
     model = family.fit(small_frame, cfg, seed=0, progress=messages.append, checkpoint_root=tmp_path)
     assert any("resuming from step 3/" in m for m in messages)
-    assert not any(m.startswith("step 1/") for m in messages)   # steps 1-3 are not trained again
+    assert not any(m.startswith("step 1/") for m in messages)  # steps 1-3 are not trained again
     assert model.info["resumed_from"] == 3
-    assert model.info["steps"] == model.info["total_steps"] == 2 * 5   # 36 rows after validation, batch 8
+    assert model.info["steps"] == model.info["total_steps"] == 2 * 5  # 36 rows after validation, batch 8
     assert model.predict_proba(TEXTS).shape == (3, 4)
-    assert not folder.exists()   # a finished run removes its checkpoint
+    assert not folder.exists()  # a finished run removes its checkpoint
 
 
 def test_a_time_limit_anneals_the_rate_to_zero_and_keeps_the_best(small_frame, tiny_transformer_base):
     # 1000 epochs would take minutes: the time limit (about 3 s of fine-tuning, after the 5 s
     # kept back for the closing passes) ends the run, and the rate reaches ~0 by then
     # instead of stopping at its peak.
-    cfg = params(tiny_transformer_base, mode="finetune", epochs=1000, learning_rate=1e-3, max_minutes=0.15,
-                 patience=100_000)
+    cfg = params(
+        tiny_transformer_base, mode="finetune", epochs=1000, learning_rate=1e-3, max_minutes=0.15, patience=100_000
+    )
     messages: list[str] = []
     model = get_family("transformer").fit(small_frame, cfg, seed=0, progress=messages.append)
     assert model.info["stop"].startswith("time limit") and model.info["steps"] < model.info["total_steps"]
     rates = [float(m.split(" lr ")[1].split()[0]) for m in messages if m.startswith("step ") and " lr " in m]
-    assert max(rates) > 0.5e-3          # it warmed up to near the full rate ...
-    assert rates[-1] < 0.25e-3          # ... and decayed towards 0 at the limit
+    assert max(rates) > 0.5e-3  # it warmed up to near the full rate ...
+    assert rates[-1] < 0.25e-3  # ... and decayed towards 0 at the limit
     assert any(m.startswith("time limit 0.15 min:") for m in messages)
     assert model.predict_proba(TEXTS).shape == (3, 4)
 
 
 def test_ensemble_averages_calibrated_members(small_frame, tiny_transformer_base):
-    model = get_family("ensemble").fit(small_frame, params(tiny_transformer_base, mode="frozen", char_min_df=1),
-                                       seed=0)
+    model = get_family("ensemble").fit(small_frame, params(tiny_transformer_base, mode="frozen", char_min_df=1), seed=0)
     tfidf, transformer = model.members
     assert (tfidf.family, transformer.family) == ("tfidf", "transformer")
-    assert np.allclose(model.predict_proba(TEXTS),
-                       (tfidf.predict_proba(TEXTS) + transformer.predict_proba(TEXTS)) / 2)
+    assert np.allclose(model.predict_proba(TEXTS), (tfidf.predict_proba(TEXTS) + transformer.predict_proba(TEXTS)) / 2)
     assert model.count_tokens("my card has not arrived yet") == 8
     assert model.embed(TEXTS).shape == (3, 32)
     assert {"torch", "transformers"} <= set(model.pip_packages)
@@ -141,11 +145,13 @@ def test_ensemble_averages_calibrated_members(small_frame, tiny_transformer_base
 
 def test_holdout_comparison_chooses_the_better_family(small_frame, tiny_transformer_base):
     # A head regularised to nothing cannot beat TF-IDF; it comes first, so a tie would pick it.
-    base = ModelSettings(family="tfidf", params={**params(tiny_transformer_base, mode="frozen", head_C=1e-6),
-                                                 "char_min_df": 1})
+    base = ModelSettings(
+        family="tfidf", params={**params(tiny_transformer_base, mode="frozen", head_C=1e-6), "char_min_df": 1}
+    )
     candidates = expand_grid(base, {"family": ["transformer", "tfidf"]})
-    scores = [score_candidate(small_frame, c, folds=1, metric="accuracy", seed=0, validation_fraction=0.3)
-              for c in candidates]
+    scores = [
+        score_candidate(small_frame, c, folds=1, metric="accuracy", seed=0, validation_fraction=0.3) for c in candidates
+    ]
     result = choose(scores, folds=1, runner="sequential")
     assert scores[1].score > scores[0].score
     assert result.chosen.candidate.model.family == "tfidf"

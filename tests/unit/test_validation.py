@@ -29,14 +29,21 @@ def test_empty_frame():
 
 
 def test_each_problem_names_its_rows():
-    r = validate_training_set(frame([
-        ("fine text", "a"),        # 0
-        ("   ", "a"),              # 1 empty
-        ("what", "zzz"),           # 2 unknown label
-        ("Fine   TEXT", "a"),      # 3 duplicate of 0 (case/space-insensitive)
-        ("from eval", "b"),        # 4 overlaps eval
-        ("no label", ""),          # 5 empty label
-    ]), source="batch.csv", known_labels=LABELS, eval_texts=["FROM eval"])
+    r = validate_training_set(
+        frame(
+            [
+                ("fine text", "a"),  # 0
+                ("   ", "a"),  # 1 empty
+                ("what", "zzz"),  # 2 unknown label
+                ("Fine   TEXT", "a"),  # 3 duplicate of 0 (case/space-insensitive)
+                ("from eval", "b"),  # 4 overlaps eval
+                ("no label", ""),  # 5 empty label
+            ]
+        ),
+        source="batch.csv",
+        known_labels=LABELS,
+        eval_texts=["FROM eval"],
+    )
     got = checks(r)
     assert got["empty_text"] == (1,)
     assert got["unknown_label"] == (2,)
@@ -49,8 +56,9 @@ def test_each_problem_names_its_rows():
 
 
 def test_too_long_and_too_few():
-    r = validate_training_set(frame([("x" * 11, "a"), ("ok", "b"), ("ok2", "b")]), source="t",
-                              max_text_chars=10, min_rows_per_label=2)
+    r = validate_training_set(
+        frame([("x" * 11, "a"), ("ok", "b"), ("ok2", "b")]), source="t", max_text_chars=10, min_rows_per_label=2
+    )
     got = checks(r)
     assert got["text_too_long"] == (0,)
     assert got["too_few_rows"] == (0,)

@@ -11,7 +11,7 @@ def test_restore_by_md5_and_reuse_of_an_identical_destination(tmp_path):
     store = DatasetStore(tmp_path / "datasets", remote_url=str(tmp_path / "remote"))
     v1 = store.commit(pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]}), "training")
     store.commit(pd.DataFrame({"text": ["c"], "label": ["z"]}), "training")  # v2 overwrites the file
-    shutil.rmtree(tmp_path / "datasets" / ".dvc" / "cache")                  # only the remote has v1 now
+    shutil.rmtree(tmp_path / "datasets" / ".dvc" / "cache")  # only the remote has v1 now
     dest = store.restore(v1.md5, tmp_path / "out" / "v1.csv")
     assert hashlib.md5(dest.read_bytes(), usedforsecurity=False).hexdigest() == v1.md5
     # with the cache (refilled by that pull) and the remote gone, a destination that already
