@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench repro ui-prefect ui-mlflow clean lock
+.PHONY: install demo lint test test-fast bench repro ui-prefect ui-mlflow clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,18 @@ install: $(STAMP)
 demo: install
 	$(BIN)/driftloop demo -c rollout
 
-test: install system-deps
+# The checks that keep the code in shape, in seconds: the linter, the formatter (check only; `ruff
+# format` fixes) and the import contracts (layers, one adapter per external system, no cycles).
+# The same three run as pre-commit hooks (.pre-commit-config.yaml).
+lint: install
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+	$(BIN)/lint-imports --no-logo
+
+test: install lint system-deps
 	PYTHON=$(BIN)/python bash tests/run_suite.sh
 
-test-fast: install system-deps
+test-fast: install lint system-deps
 	PYTHON=$(BIN)/python bash tests/run_suite.sh -m "not slow"
 
 # Debian packages for the stack and the integration tests, installed only when missing:
