@@ -85,10 +85,9 @@ def rollout(
     rollout_id = plan_.new_rollout_id()
     why = reason or f"rollout of {target} requested by {requested_by}"
     logger.info("rollout %s: %s against champion %s, strategy %s", rollout_id, target, current, cfg.strategy)
-    baseline_accuracy = cfg.ab.baseline_accuracy
-    if baseline_accuracy is None and cfg.strategy == "ab":
-        tag = model.version_tags(parts.registry, current).get("metric.accuracy")
-        baseline_accuracy = float(tag) if tag else 0.8
+    baseline_accuracy = (
+        plan_.ab_baseline(cfg, model.version_tags(parts.registry, current)) if cfg.strategy == "ab" else None
+    )
 
     def finish(result: str, stage: str, because: str, retrain: Any = None) -> RolloutOutcome:
         after = parts.registry.champion()

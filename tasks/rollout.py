@@ -95,7 +95,8 @@ def watch_step(
         frame = rollout.live_frame(log_root, since)
         champ, chal = rollout.arms(frame, champion.version, challenger.version, step, low_confidence, since)
         if step.kind == rollout.KIND_AB:
-            return analysis.decide_ab(champ, chal, cfg.ab, baseline_accuracy or 0.5, elapsed, cfg.guard)
+            baseline = rollout.FALLBACK_AB_BASELINE if baseline_accuracy is None else baseline_accuracy
+            return analysis.decide_ab(champ, chal, cfg.ab, baseline, elapsed, cfg.guard)
         return analysis.decide_stage(champ, chal, spec, cfg.guard, elapsed, is_last)
 
     return _poll(decide, cfg.poll_s, step.name)

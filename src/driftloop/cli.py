@@ -634,7 +634,7 @@ def rollout_status(config: list[str] | None = ConfigOpt) -> None:
             champ,
             chal,
             settings.rollout.ab,
-            settings.rollout.ab.baseline_accuracy or 0.8,
+            rollout.ab_baseline(settings.rollout, parts.registry.version_tags(routing.champion)),
             elapsed,
             settings.rollout.guard,
         )

@@ -10,6 +10,7 @@ Deciding is :mod:`driftloop.analysis`'s job (pure functions); this module applie
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +86,22 @@ def stage_spec(step: Step) -> StageSpec:
         min_samples=step.min_samples,
         max_duration_s=step.max_duration_s,
     )
+
+
+# The accuracy an A/B test's sample size is planned for when neither rollout.ab.baseline_accuracy
+# nor the champion's evaluation accuracy is known: 0.5 needs the most samples, so the test is never
+# planned smaller than it should be.
+FALLBACK_AB_BASELINE = 0.5
+
+
+def ab_baseline(cfg: RolloutSettings, champion_tags: Mapping[str, str]) -> float:
+    """The baseline accuracy an A/B rollout plans its sample size for: the configured one, else the
+    champion's evaluation accuracy (its ``metric.accuracy`` tag), else :data:`FALLBACK_AB_BASELINE`.
+    The rollout flow and ``driftloop rollout status`` both ask here, so they plan the same test."""
+    if cfg.ab.baseline_accuracy is not None:
+        return cfg.ab.baseline_accuracy
+    tag = champion_tags.get("metric.accuracy")
+    return float(tag) if tag else FALLBACK_AB_BASELINE
 
 
 def new_rollout_id() -> str:

@@ -88,3 +88,13 @@ def test_only_a_recent_promotion_over_an_earlier_champion_is_under_watch(tmp_pat
     history.append(entry(now - timedelta(minutes=5), "rollback", "2", "1"))
     assert promotion_under_watch(history, ModelRef("m", "1"), now, 86400) is None, "a rollback is not a promotion"
     assert history.last_good(exclude="1") is None, "v2 was rolled back from: never a rollback target again"
+
+
+def test_the_ab_baseline_is_the_configured_one_else_the_champions_else_the_most_conservative():
+    from driftloop.rollout import FALLBACK_AB_BASELINE, ab_baseline
+
+    configured = RolloutSettings(strategy="ab", ab={"baseline_accuracy": 0.7})
+    assert ab_baseline(configured, {"metric.accuracy": "0.91"}) == 0.7
+    default = RolloutSettings(strategy="ab")
+    assert ab_baseline(default, {"metric.accuracy": "0.91"}) == 0.91
+    assert ab_baseline(default, {}) == FALLBACK_AB_BASELINE == 0.5
