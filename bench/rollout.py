@@ -28,7 +28,6 @@ import logging
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,14 +38,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _support import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_MS = 10.0  # a prediction slower than this counts as the regression's first symptom
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_model() -> str:
@@ -90,7 +85,7 @@ class Server:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        # The bad challengers are classes of tests/flows/rollout_models.py, unpickled there.
+        # The bad challengers are classes of tests/support/rollout_models.py, unpickled there.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         # Its log (a traceback per failing canary call, by design) goes to a file, not the report.
         self.log_path = Path(settings.state_dir) / "server.log"
@@ -338,7 +333,7 @@ def server_view(before: str, after: str, slot: str) -> tuple[float, float, float
 def part_a(base: Path, models: dict[str, Any], texts: list[str], levels: list[int]) -> list[dict[str, Any]]:
     from driftloop import predlog
     from flows.rollout import PROMOTED, ROLLED_BACK, rollout
-    from tests.flows.rollout_models import FailingClassifier
+    from tests.support.rollout_models import FailingClassifier
 
     good_cfg = write_overlay(base / "good.yaml", None)
     bad_cfg = write_overlay(
@@ -470,7 +465,7 @@ def part_b(
 def part_d(base: Path, models: dict[str, Any], texts: list[str], healthy_calls: int) -> dict[str, Any]:
     from driftloop import predlog
     from flows.rollout import rollout
-    from tests.flows.rollout_models import DegradingClassifier
+    from tests.support.rollout_models import DegradingClassifier
 
     env = fresh_env(
         base,
@@ -544,7 +539,7 @@ def main() -> None:
         serve_main(args.serve)
         return
     os.chdir(ROOT)
-    sys.path.insert(0, str(ROOT))  # flows/ and tests/flows/rollout_models.py
+    sys.path.insert(0, str(ROOT))  # flows/ and tests/support/rollout_models.py
     base = Path(tempfile.mkdtemp(prefix="driftloop-rollout-bench-"))
     os.environ["DRIFTLOOP__PROJECT__STATE_DIR"] = str(base / "boot")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

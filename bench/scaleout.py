@@ -21,19 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
 
+from _support import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {"C": [0.25, 1.0], "char_ngrams": [[2, 4], [2, 5]]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _warm() -> str:

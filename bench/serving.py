@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from _support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "intent-router"
@@ -49,12 +50,6 @@ class LoadResult:
     max_ms: float
     client_cpu: float  # share of one core the load generator used
     server_cpu: float | None  # share of one core the server process used
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:

@@ -14,22 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _support import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PORTS = {"postgres_port": 25433, "s3_port": 8733, "mlflow_port": 25000, "prefect_port": 24300, "prometheus_port": 29090}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_scenario(overlay: Path | None, state: Path, server) -> dict:

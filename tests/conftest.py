@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import API_TOKEN, ROOT
 
 # Tests never talk to a Prefect server or MLflow outside their temp folders.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -16,8 +16,6 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 # The serving app refuses to start without the /feedback token (serving.require_token): every app
 # the tests build, in process or in a subprocess, reads this one, and clients send AUTH.
-API_TOKEN = "test-api-token"
-AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 os.environ["DRIFTLOOP_API_TOKEN"] = API_TOKEN
 
 

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from rich.console import Console
 
+from tests.support import free_port
+
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_loop_closes(state, monkeypatch):

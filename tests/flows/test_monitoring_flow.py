@@ -5,28 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from driftloop import predlog, simulator, wiring
 from flows.monitoring import monitoring
 from flows.training import training
-
-
-def serve_window(parts, frame: pd.DataFrame, tag: str, label_share: float = 0.0) -> list[str]:
-    """What the serving app does for each request: predict with the champion, log, collect labels."""
-    ref = parts.registry.champion()
-    model = parts.registry.load(ref)
-    ids = [f"{tag}-{i}" for i in range(len(frame))]
-    texts = frame["text"].tolist()
-    with predlog.PredictionLog(parts.log_root) as log:
-        log.write_batch(ids, texts, model.predict(texts), ref.version, 1.0, [len(t.split()) for t in texts])
-    if label_share:
-        n = int(len(frame) * label_share)
-        with predlog.FeedbackLog(parts.log_root) as fb:
-            for rid, label in zip(ids[:n], frame["label"].tolist()[:n], strict=True):
-                fb.write(rid, label)
-    return ids
+from tests.support.data import serve_window
 
 
 def retrain_runs() -> int:
@@ -114,7 +98,7 @@ def test_a_promotion_that_regresses_is_undone_by_the_next_monitor_run(champion_p
     """However a champion was promoted (here by hand, no rollout), the monitor holds it to its
     predecessor's live baseline and undoes the promotion on a regression."""
     from driftloop import champion as aliases
-    from tests.flows.rollout_models import SlowClassifier
+    from tests.support.rollout_models import SlowClassifier
 
     parts = champion_parts
     monkeypatch.setenv("DRIFTLOOP__ROLLOUT__BAKE__MIN_SAMPLES", "150")

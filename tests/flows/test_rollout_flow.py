@@ -20,9 +20,9 @@ from driftloop.modelling import TfidfFamily
 from driftloop.serving import create_app
 from driftloop.settings import ServingSettings, load_settings
 from flows.rollout import PROMOTED, REGRESSED, ROLLED_BACK, rollout
-from tests.conftest import AUTH
-from tests.flows.rollout_models import DegradingClassifier, SlowClassifier
-from tests.integration.conftest import serve_in_thread
+from tests.support import AUTH
+from tests.support.rollout_models import DegradingClassifier, SlowClassifier
+from tests.support.servers import serve_in_thread
 
 PARAMS = {"char_min_df": 1}
 

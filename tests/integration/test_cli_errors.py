@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,11 @@ import pytest
 
 from driftloop import prefect_server
 from driftloop.errors import EXIT_INPUT, EXIT_UNREACHABLE
+from tests.support import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
 TRACEBACK = "Traceback (most recent call last)"
 RUN_URL = re.compile(r"^flow run: (http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36})\b", re.M)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,10 @@ from driftloop.registry import Registry
 from driftloop.serving import MAX_PROBLEMS, create_app
 from driftloop.settings import ServingSettings
 from driftloop.simulator import wait_ready
-from tests.conftest import API_TOKEN, AUTH
+from tests.support import API_TOKEN, AUTH
+from tests.support.data import TINY_PARAMS, tiny_frame
+from tests.support.servers import read_line, serve_in_thread
 
-from .conftest import TINY_PARAMS, _readline, serve_in_thread, tiny_frame
 from .test_serving import LABELS_V1, TEXTS, publish
 
 MODEL_NAME = "serving-contract"
@@ -59,7 +60,7 @@ def serve_contract(
         env=env,
     )
     try:
-        line = _readline(proc, startup_timeout_s)
+        line = read_line(proc, startup_timeout_s)
         if not line.startswith("PORT "):
             raise RuntimeError(f"serve_contract_app.py printed {line!r} instead of its port")
         url = f"http://127.0.0.1:{int(line.split()[1])}"

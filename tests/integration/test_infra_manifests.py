@@ -25,7 +25,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
+
 INFRA = ROOT / "infra"
 COMPOSE_FILE = INFRA / "docker-compose.yml"
 K8S = INFRA / "k8s"

@@ -11,8 +11,8 @@ from driftloop.predlog import read_predictions
 from driftloop.registry import CHAMPION, Registry
 from driftloop.serving import create_app
 from driftloop.settings import ServingSettings
-
-from .conftest import TINY_PARAMS, serve_in_thread, tiny_frame
+from tests.support.data import TINY_PARAMS, tiny_frame
+from tests.support.servers import serve_in_thread
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 CFG = ServingSettings(reload_interval_s=1.0, fsync_interval_s=0.2)

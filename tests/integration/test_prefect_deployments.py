@@ -20,23 +20,15 @@ import yaml
 from driftloop import predlog, prefect_server
 from driftloop.triggers import DRIFT_EVENT, DriftEvent
 from driftloop.types import Prediction
-from tests.integration.conftest import bound_socket
+from tests.support import ROOT, free_port
 
 # Each flow run in the worker pays Prefect's start-up (tens of seconds on 2 shared cores).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MODEL = "intent-router-deploy-it"
 PREFECT = str(Path(sys.executable).parent / "prefect")
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
-
-
-def _free_port() -> int:
-    sock = bound_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def _project(tmp: Path, banking_train) -> Path:
@@ -161,7 +153,7 @@ def stack(tmp_path_factory, banking_train):
         # The cron schedules are checked on the deployments; no scheduled run may start mid-test.
         mp.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED", "false")
         mp.delenv("PREFECT_API_URL", raising=False)
-        server = prefect_server.ensure_server(home, _free_port())
+        server = prefect_server.ensure_server(home, free_port())
     worker = None
     try:
         env = _env(server.api_url, home)

@@ -16,8 +16,9 @@ from driftloop.modelling import TfidfFamily
 from driftloop.registry import CHAMPION, Registry
 from driftloop.serving import create_app
 from driftloop.settings import ServingSettings
-
-from .conftest import ROOT, TINY_PARAMS, bound_socket, serve_in_thread, tiny_frame
+from tests.support import ROOT, bound_socket
+from tests.support.data import TINY_PARAMS, tiny_frame
+from tests.support.servers import serve_in_thread
 
 ALERTS = ROOT / "infra/prometheus/alerts.yml"
 DASHBOARD = ROOT / "infra/grafana/driftloop-rollout.json"

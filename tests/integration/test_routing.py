@@ -16,9 +16,9 @@ from driftloop.registry import CHAMPION, Registry
 from driftloop.serving import create_app
 from driftloop.settings import ServingSettings
 from driftloop.types import ModelRef, RolloutState
-from tests.flows.rollout_models import FailingClassifier
-
-from .conftest import TINY_PARAMS, serve_in_subprocess, serve_in_thread, tiny_frame
+from tests.support.data import TINY_PARAMS, tiny_frame
+from tests.support.rollout_models import FailingClassifier
+from tests.support.servers import serve_in_subprocess, serve_in_thread
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 TEXTS = [

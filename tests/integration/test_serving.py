@@ -29,9 +29,9 @@ from driftloop.serving import INLINE_TEXTS, create_app
 from driftloop.settings import ServingSettings
 from driftloop.simulator import wait_ready
 from driftloop.types import ModelRef
-from tests.conftest import AUTH
-
-from .conftest import TINY_PARAMS, serve_in_subprocess, serve_in_thread, tiny_frame
+from tests.support import AUTH
+from tests.support.data import TINY_PARAMS, tiny_frame
+from tests.support.servers import serve_in_subprocess, serve_in_thread
 
 LABELS_V1 = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 NEW_LABEL = "apple_pay_or_google_pay"

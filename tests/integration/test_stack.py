@@ -20,7 +20,7 @@ import pytest
 
 from driftloop import stack as stack_mod
 from driftloop.settings import StackSettings
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -167,7 +167,7 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     from driftloop.versioning import DatasetStore
     from flows.monitoring import monitoring
     from flows.training import training
-    from tests.flows.test_monitoring_flow import serve_window
+    from tests.support.data import serve_window
 
     stack = on_stack
     settings = load_settings()
@@ -216,8 +216,8 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     import httpx
 
     from driftloop.serving import create_app
-    from tests.conftest import API_TOKEN
-    from tests.integration.conftest import serve_in_thread
+    from tests.support import API_TOKEN
+    from tests.support.servers import serve_in_thread
 
     app = create_app(settings.serving, parts.registry, tmp_path / "serve-logs", api_token=API_TOKEN)
     with serve_in_thread(app, port=stack.serving_port) as url:

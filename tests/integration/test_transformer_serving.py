@@ -18,9 +18,10 @@ from driftloop.predlog import read_predictions
 from driftloop.registry import CHAMPION, Registry
 from driftloop.serving import create_app
 from driftloop.settings import ServingSettings
-from tests.conftest import AUTH
+from tests.support import AUTH
+from tests.support.data import tiny_frame
+from tests.support.servers import serve_in_thread
 
-from .conftest import serve_in_thread, tiny_frame
 from .test_serving import LABELS_V1 as LABELS, TEXTS, metric_samples, sample
 
 CFG = ServingSettings(reload_interval_s=0.2, max_text_chars=200, max_batch=32, fsync_interval_s=0.2)

@@ -23,9 +23,10 @@ import yaml
 from driftloop import champion, loadgen, predlog, wiring
 from driftloop.modelling import TfidfFamily
 from flows.rollout import PROMOTED, ROLLED_BACK, rollout
-from tests.flows.rollout_models import FailingClassifier
-
-from .conftest import ROOT, TINY_PARAMS, serve_in_subprocess
+from tests.support import ROOT
+from tests.support.data import TINY_PARAMS
+from tests.support.rollout_models import FailingClassifier
+from tests.support.servers import serve_in_subprocess
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
@@ -126,7 +127,7 @@ def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, 
     )
     texts = rows.groupby("label").tail(20)["text"].tolist()
 
-    # The child unpickles FailingClassifier: tests.flows.rollout_models must be importable there.
+    # The child unpickles FailingClassifier: tests.support.rollout_models must be importable there.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     log_root = parts.log_root
     log_root.mkdir(parents=True, exist_ok=True)

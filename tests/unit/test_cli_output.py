@@ -11,8 +11,8 @@ from pathlib import Path
 
 from driftloop.history import ChampionHistory
 from driftloop.types import HistoryEntry
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
 
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,8 +20,8 @@ from driftloop import drift
 from driftloop.dataset import build_splits
 from driftloop.modelling import get_family
 from driftloop.settings import MonitorSettings, load_settings
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 WINDOW = 400
 NEW_SHARE = 0.35
 SEEDS = range(5)

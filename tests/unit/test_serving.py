@@ -18,51 +18,10 @@ from driftloop.serving import (
     parse_predict,
 )
 from driftloop.settings import ServingSettings
-from driftloop.types import ModelRef, Prediction, RolloutState, Routing
+from driftloop.types import RolloutState
+from tests.support.fakes import FakeSource, ref
 
 CFG = ServingSettings(max_text_chars=10, max_batch=3)
-
-
-class FakeModel:
-    family = "fake"
-    labels = ("a", "b")
-
-    def __init__(self, version: str):
-        self.version = version
-        self.predicted = 0
-
-    def predict_proba(self, texts):
-        raise NotImplementedError
-
-    def predict(self, texts):
-        self.predicted += len(texts)
-        return [Prediction("a", 0.9) for _ in texts]
-
-    def count_tokens(self, text):
-        return len(text.split())
-
-
-class FakeSource:
-    """A registry stand-in: a movable champion, loads recorded, chosen versions failing."""
-
-    def __init__(self):
-        self.ref: ModelRef | None = None
-        self.state = RolloutState()
-        self.loads: list[str] = []
-        self.broken: set[str] = set()
-
-    def routing(self):
-        return Routing(self.ref, self.state)
-
-    def load(self, ref):
-        self.loads.append(ref.version)
-        if ref.version in self.broken:
-            raise RuntimeError(f"cannot load v{ref.version}")
-        return FakeModel(ref.version)
-
-
-def ref(version: str) -> ModelRef:
-    return ModelRef("m", version)
 
 
 @pytest.fixture

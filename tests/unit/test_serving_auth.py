@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 
 from driftloop.serving import MissingApiToken, create_app, read_api_token
 from driftloop.settings import ServingSettings
-from tests.conftest import API_TOKEN, AUTH
-from tests.unit.test_serving import FakeSource, ref
+from tests.support import API_TOKEN, AUTH
+from tests.support.fakes import FakeSource, ref
 
 
 @pytest.fixture

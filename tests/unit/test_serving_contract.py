@@ -22,7 +22,7 @@ from driftloop.serving import (
     request_schemas,
 )
 from driftloop.settings import ServingSettings
-from tests.unit.test_serving import FakeSource
+from tests.support.fakes import FakeSource
 
 CFG = ServingSettings(max_text_chars=10, max_batch=3)
 SPACES = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]

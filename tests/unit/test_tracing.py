@@ -20,8 +20,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from driftloop import tracing
 from driftloop.serving import create_app
 from driftloop.settings import ServingSettings, TracingSettings
-from tests.conftest import AUTH
-from tests.unit.test_serving import FakeModel, FakeSource, ref
+from tests.support import AUTH
+from tests.support.fakes import FakeModel, FakeSource, ref
 
 OTEL_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED")
 
