@@ -22,7 +22,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -38,7 +37,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from driftloop import dataset, predlog, simulator, wiring
+from driftloop import dataset, predlog, procs, simulator, wiring
 from driftloop.dataset import LABEL, TEXT
 from driftloop.settings import Settings
 
@@ -142,12 +141,7 @@ class ServingProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            procs.stop_group(self.proc, timeout_s=15)
         self._log.close()
 
 

@@ -7,10 +7,8 @@ Against a local server a flow costs about a second of overhead, against Prefect'
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from driftloop import procs
 from driftloop.errors import ServerUnreachable
 
 log = logging.getLogger(__name__)
@@ -125,28 +124,10 @@ def stop_server(server: PrefectServer, timeout_s: float = 15, flush: bool = True
         return
     if flush:
         flush_client()
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+    # One this process started is stopped through its Popen, which reaps it; a recorded pid (a
+    # server another process started) is stopped by pid and reaped by its parent.
     proc = _STARTED.pop(server.pid, None)
-    if proc is not None:
-        try:
-            proc.wait(timeout=timeout_s)
-            return
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            proc.wait()
-            return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(server.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
+    procs.stop_group(proc if proc is not None else server.pid, timeout_s)
 
 
 def use_server(server: PrefectServer, home: Path) -> None:

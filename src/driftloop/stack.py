@@ -18,7 +18,6 @@ import json
 import os
 import secrets as _secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from driftloop import procs
 from driftloop.errors import RunFailed
 from driftloop.prefect_server import CLIENT_RETRIES
 from driftloop.settings import Settings, StackSettings
@@ -180,26 +180,12 @@ def _pidfile(stack: Stack, name: str) -> Path:
     return stack.path("run", f"{name}.pid")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not reaped) is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _read_pid(stack: Stack, name: str) -> int | None:
     try:
         pid = int(_pidfile(stack, name).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if procs.alive(pid) else None
 
 
 def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
@@ -220,18 +206,10 @@ def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str] | None =
 
 
 def _kill_group(pid: int, timeout_s: float = 15.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
+    procs.stop_group(pid, timeout_s)
+    # The service is this process's child when it started it (`up` then `down` in one process).
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def _wait(
@@ -241,13 +219,13 @@ def _wait(
     while time.monotonic() - start < timeout_s:
         if check():
             return time.monotonic() - start
-        if pid is not None and not _alive(pid):
+        if pid is not None and not procs.alive(pid):
             break
         time.sleep(0.2)
     tail = ""
     if log and log.exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-    state = "exited" if pid is not None and not _alive(pid) else f"not healthy after {timeout_s:.0f} s"
+    state = "exited" if pid is not None and not procs.alive(pid) else f"not healthy after {timeout_s:.0f} s"
     raise StackError(f"{what} {state}; log {log}:\n{tail}")
 
 

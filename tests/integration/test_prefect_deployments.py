@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from driftloop import predlog, prefect_server
+from driftloop import predlog, prefect_server, procs
 from driftloop.triggers import DRIFT_EVENT, DriftEvent
 from driftloop.types import Prediction
 from tests.support import ROOT, free_port
@@ -190,12 +189,7 @@ def stack(tmp_path_factory, banking_train):
         yield {"server": server, "env": env, "overlay": overlay, "tmp": tmp, "worker": worker}
     finally:
         if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+            procs.stop_group(worker, timeout_s=20)
         prefect_server.stop_server(server)
 
 
