@@ -62,6 +62,7 @@ def wait_for_labels(
 ) -> curation.LabelledRows:
     """Poll the feedback log until ``min_new`` labelled production rows would add to training."""
     logger = get_run_logger()
+    # A wait for people (annotators) with its own timeout, not a retry of a server call.
     deadline = time.monotonic() + policy.label_wait_timeout_s
     while True:
         labelled = curation.labelled_rows(

@@ -23,7 +23,8 @@ from driftloop.types import HistoryEntry, ModelRef, RolloutState
 
 # Progress lines while a step waits, at most this often.
 PROGRESS_EVERY_S = 10.0
-# Consecutive failed reads of the registry or the logs before a watch gives up.
+# Consecutive failed reads of the registry or the logs before a watch gives up. The watch is a poll
+# loop paced by the stage's poll interval, not a retry of one call (driftloop.retry).
 MAX_READ_FAILURES = 5
 
 

@@ -132,6 +132,7 @@ class ServingProcess:
         return httpx.get(f"{self.url}/health", timeout=2).json().get("model_version")
 
     def wait_version(self, version: str, timeout_s: float = 60) -> float:
+        # A poll for the replica to switch (timed for the demo's report), not a retry of a call.
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.version() == version:

@@ -43,6 +43,7 @@ class PrefectServer:
 
 # The client retries 429/502/503 and lost connections by itself; a server whose database is
 # briefly away answers 500, which is worth retrying too (with back-off, about a minute in all).
+# Prefect's client paces those retries itself (PREFECT_CLIENT_MAX_RETRIES), not driftloop.retry.
 CLIENT_RETRIES = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": os.environ.get("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")}
 
 
@@ -80,6 +81,7 @@ def ensure_server(home: Path, port: int, host: str = "127.0.0.1", timeout_s: flo
         proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
+    # A readiness wait with its own timeout, not a retry of a call (driftloop.retry).
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -69,7 +69,8 @@ INLINE_TEXTS = 8
 MAX_ID_CHARS = 128
 MAX_LABEL_CHARS = 200
 FEEDBACK_BODY_LIMIT = 64 * 1024
-# Longest wait between polls while the registry or a load keeps failing.
+# Longest wait between polls while the registry or a load keeps failing. A poll loop, not a retry
+# of one call (driftloop.retry): a replica keeps serving what it has and polls for as long as it runs.
 MAX_BACKOFF_S = 30.0
 _JSON = "application/json"
 Receive = Callable[[], Awaitable[dict[str, Any]]]

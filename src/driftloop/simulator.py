@@ -32,6 +32,7 @@ class Answer:
 
 def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen | None = None, hint: str = "") -> None:
     """Poll ``url``/ready until it answers 200; fail early if ``proc`` (the server) exits."""
+    # A readiness wait with its own timeout, not a retry of a call (driftloop.retry).
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

@@ -215,6 +215,8 @@ def _kill_group(pid: int, timeout_s: float = 15.0) -> None:
 def _wait(
     check: Callable[[], bool], what: str, timeout_s: float, log: Path | None = None, pid: int | None = None
 ) -> float:
+    # A readiness wait for a service just started, with its own timeout: not the server-call retry
+    # policy (driftloop.retry), which is for calls to a server that was up.
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         if check():
@@ -428,6 +430,8 @@ def _s3_client(stack: Stack):
         aws_access_key_id=stack.secrets.s3_access_key,
         aws_secret_access_key=stack.secrets.s3_secret_key,
         region_name="us-east-1",
+        # One attempt: the callers are the readiness probe (its wait paces the tries) and the bucket
+        # set-up right after the probe answered; not the server-call retry policy (driftloop.retry).
         config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
     )
 
