@@ -14,8 +14,7 @@ import pytest
 from driftloop import wiring
 from driftloop.settings import load_settings
 from flows.training import training
-
-from .test_monitoring_flow import artifacts
+from tests.support.flows import artifacts
 
 GRID = {"C": [0.01, 0.5], "char_ngrams": [[1, 2], [2, 5]]}
 

@@ -11,6 +11,7 @@ from driftloop import predlog, simulator, wiring
 from flows.monitoring import monitoring
 from flows.training import training
 from tests.support.data import serve_window
+from tests.support.flows import artifacts
 
 
 def retrain_runs() -> int:
@@ -23,17 +24,6 @@ def retrain_runs() -> int:
             return len(runs)
 
     return asyncio.run(count())
-
-
-def artifacts(key: str) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def read() -> list:
-        async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-
-    return asyncio.run(read())
 
 
 @pytest.fixture

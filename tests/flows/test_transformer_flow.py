@@ -13,8 +13,7 @@ pytest.importorskip("torch")
 from driftloop import wiring
 from driftloop.settings import load_settings
 from flows.training import training
-
-from .test_monitoring_flow import artifacts
+from tests.support.flows import artifacts
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ a tiny real model.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,12 +27,10 @@ from driftloop.modelling import TfidfFamily
 from driftloop.registry import Registry
 from driftloop.serving import MAX_PROBLEMS, create_app
 from driftloop.settings import ServingSettings
-from driftloop.simulator import wait_ready
 from tests.support import API_TOKEN, AUTH
 from tests.support.data import TINY_PARAMS, tiny_frame
-from tests.support.servers import read_line, serve_in_thread
-
-from .test_serving import LABELS_V1, TEXTS, publish
+from tests.support.servers import serve_in_thread, serve_script
+from tests.support.serving import LABELS_V1, TEXTS, publish
 
 MODEL_NAME = "serving-contract"
 # The fuzzed server's limits: small, so the out-of-bounds bodies schemathesis makes (a text one
@@ -51,27 +48,9 @@ def serve_contract(
     """``serve_contract_app.py`` in its own process (the direct path: no middleware); yields
     (URL, process)."""
     script = Path(__file__).with_name("serve_contract_app.py")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), tracking_uri, MODEL_NAME, str(log_root), json.dumps(settings)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=log_root,
-        env=env,
-    )
-    try:
-        line = read_line(proc, startup_timeout_s)
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"serve_contract_app.py printed {line!r} instead of its port")
-        url = f"http://127.0.0.1:{int(line.split()[1])}"
-        wait_ready(url, startup_timeout_s, proc)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        if proc.stdout:
-            proc.stdout.close()
+    args = [tracking_uri, MODEL_NAME, str(log_root), json.dumps(settings)]
+    with serve_script(script, args, log_root, startup_timeout_s) as served:
+        yield served
 
 
 class PassThrough:

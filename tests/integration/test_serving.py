@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop.modelling import TextClassifier, TfidfFamily
 from driftloop.predlog import (
@@ -32,24 +31,10 @@ from driftloop.types import ModelRef
 from tests.support import AUTH
 from tests.support.data import TINY_PARAMS, tiny_frame
 from tests.support.servers import serve_in_subprocess, serve_in_thread
+from tests.support.serving import LABELS_V1, TEXTS, metric_samples, publish, sample
 
-LABELS_V1 = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 NEW_LABEL = "apple_pay_or_google_pay"
 CFG = ServingSettings(reload_interval_s=0.2, max_text_chars=200, max_batch=16, fsync_interval_s=0.2)
-TEXTS = [
-    "my card has not arrived yet",
-    "I lost my card in the street",
-    "what is the exchange rate",
-    "my top up did not work",
-    "my pin is blocked",
-    "when will the card come",
-    "someone stole my card",
-    "the rate you gave me is wrong",
-    "top-up failed twice",
-    "I typed the wrong pin three times",
-    "where is my new card",
-    "card stolen yesterday",
-]
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +53,6 @@ def registry_for(tracking_uri, artifact_root):
         return Registry(tracking_uri, name, artifact_root=artifact_root)
 
     return make
-
-
-def publish(registry: Registry, model: TextClassifier) -> ModelRef:
-    ref = registry.register_model(model, input_example=TEXTS[:2])
-    registry.set_alias(CHAMPION, ref)
-    return ref
 
 
 @dataclass
@@ -99,19 +78,6 @@ def served(registry_for, v1_model, tmp_path_factory):
 
 def predict(client: httpx.Client, payload) -> httpx.Response:
     return client.post("/predict", json=payload)
-
-
-def metric_samples(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
-    text = client.get("/metrics").text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def sample(samples, name: str, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 # -- answers -------------------------------------------------------------------------------------

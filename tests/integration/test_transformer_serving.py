@@ -21,8 +21,7 @@ from driftloop.settings import ServingSettings
 from tests.support import AUTH
 from tests.support.data import tiny_frame
 from tests.support.servers import serve_in_thread
-
-from .test_serving import LABELS_V1 as LABELS, TEXTS, metric_samples, sample
+from tests.support.serving import LABELS_V1 as LABELS, TEXTS, metric_samples, sample
 
 CFG = ServingSettings(reload_interval_s=0.2, max_text_chars=200, max_batch=32, fsync_interval_s=0.2)
 

@@ -50,12 +50,21 @@ def serve_in_subprocess(
     tracking_uri: str, model_name: str, log_root: Path, reload_interval_s: float = 0.5, startup_timeout_s: float = 90.0
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run ``serve_app.py`` (the app on the registry) in its own process; yields (URL, process)."""
-    script = SERVE_APP
+    args = [tracking_uri, model_name, str(log_root), str(reload_interval_s)]
+    with serve_script(SERVE_APP, args, log_root, startup_timeout_s) as served:
+        yield served
+
+
+@contextmanager
+def serve_script(
+    script: Path, args: list[str], log_root: Path, startup_timeout_s: float = 90.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run a serving ``script`` that binds port 0 and prints ``PORT <n>``; yields (URL, process)."""
     # mlflow exports its current URIs into os.environ; the child gets the store only by argv,
     # and runs in the log folder so nothing can land in the repository.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.Popen(
-        [sys.executable, str(script), tracking_uri, model_name, str(log_root), str(reload_interval_s)],
+        [sys.executable, str(script), *args],
         stdout=subprocess.PIPE,
         text=True,
         cwd=log_root,
@@ -65,7 +74,7 @@ def serve_in_subprocess(
         # The child binds port 0 itself and prints the port it got: no race for a port.
         line = read_line(proc, startup_timeout_s)
         if not line.startswith("PORT "):
-            raise RuntimeError(f"serve_app.py printed {line!r} instead of its port")
+            raise RuntimeError(f"{script.name} printed {line!r} instead of its port")
         url = f"http://127.0.0.1:{int(line.split()[1])}"
         wait_ready(url, startup_timeout_s, proc)
         yield url, proc
