@@ -1,5 +1,5 @@
 """Entry point of a serving subprocess for the tests: ``serve_app.py TRACKING_URI MODEL_NAME
-LOG_ROOT RELOAD_INTERVAL_S``.
+LOG_ROOT SETTINGS_JSON`` (the serving settings, e.g. ``{"reload_interval_s": 0.2}``).
 
 Binds a free port on 127.0.0.1 itself, prints ``PORT <n>`` on stdout, then serves the champion of
 MODEL_NAME until killed. Only the tests use it.
@@ -7,6 +7,7 @@ MODEL_NAME until killed. Only the tests use it.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 from pathlib import Path
@@ -19,10 +20,8 @@ from driftloop.settings import ServingSettings
 
 
 def main(argv: list[str]) -> None:
-    tracking_uri, model_name, log_root, reload_interval_s = argv
-    # fsync rarely: after a SIGKILL only the kernel's copy of each line may save it, which is
-    # what the crash test must show.
-    cfg = ServingSettings(port=1, reload_interval_s=float(reload_interval_s), fsync_interval_s=60)
+    tracking_uri, model_name, log_root, settings = argv
+    cfg = ServingSettings(**{"port": 1, **json.loads(settings)})
     app = create_app(cfg, Registry(tracking_uri, model_name), Path(log_root))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -29,7 +29,7 @@ from driftloop.serving import MAX_PROBLEMS, create_app
 from driftloop.settings import ServingSettings
 from tests.support import API_TOKEN, AUTH
 from tests.support.data import TINY_PARAMS, tiny_frame
-from tests.support.servers import serve_in_thread, serve_script
+from tests.support.servers import SERVE_APP, serve_in_thread, serve_script
 from tests.support.serving import LABELS_V1, TEXTS, publish
 
 MODEL_NAME = "serving-contract"
@@ -45,11 +45,10 @@ SCHEMATHESIS_EXAMPLES = 1000  # per operation and phase: ~2,100 requests, about 
 def serve_contract(
     tracking_uri: str, log_root: Path, settings: dict, startup_timeout_s: float = 90.0
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``serve_contract_app.py`` in its own process (the direct path: no middleware); yields
-    (URL, process)."""
-    script = Path(__file__).with_name("serve_contract_app.py")
+    """``serve_app.py`` with these serving ``settings`` in its own process (the direct path: no
+    middleware); yields (URL, process)."""
     args = [tracking_uri, MODEL_NAME, str(log_root), json.dumps(settings)]
-    with serve_script(script, args, log_root, startup_timeout_s) as served:
+    with serve_script(SERVE_APP, args, log_root, startup_timeout_s) as served:
         yield served
 
 

@@ -3,6 +3,7 @@ thread or in its own process (``tests/integration/serve_app.py`` on a real regis
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,7 +51,10 @@ def serve_in_subprocess(
     tracking_uri: str, model_name: str, log_root: Path, reload_interval_s: float = 0.5, startup_timeout_s: float = 90.0
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run ``serve_app.py`` (the app on the registry) in its own process; yields (URL, process)."""
-    args = [tracking_uri, model_name, str(log_root), str(reload_interval_s)]
+    # fsync rarely: after a SIGKILL only the kernel's copy of each line may save it, which is
+    # what the crash test must show.
+    settings = {"reload_interval_s": reload_interval_s, "fsync_interval_s": 60}
+    args = [tracking_uri, model_name, str(log_root), json.dumps(settings)]
     with serve_script(SERVE_APP, args, log_root, startup_timeout_s) as served:
         yield served
 
