@@ -38,10 +38,11 @@ RUN uv pip sync --system --extra-index-url https://download.pytorch.org/whl/cpu 
 # Then the project itself, without re-resolving anything.
 COPY pyproject.toml README.md ./
 COPY src ./src
-COPY tasks ./tasks
-COPY flows ./flows
-RUN uv pip install --system --no-deps . \
- && python -c "import driftloop, flows, tasks"
+# flows/ and tasks/ are links into the package (prefect.yaml's entrypoints name flows/*.py); the
+# wheel installs them as driftloop.flows and driftloop.tasks only.
+RUN ln -s src/driftloop/flows flows && ln -s src/driftloop/tasks tasks \
+ && uv pip install --system --no-deps . \
+ && python -c "import driftloop.flows, driftloop.tasks"
 
 # Settings are read from configs/ relative to the working directory (and DRIFTLOOP__* env vars).
 COPY configs ./configs

@@ -27,9 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def plain_retrain(settings, parts) -> dict[str, float]:
     """The retrain's work without Prefect and without MLflow tracking: restore the champion's
     set, add labelled rows, validate, version, train, evaluate candidate and champion."""
-    from driftloop import curation, dataset, evaluation, modelling, predlog, validation
-    from driftloop.dataset import LABEL, TEXT
-    from driftloop.types import ModelRef
+    from driftloop.adapters import predlog
+    from driftloop.core.types import ModelRef
+    from driftloop.data import curation, dataset, validation
+    from driftloop.data.dataset import LABEL, TEXT
+    from driftloop.models import evaluation, families as modelling
 
     times: dict[str, float] = {}
 
@@ -98,8 +100,9 @@ def main() -> None:
 
     from rich.console import Console
 
-    from driftloop import prefect_server, wiring
-    from driftloop.settings import load_settings
+    from driftloop.adapters import wiring
+    from driftloop.config.settings import load_settings
+    from driftloop.ops import prefect_server
 
     settings = load_settings()
     t = time.perf_counter()
@@ -107,7 +110,7 @@ def main() -> None:
     server_start = time.perf_counter() - t
     prefect_server.use_server(server, state / "prefect")
     try:
-        from driftloop.demo import run_demo
+        from driftloop.entry.demo import run_demo
 
         console = Console(quiet=True)
         t = time.perf_counter()

@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     os.chdir(ROOT)
-    from driftloop.dataset import read_labelled
-    from driftloop.evaluation import evaluate
-    from driftloop.modelling import get_family
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
+    from driftloop.data.dataset import read_labelled
+    from driftloop.models.evaluation import evaluate
+    from driftloop.models.families import get_family
 
     settings = load_settings()
     cfg = settings.data

@@ -68,10 +68,10 @@ def run_one(name: str, args: argparse.Namespace) -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    from driftloop.dataset import read_labelled
-    from driftloop.evaluation import evaluate
-    from driftloop.modelling import get_family
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
+    from driftloop.data.dataset import read_labelled
+    from driftloop.models.evaluation import evaluate
+    from driftloop.models.families import get_family
 
     settings = load_settings()
     cfg = settings.data

@@ -64,9 +64,9 @@ def epoch(iso: str) -> float:
 def serve_main(argv: list[str]) -> None:
     """The server process: ``run_server`` on the registry (SIGTERM shuts it down cleanly)."""
     tracking_uri, model_name, log_root, port, reload_s = argv
-    from driftloop.registry import Registry
-    from driftloop.serving import run_server
-    from driftloop.settings import ServingSettings
+    from driftloop.adapters.registry import Registry
+    from driftloop.config.settings import ServingSettings
+    from driftloop.serving.app import run_server
 
     # The bench posts no feedback (the only endpoint behind the token).
     run_server(
@@ -138,7 +138,7 @@ class Server:
 
 
 class Wrk:
-    """wrk on ``/predict`` in the background (driftloop.loadgen's script, which records every
+    """wrk on ``/predict`` in the background (driftloop.ops.loadgen's script, which records every
     response), either for ``duration_s`` or until ``stop`` (SIGINT: wrk prints its summary).
     ``delay_ms`` adds a pause before each request of a connection: a paced, non-saturating load."""
 
@@ -153,7 +153,7 @@ class Wrk:
         delay_ms: float = 0.0,
         threads: int = 2,
     ):
-        from driftloop import loadgen
+        from driftloop.ops import loadgen
 
         self._loadgen = loadgen
         record_dir.mkdir(parents=True, exist_ok=True)
@@ -243,8 +243,9 @@ class Env:
 def fresh_env(base: Path, name: str, champion_model: Any, challengers: dict[str, Any]) -> Env:
     """A state dir of its own (registry, logs, history): v1 is the champion, then the challengers
     are registered in order."""
-    from driftloop import champion, wiring
-    from driftloop.settings import load_settings
+    from driftloop.adapters import wiring
+    from driftloop.config.settings import load_settings
+    from driftloop.rollout import champion
 
     os.environ["DRIFTLOOP__PROJECT__STATE_DIR"] = str(base / name)
     settings = load_settings()
@@ -331,8 +332,8 @@ def server_view(before: str, after: str, slot: str) -> tuple[float, float, float
 
 
 def part_a(base: Path, models: dict[str, Any], texts: list[str], levels: list[int]) -> list[dict[str, Any]]:
-    from driftloop import predlog
-    from flows.rollout import PROMOTED, ROLLED_BACK, rollout
+    from driftloop.adapters import predlog
+    from driftloop.flows.rollout import PROMOTED, ROLLED_BACK, rollout
     from tests.support.rollout_models import FailingClassifier
 
     good_cfg = write_overlay(base / "good.yaml", None)
@@ -410,7 +411,7 @@ def part_a(base: Path, models: dict[str, Any], texts: list[str], levels: list[in
 def part_b(
     base: Path, models: dict[str, Any], texts: list[str], loads: list[tuple[str, int, float]], seconds: int
 ) -> list[dict[str, Any]]:
-    from driftloop.types import RolloutState
+    from driftloop.core.types import RolloutState
 
     env = fresh_env(base, "shadow", models["v1"], {"v2": models["v2"]})
     registry, v2 = env.parts.registry, env.refs["v2"]
@@ -463,8 +464,8 @@ def part_b(
 
 
 def part_d(base: Path, models: dict[str, Any], texts: list[str], healthy_calls: int) -> dict[str, Any]:
-    from driftloop import predlog
-    from flows.rollout import rollout
+    from driftloop.adapters import predlog
+    from driftloop.flows.rollout import rollout
     from tests.support.rollout_models import DegradingClassifier
 
     env = fresh_env(
@@ -553,8 +554,8 @@ def main() -> None:
     if args.quick:
         loads = loads[1:2]
 
-    from driftloop import prefect_server
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
+    from driftloop.ops import prefect_server
 
     boot = load_settings()
     load_before = os.getloadavg()
@@ -563,8 +564,8 @@ def main() -> None:
     prefect_server.use_server(server, base / "prefect")
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     try:
-        from driftloop.dataset import read_labelled
-        from driftloop.modelling import get_family
+        from driftloop.data.dataset import read_labelled
+        from driftloop.models.families import get_family
 
         train = read_labelled(ROOT / "data/raw/banking77/train.csv", "text", "category")
         family, params = get_family(boot.model.family), dict(boot.model.params)

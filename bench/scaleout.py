@@ -36,7 +36,7 @@ def _warm() -> str:
     import sklearn.feature_extraction.text
     import sklearn.svm  # noqa: F401
 
-    import tasks.selection  # noqa: F401
+    import driftloop.tasks.selection  # noqa: F401
 
     return "warm"
 
@@ -52,9 +52,9 @@ def main() -> None:
     os.environ["DRIFTLOOP__PROJECT__STATE_DIR"] = str(state)
     os.environ["DRIFTLOOP__PREFECT__PORT"] = str(free_port())
 
-    from driftloop import prefect_server
-    from driftloop.dataset import read_labelled
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
+    from driftloop.data.dataset import read_labelled
+    from driftloop.ops import prefect_server
 
     settings = load_settings(selection={"grid": GRID, "folds": args.folds})
     data = settings.data
@@ -74,7 +74,7 @@ def main() -> None:
         import sklearn.svm  # noqa: F401
         from distributed import Client, LocalCluster
 
-        from flows.selection import select_model
+        from driftloop.flows.selection import select_model
 
         def run(selection):
             cfg = settings.selection.model_copy(update=selection)

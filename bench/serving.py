@@ -207,9 +207,9 @@ def serve_main(argv: list[str]) -> None:
     parser.add_argument("--log-root", required=True)
     args = parser.parse_args(argv)
 
-    from driftloop.registry import Registry
-    from driftloop.serving import run_server
-    from driftloop.settings import ServingSettings
+    from driftloop.adapters.registry import Registry
+    from driftloop.config.settings import ServingSettings
+    from driftloop.serving.app import run_server
 
     # The bench posts no feedback (the only endpoint behind the token); /predict costs the same.
     run_server(
@@ -250,11 +250,11 @@ def main() -> None:
     parser.add_argument("--skip-mlflow", action="store_true")
     args = parser.parse_args()
 
-    from driftloop.dataset import read_labelled
-    from driftloop.modelling import get_family
-    from driftloop.predlog import PredictionLog
-    from driftloop.registry import CHAMPION, Registry
-    from driftloop.settings import load_settings
+    from driftloop.adapters.predlog import PredictionLog
+    from driftloop.adapters.registry import CHAMPION, Registry
+    from driftloop.config.settings import load_settings
+    from driftloop.data.dataset import read_labelled
+    from driftloop.models.families import get_family
 
     settings = load_settings(config_dir=ROOT / "configs")
     train = read_labelled(ROOT / "data/raw/banking77/train.csv", "text", "category")

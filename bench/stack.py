@@ -30,9 +30,9 @@ PORTS = {"postgres_port": 25433, "s3_port": 8733, "mlflow_port": 25000, "prefect
 def run_scenario(overlay: Path | None, state: Path, server) -> dict:
     from rich.console import Console
 
-    from driftloop import prefect_server
-    from driftloop.demo import run_demo
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
+    from driftloop.entry.demo import run_demo
+    from driftloop.ops import prefect_server
 
     os.environ["DRIFTLOOP__PROJECT__STATE_DIR"] = str(state)
     os.environ["DRIFTLOOP__SERVING__PORT"] = str(free_port())
@@ -65,8 +65,8 @@ def main() -> None:
     os.chdir(ROOT)
     os.environ.setdefault("DRIFTLOOP_API_TOKEN", "bench-token")
     os.environ["DRIFTLOOP__RETRAIN__DISPATCH"] = "inline"  # the demo scenario retrains in process
-    from driftloop import prefect_server, stack as stack_mod
-    from driftloop.settings import StackSettings
+    from driftloop.config.settings import StackSettings
+    from driftloop.ops import prefect_server, stack as stack_mod
 
     root = Path(tempfile.mkdtemp(prefix="driftloop-bench-stack-"))
     root.chmod(0o755)

@@ -35,7 +35,7 @@ def _run_from_repo_root(monkeypatch):
 
 @pytest.fixture(scope="session")
 def banking_train() -> pd.DataFrame:
-    from driftloop.dataset import read_labelled
+    from driftloop.data.dataset import read_labelled
 
     return read_labelled(ROOT / "data/raw/banking77/train.csv", "text", "category")
 
@@ -78,6 +78,6 @@ def state(tmp_path_factory, monkeypatch, prefect_harness):
 
 @pytest.fixture
 def settings(state):
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
 
     return load_settings()

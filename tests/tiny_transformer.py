@@ -12,7 +12,7 @@ def build_tiny_base(out: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from driftloop.transformer import BUNDLED_MINILM, resolve_base_model
+    from driftloop.models.transformer import BUNDLED_MINILM, resolve_base_model
 
     shipped = Path(resolve_base_model(BUNDLED_MINILM))
     config = AutoConfig.from_pretrained(shipped, local_files_only=True)

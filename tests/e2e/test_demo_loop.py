@@ -11,9 +11,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_loop_closes(state, monkeypatch):
-    from driftloop.demo import run_demo
-    from driftloop.prefect_server import PrefectServer
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
+    from driftloop.entry.demo import run_demo
+    from driftloop.ops.prefect_server import PrefectServer
 
     monkeypatch.setenv("DRIFTLOOP__SERVING__PORT", str(free_port()))
     monkeypatch.setenv("DRIFTLOOP__DEMO__QUIET_REQUESTS", "400")
@@ -42,7 +42,7 @@ def test_loop_closes(state, monkeypatch):
     steady = out["steady"]
     assert steady.drift is not None and steady.champion.version == "2"
     assert not steady.drift.drift_detected and not steady.decision.retrain, steady.drift.summary()
-    from driftloop.history import ChampionHistory
+    from driftloop.adapters.history import ChampionHistory
 
     entries = ChampionHistory(settings.history_path).entries()
     moves = [e for e in entries if e.alias == "champion"]
@@ -62,9 +62,9 @@ def test_the_loop_closes_on_a_second_data_set_by_configuration(state, monkeypatc
     """HWU64 (configs/hwu64.yaml: another domain, label column `intent`, a small test split): the
     demo sizes its traffic to the data, the quiet window stays quiet, six withheld intents fire
     the monitor, and the retrained model answers the drifted traffic better."""
-    from driftloop.demo import run_demo
-    from driftloop.prefect_server import PrefectServer
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
+    from driftloop.entry.demo import run_demo
+    from driftloop.ops.prefect_server import PrefectServer
 
     monkeypatch.setenv("DRIFTLOOP__SERVING__PORT", str(free_port()))
     settings = load_settings(["hwu64"])

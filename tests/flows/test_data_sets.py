@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from driftloop import wiring
-from driftloop.dataset import DataError, read_labelled
-from driftloop.settings import load_settings
-from flows.training import training
+from driftloop.adapters import wiring
+from driftloop.config.settings import load_settings
+from driftloop.data.dataset import DataError, read_labelled
+from driftloop.flows.training import training
 
 
 def test_switching_data_sets_back_and_forth_trains_each_on_its_own(state, tmp_path):

@@ -11,9 +11,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from driftloop import wiring
-from driftloop.settings import load_settings
-from flows.training import training
+from driftloop.adapters import wiring
+from driftloop.config.settings import load_settings
+from driftloop.flows.training import training
 from tests.support.flows import artifacts
 
 GRID = {"C": [0.01, 0.5], "char_ngrams": [[1, 2], [2, 5]]}
@@ -105,8 +105,8 @@ def test_task_runner_follows_the_settings():
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    from driftloop.settings import SelectionSettings
-    from flows.selection import task_runner
+    from driftloop.config.settings import SelectionSettings
+    from driftloop.flows.selection import task_runner
 
     sequential = task_runner(SelectionSettings())
     assert isinstance(sequential, ThreadPoolTaskRunner) and sequential._max_workers == 1

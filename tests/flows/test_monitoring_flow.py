@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from driftloop import predlog, simulator, wiring
-from flows.monitoring import monitoring
-from flows.training import training
+from driftloop.adapters import predlog, wiring
+from driftloop.flows.monitoring import monitoring
+from driftloop.flows.training import training
+from driftloop.ops import simulator
 from tests.support.data import serve_window
 from tests.support.flows import artifacts
 
@@ -87,7 +88,7 @@ def test_too_small_window_is_not_judged(champion_parts):
 def test_a_promotion_that_regresses_is_undone_by_the_next_monitor_run(champion_parts, monkeypatch):
     """However a champion was promoted (here by hand, no rollout), the monitor holds it to its
     predecessor's live baseline and undoes the promotion on a regression."""
-    from driftloop import champion as aliases
+    from driftloop.rollout import champion as aliases
     from tests.support.rollout_models import SlowClassifier
 
     parts = champion_parts
@@ -133,7 +134,7 @@ def test_event_dispatch_emits_one_drift_event_per_window_instead_of_retraining(c
     window's deterministic id; the deployment trigger (prefect.yaml) starts the retrain."""
     import time
 
-    from driftloop.triggers import drift_event_id
+    from driftloop.core.triggers import drift_event_id
 
     parts = champion_parts
     monkeypatch.setenv("DRIFTLOOP__RETRAIN__DISPATCH", "event")

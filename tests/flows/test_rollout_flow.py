@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from driftloop import champion, predlog, wiring
-from driftloop.modelling import TfidfFamily
-from driftloop.serving import create_app
-from driftloop.settings import ServingSettings, load_settings
-from flows.rollout import PROMOTED, REGRESSED, ROLLED_BACK, rollout
+from driftloop.adapters import predlog, wiring
+from driftloop.config.settings import ServingSettings, load_settings
+from driftloop.flows.rollout import PROMOTED, REGRESSED, ROLLED_BACK, rollout
+from driftloop.models.families import TfidfFamily
+from driftloop.rollout import champion
+from driftloop.serving.app import create_app
 from tests.support import AUTH
 from tests.support.rollout_models import DegradingClassifier, SlowClassifier
 from tests.support.servers import serve_in_thread
@@ -266,7 +267,7 @@ def test_an_ab_test_runs_to_its_planned_sample_size_and_promotes_the_better_mode
     assert "two-proportion z-test, two-sided" in report
     logged = predlog.join_feedback(predlog.read_predictions(parts.log_root), predlog.read_feedback(parts.log_root))
     labelled = logged[logged["label"].notna()].groupby("slot").size().to_dict()
-    from driftloop.analysis import required_sample_size
+    from driftloop.core.analysis import required_sample_size
 
     planned = required_sample_size(0.6, 0.25, 0.05, 0.8)
     assert labelled["champion"] >= planned and labelled["canary"] >= planned
@@ -278,8 +279,8 @@ def test_manual_abort_promote_and_rollback_are_recorded_and_a_running_rollout_st
     flow that was waiting for traffic notices the abort and ends."""
     from typer.testing import CliRunner
 
-    from driftloop.cli import app
-    from flows.rollout import ENDED_BY_HAND
+    from driftloop.entry.cli import app
+    from driftloop.flows.rollout import ENDED_BY_HAND
 
     parts, v1, big, _ = loop
     v2 = register(parts, TfidfFamily().fit(big, PARAMS))

@@ -8,9 +8,9 @@ import json
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from driftloop import tracing, wiring
-from driftloop.dataset import read_labelled
-from flows.training import training
+from driftloop.adapters import tracing, wiring
+from driftloop.data.dataset import read_labelled
+from driftloop.flows.training import training
 
 
 def test_first_training_promotes_with_lineage(settings, tmp_path):
@@ -110,7 +110,7 @@ def test_cli_status_history_and_restore(settings, tmp_path):
     """What a data scientist types: status, history, and restoring v1's exact training set."""
     from typer.testing import CliRunner
 
-    from driftloop.cli import app
+    from driftloop.entry.cli import app
 
     out = training(reason="first", trigger="test")
     runner = CliRunner()

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from driftloop import wiring
-from driftloop.settings import load_settings
-from flows.training import training
+from driftloop.adapters import wiring
+from driftloop.config.settings import load_settings
+from driftloop.flows.training import training
 from tests.support.flows import artifacts
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import uvicorn
 
-from driftloop.registry import Registry
-from driftloop.serving import create_app
-from driftloop.settings import ServingSettings
+from driftloop.adapters.registry import Registry
+from driftloop.config.settings import ServingSettings
+from driftloop.serving.app import create_app
 
 
 def main(argv: list[str]) -> None:

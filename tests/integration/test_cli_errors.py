@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from driftloop import prefect_server
-from driftloop.errors import EXIT_INPUT, EXIT_UNREACHABLE
+from driftloop.core.errors import EXIT_INPUT, EXIT_UNREACHABLE
+from driftloop.ops import prefect_server
 from tests.support import ROOT, free_port
 
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")

@@ -96,8 +96,9 @@ def test_each_stage_depends_on_every_module_it_loads(clone):
         )
         assert run.returncode == 0, run.stderr[-2000:]
         loaded = set(re.findall(r"\|\s+(driftloop(?:\.\w+)*)\s*$", run.stderr, flags=re.M))
-        assert "driftloop.dataset" in loaded, "the import log was not read"
-        files = {("src/" + m.replace(".", "/") + ("/__init__.py" if m == "driftloop" else ".py")) for m in loaded}
+        assert "driftloop.data.dataset" in loaded, "the import log was not read"
+        paths = {"src/" + m.replace(".", "/") for m in loaded}
+        files = {f"{p}/__init__.py" if (clone / p).is_dir() else f"{p}.py" for p in paths}
         files.add("src/" + stage["cmd"].split("-m ")[1].split()[0].replace(".", "/") + ".py")
         missing = sorted(files - set(stage["deps"]))
         assert not missing, f"stage {name} runs {missing} but does not depend on them (dvc.yaml)"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from driftloop.loadgen import lua_script, parse_wrk_output, run_wrk
-from driftloop.modelling import TfidfFamily
-from driftloop.predlog import read_predictions
-from driftloop.registry import CHAMPION, Registry
-from driftloop.serving import create_app
-from driftloop.settings import ServingSettings
+from driftloop.adapters.predlog import read_predictions
+from driftloop.adapters.registry import CHAMPION, Registry
+from driftloop.config.settings import ServingSettings
+from driftloop.models.families import TfidfFamily
+from driftloop.ops.loadgen import lua_script, parse_wrk_output, run_wrk
+from driftloop.serving.app import create_app
 from tests.support.data import TINY_PARAMS, tiny_frame
 from tests.support.servers import serve_in_thread
 

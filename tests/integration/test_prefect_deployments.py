@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from driftloop import predlog, prefect_server, procs
-from driftloop.triggers import DRIFT_EVENT, DriftEvent
-from driftloop.types import Prediction
+from driftloop.adapters import predlog
+from driftloop.core.triggers import DRIFT_EVENT, DriftEvent
+from driftloop.core.types import Prediction
+from driftloop.ops import prefect_server, procs
 from tests.support import ROOT, free_port
 
 # Each flow run in the worker pays Prefect's start-up (tens of seconds on 2 shared cores).

@@ -12,10 +12,10 @@ import httpx
 import pytest
 import yaml
 
-from driftloop.modelling import TfidfFamily
-from driftloop.registry import CHAMPION, Registry
-from driftloop.serving import create_app
-from driftloop.settings import ServingSettings
+from driftloop.adapters.registry import CHAMPION, Registry
+from driftloop.config.settings import ServingSettings
+from driftloop.models.families import TfidfFamily
+from driftloop.serving.app import create_app
 from tests.support import ROOT, bound_socket
 from tests.support.data import TINY_PARAMS, tiny_frame
 from tests.support.servers import serve_in_thread

@@ -10,12 +10,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftloop.modelling import TfidfFamily
-from driftloop.predlog import read_predictions
-from driftloop.registry import CHAMPION, Registry
-from driftloop.serving import create_app
-from driftloop.settings import ServingSettings
-from driftloop.types import ModelRef, RolloutState
+from driftloop.adapters.predlog import read_predictions
+from driftloop.adapters.registry import CHAMPION, Registry
+from driftloop.config.settings import ServingSettings
+from driftloop.core.types import ModelRef, RolloutState
+from driftloop.models.families import TfidfFamily
+from driftloop.serving.app import create_app
 from tests.support.data import TINY_PARAMS, tiny_frame
 from tests.support.rollout_models import FailingClassifier
 from tests.support.servers import serve_in_subprocess, serve_in_thread

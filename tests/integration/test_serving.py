@@ -16,18 +16,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from driftloop.modelling import TextClassifier, TfidfFamily
-from driftloop.predlog import (
+from driftloop.adapters.predlog import (
     SKIPPED_LINES,
     join_feedback,
     read_feedback,
     read_predictions,
 )
-from driftloop.registry import CHAMPION, Registry
-from driftloop.serving import INLINE_TEXTS, create_app
-from driftloop.settings import ServingSettings
-from driftloop.simulator import wait_ready
-from driftloop.types import ModelRef
+from driftloop.adapters.registry import CHAMPION, Registry
+from driftloop.config.settings import ServingSettings
+from driftloop.core.types import ModelRef
+from driftloop.models.families import TextClassifier, TfidfFamily
+from driftloop.ops.simulator import wait_ready
+from driftloop.serving.app import INLINE_TEXTS, create_app
 from tests.support import AUTH
 from tests.support.data import TINY_PARAMS, tiny_frame
 from tests.support.servers import serve_in_subprocess, serve_in_thread

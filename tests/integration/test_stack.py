@@ -1,6 +1,6 @@
 """The loop on the real stack: PostgreSQL, SeaweedFS (S3), an MLflow server on PostgreSQL with
 artifacts in S3, a Prefect server on PostgreSQL with a process worker, Prometheus — all started
-here by `driftloop.stack` on 127.0.0.1 (ports beside the defaults, so a developer's own stack can
+here by `driftloop.ops.stack` on 127.0.0.1 (ports beside the defaults, so a developer's own stack can
 keep running) and torn down at the end. Then each server is stopped in the middle of a flow."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from driftloop import stack as stack_mod
-from driftloop.settings import StackSettings
+from driftloop.config.settings import StackSettings
+from driftloop.ops import stack as stack_mod
 from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
@@ -162,11 +162,12 @@ def _pg(stack, sql: str, db: str = "mlflow") -> list[tuple]:
 
 
 def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
-    from driftloop import simulator, wiring
-    from driftloop.settings import load_settings
-    from driftloop.versioning import DatasetStore
-    from flows.monitoring import monitoring
-    from flows.training import training
+    from driftloop.adapters import wiring
+    from driftloop.adapters.versioning import DatasetStore
+    from driftloop.config.settings import load_settings
+    from driftloop.flows.monitoring import monitoring
+    from driftloop.flows.training import training
+    from driftloop.ops import simulator
     from tests.support.data import serve_window
 
     stack = on_stack
@@ -215,7 +216,7 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     # the serving app loads the champion from the MLflow server (artifacts from S3) and answers
     import httpx
 
-    from driftloop.serving import create_app
+    from driftloop.serving.app import create_app
     from tests.support import API_TOKEN
     from tests.support.servers import serve_in_thread
 
@@ -268,7 +269,7 @@ def small_data(tmp_path_factory) -> str:
     """12 intents of BANKING77 (2 of them "new"), 80 rows each: trains in a second or two."""
     import pandas as pd
 
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
 
     folder = tmp_path_factory.mktemp("small-data")
     new = list(load_settings().data.new_labels[:2])
@@ -288,10 +289,10 @@ def small_data(tmp_path_factory) -> str:
 def with_champion(on_stack, small_data, tmp_path, monkeypatch):
     """A champion (v1) on small data and a second training set (9/10 of v1's); each fault test
     then trains v2 on it."""
-    from driftloop import wiring
-    from driftloop.dataset import write_labelled
-    from driftloop.settings import load_settings
-    from flows.training import training
+    from driftloop.adapters import wiring
+    from driftloop.config.settings import load_settings
+    from driftloop.data.dataset import write_labelled
+    from driftloop.flows.training import training
 
     monkeypatch.setenv("DRIFTLOOP_CONFIG", os.environ["DRIFTLOOP_CONFIG"] + "," + small_data)
     v1 = training(reason="v1", trigger="test")
@@ -302,7 +303,7 @@ def with_champion(on_stack, small_data, tmp_path, monkeypatch):
 
 
 def _train_v2(extra: Path):
-    from flows.training import training
+    from driftloop.flows.training import training
 
     return training(training_set=str(extra), reason="v2 during an outage", trigger="test", return_state=True)
 

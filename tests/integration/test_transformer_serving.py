@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from driftloop.modelling import get_family
-from driftloop.predlog import read_predictions
-from driftloop.registry import CHAMPION, Registry
-from driftloop.serving import create_app
-from driftloop.settings import ServingSettings
+from driftloop.adapters.predlog import read_predictions
+from driftloop.adapters.registry import CHAMPION, Registry
+from driftloop.config.settings import ServingSettings
+from driftloop.models.families import get_family
+from driftloop.serving.app import create_app
 from tests.support import AUTH
 from tests.support.data import tiny_frame
 from tests.support.servers import serve_in_thread

@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from driftloop import champion, loadgen, predlog, wiring
-from driftloop.modelling import TfidfFamily
-from flows.rollout import PROMOTED, ROLLED_BACK, rollout
+from driftloop.adapters import predlog, wiring
+from driftloop.flows.rollout import PROMOTED, ROLLED_BACK, rollout
+from driftloop.models.families import TfidfFamily
+from driftloop.ops import loadgen
+from driftloop.rollout import champion
 from tests.support import ROOT
 from tests.support.data import TINY_PARAMS
 from tests.support.rollout_models import FailingClassifier

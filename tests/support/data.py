@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from driftloop import predlog
+from driftloop.adapters import predlog
 
 TINY_PARAMS = {"char_min_df": 1}
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from driftloop.types import ModelRef, Prediction, RolloutState, Routing
+from driftloop.core.types import ModelRef, Prediction, RolloutState, Routing
 
 
 class FakeModel:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from driftloop.types import Prediction
+from driftloop.core.types import Prediction
 
 
 class _Wrapped:

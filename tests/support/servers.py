@@ -15,7 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
-from driftloop.simulator import wait_ready
+from driftloop.ops.simulator import wait_ready
 from tests.support import ROOT, bound_socket
 
 SERVE_APP = ROOT / "tests" / "integration" / "serve_app.py"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftloop.modelling import TextClassifier
-from driftloop.registry import CHAMPION, Registry
-from driftloop.types import ModelRef
+from driftloop.adapters.registry import CHAMPION, Registry
+from driftloop.core.types import ModelRef
+from driftloop.models.families import TextClassifier
 
 LABELS_V1 = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 TEXTS = [

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop.analysis import (
+from driftloop.config.settings import ABSettings, BakeSettings, GuardSettings, StageSpec
+from driftloop.core.analysis import (
     EARLY_ROLLBACK_MIN_ROWS,
     TEST_MANN_WHITNEY,
     TEST_WILSON,
@@ -22,8 +23,7 @@ from driftloop.analysis import (
     two_proportion_ztest,
     wilson_interval,
 )
-from driftloop.settings import ABSettings, BakeSettings, GuardSettings, StageSpec
-from driftloop.types import SLOT_CANARY, SLOT_CHAMPION, SLOT_SHADOW
+from driftloop.core.types import SLOT_CANARY, SLOT_CHAMPION, SLOT_SHADOW
 
 GUARD = GuardSettings()
 

@@ -9,8 +9,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from driftloop.history import ChampionHistory
-from driftloop.types import HistoryEntry
+from driftloop.adapters.history import ChampionHistory
+from driftloop.core.types import HistoryEntry
 from tests.support import ROOT
 
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
@@ -51,8 +51,8 @@ def test_a_table_row_comes_out_whole(tmp_path):
 
 
 def test_status_keeps_flow_run_ids_on_one_line(tmp_path, monkeypatch):
-    from driftloop.registry import Registry
-    from driftloop.settings import load_settings
+    from driftloop.adapters.registry import Registry
+    from driftloop.config.settings import load_settings
 
     monkeypatch.setenv("DRIFTLOOP__PROJECT__STATE_DIR", str(tmp_path))
     settings = load_settings()
@@ -83,7 +83,7 @@ def test_an_error_line_comes_out_whole(tmp_path):
 
 def test_a_bug_is_reported_with_its_traceback(capsys):
     """Not a project error: the traceback a bug report needs, once, and the exit status 1."""
-    from driftloop import cli
+    from driftloop.entry import cli
 
     def buggy():
         return {}["missing"]

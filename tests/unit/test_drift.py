@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop import drift
-from driftloop.dataset import build_splits
-from driftloop.modelling import get_family
-from driftloop.settings import MonitorSettings, load_settings
+from driftloop.config.settings import MonitorSettings, load_settings
+from driftloop.data.dataset import build_splits
+from driftloop.models.families import get_family
+from driftloop.monitoring import drift
 from tests.support import ROOT
 
 WINDOW = 400
@@ -206,8 +206,8 @@ def test_no_report_unless_asked(traffic, calibration, tmp_path):
 
 
 def test_importing_the_module_does_not_import_evidently():
-    # Importing Evidently takes ~9 s; flows import driftloop.drift long before a monitor run.
-    code = "import sys, driftloop.drift; print('evidently' in sys.modules)"
+    # Importing Evidently takes ~9 s; flows import driftloop.monitoring.drift long before a monitor run.
+    code = "import sys, driftloop.monitoring.drift; print('evidently' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

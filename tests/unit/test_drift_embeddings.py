@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop import drift
-from driftloop.settings import MonitorSettings
+from driftloop.config.settings import MonitorSettings
+from driftloop.monitoring import drift
 
 CFG = MonitorSettings(window_size=150, min_window=100, calibration_rounds=3, min_signals=2)
 

@@ -6,13 +6,13 @@ import socket
 
 import pytest
 
-from driftloop import errors
-from driftloop.dataset import DataError
-from driftloop.prefect_server import PrefectServerError
-from driftloop.registry import RegistryError
-from driftloop.serving import MissingApiToken
-from driftloop.stack import StackError
-from driftloop.validation import ValidationError
+from driftloop.adapters.registry import RegistryError
+from driftloop.core import errors
+from driftloop.data.dataset import DataError
+from driftloop.data.validation import ValidationError
+from driftloop.ops.prefect_server import PrefectServerError
+from driftloop.ops.stack import StackError
+from driftloop.serving.app import MissingApiToken
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 import pandas as pd
 
-from driftloop import curation
-from driftloop.history import ChampionHistory, TriggerLedger
-from driftloop.types import HistoryEntry
+from driftloop.adapters.history import ChampionHistory, TriggerLedger
+from driftloop.core.types import HistoryEntry
+from driftloop.data import curation
 
 
 def move(frm, to, action="promote", alias="champion"):

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from driftloop.serving import MicroBatcher
-from driftloop.types import Prediction
+from driftloop.core.types import Prediction
+from driftloop.serving.app import MicroBatcher
 
 
 class SlowModel:

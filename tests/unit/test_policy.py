@@ -2,9 +2,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from driftloop.policy import TriggerRecord, decide_promotion, should_retrain
-from driftloop.settings import MonitorSettings, PromotionPolicy, RetrainPolicy
-from driftloop.types import DriftResult, EvalReport, SignalResult
+from driftloop.config.settings import MonitorSettings, PromotionPolicy, RetrainPolicy
+from driftloop.core.policy import TriggerRecord, decide_promotion, should_retrain
+from driftloop.core.types import DriftResult, EvalReport, SignalResult
 
 
 def report(acc: float, f1: float | None = None, md5: str = "e") -> EvalReport:

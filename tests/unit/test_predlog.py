@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from driftloop.predlog import (
+from driftloop.adapters.predlog import (
     FEEDBACK_COLUMNS,
     PREDICTION_COLUMNS,
     SKIPPED_LINES,
@@ -20,7 +20,7 @@ from driftloop.predlog import (
     read_feedback,
     read_predictions,
 )
-from driftloop.types import Prediction
+from driftloop.core.types import Prediction
 
 WEIRD_TEXTS = [
     "plain",

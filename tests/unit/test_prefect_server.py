@@ -1,7 +1,7 @@
 import subprocess
 import threading
 
-from driftloop.prefect_server import stop_recorded
+from driftloop.ops.prefect_server import stop_recorded
 
 
 def test_stop_recorded_stops_the_recorded_process_group(tmp_path):

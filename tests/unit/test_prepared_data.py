@@ -8,9 +8,10 @@ import os
 import pandas as pd
 import pytest
 
-from driftloop import dataset, simulator
-from driftloop.dataset import DataError, ensure_prepared
-from driftloop.settings import DataSettings
+from driftloop.config.settings import DataSettings
+from driftloop.data import dataset
+from driftloop.data.dataset import DataError, ensure_prepared
+from driftloop.ops import simulator
 
 
 def write_set(folder, labels, per_label, prefix, label_field="label"):

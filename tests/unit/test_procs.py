@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from driftloop.procs import alive, group_alive, stop_group
+from driftloop.ops.procs import alive, group_alive, stop_group
 
 # A Python child that says it is ready (so SIGTERM cannot arrive before it ignores it), then sleeps.
 IGNORES_TERM = (

@@ -1,5 +1,5 @@
 """Rollout plans, the stage settings' validation and which promotion is still under watch
-(pure parts of driftloop.rollout; the moves themselves run against a real registry in
+(pure parts of driftloop.rollout.stages; the moves themselves run against a real registry in
 tests/flows/test_rollout_flow.py)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from driftloop.history import ChampionHistory
-from driftloop.rollout import KIND_AB, KIND_STANDBY, plan, promotion_under_watch, stage_spec
-from driftloop.settings import RolloutSettings, load_settings
-from driftloop.types import HistoryEntry, ModelRef
+from driftloop.adapters.history import ChampionHistory
+from driftloop.config.settings import RolloutSettings, load_settings
+from driftloop.core.types import HistoryEntry, ModelRef
+from driftloop.rollout.stages import KIND_AB, KIND_STANDBY, plan, promotion_under_watch, stage_spec
 
 
 def test_the_default_plan_is_shadow_then_growing_canaries():
@@ -91,7 +91,7 @@ def test_only_a_recent_promotion_over_an_earlier_champion_is_under_watch(tmp_pat
 
 
 def test_the_ab_baseline_is_the_configured_one_else_the_champions_else_the_most_conservative():
-    from driftloop.rollout import FALLBACK_AB_BASELINE, ab_baseline
+    from driftloop.rollout.stages import FALLBACK_AB_BASELINE, ab_baseline
 
     configured = RolloutSettings(strategy="ab", ab={"baseline_accuracy": 0.7})
     assert ab_baseline(configured, {"metric.accuracy": "0.91"}) == 0.7

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from driftloop.selection import Candidate, CandidateScore, choose, expand_grid, fold_ids, pick_best, score_candidate
-from driftloop.settings import ModelSettings, load_settings
+from driftloop.config.settings import ModelSettings, load_settings
+from driftloop.models.selection import (
+    Candidate,
+    CandidateScore,
+    choose,
+    expand_grid,
+    fold_ids,
+    pick_best,
+    score_candidate,
+)
 
 BASE = ModelSettings(family="tfidf", params={"C": 0.5, "word_ngrams": [1, 2], "char_min_df": 2})
 

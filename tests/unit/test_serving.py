@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
-from driftloop.serving import (
+from driftloop.config.settings import ServingSettings
+from driftloop.core.types import RolloutState
+from driftloop.serving.app import (
     MAX_BACKOFF_S,
     BadRequest,
     ModelHolder,
@@ -17,8 +19,6 @@ from driftloop.serving import (
     parse_feedback,
     parse_predict,
 )
-from driftloop.settings import ServingSettings
-from driftloop.types import RolloutState
 from tests.support.fakes import FakeSource, ref
 
 CFG = ServingSettings(max_text_chars=10, max_batch=3)
@@ -160,7 +160,7 @@ def test_feedback_is_stripped_and_checked():
 def test_fastapi_validation_errors_are_rewritten_to_name_the_field(tmp_path):
     from fastapi.testclient import TestClient
 
-    from driftloop.serving import create_app
+    from driftloop.serving.app import create_app
 
     app = create_app(ServingSettings(), FakeSource(), tmp_path)
 

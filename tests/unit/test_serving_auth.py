@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from driftloop.serving import MissingApiToken, create_app, read_api_token
-from driftloop.settings import ServingSettings
+from driftloop.config.settings import ServingSettings
+from driftloop.serving.app import MissingApiToken, create_app, read_api_token
 from tests.support import API_TOKEN, AUTH
 from tests.support.fakes import FakeSource, ref
 

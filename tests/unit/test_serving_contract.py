@@ -12,7 +12,8 @@ import jsonschema
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from driftloop.serving import (
+from driftloop.config.settings import ServingSettings
+from driftloop.serving.app import (
     SPACE_CLASS,
     BadRequest,
     _unsupported_type,
@@ -21,7 +22,6 @@ from driftloop.serving import (
     parse_predict,
     request_schemas,
 )
-from driftloop.settings import ServingSettings
 from tests.support.fakes import FakeSource
 
 CFG = ServingSettings(max_text_chars=10, max_batch=3)

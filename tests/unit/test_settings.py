@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from driftloop.settings import load_settings
+from driftloop.config.settings import load_settings
 
 
 def test_base_config_loads(repo_root):

@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from driftloop import tracing
-from driftloop.serving import create_app
-from driftloop.settings import ServingSettings, TracingSettings
+from driftloop.adapters import tracing
+from driftloop.config.settings import ServingSettings, TracingSettings
+from driftloop.serving.app import create_app
 from tests.support import AUTH
 from tests.support.fakes import FakeModel, FakeSource, ref
 

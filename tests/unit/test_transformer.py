@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from driftloop.modelling import get_family
-from driftloop.selection import choose, expand_grid, score_candidate
-from driftloop.settings import ModelSettings
-from driftloop.transformer import (
+from driftloop.config.settings import ModelSettings
+from driftloop.models.families import get_family
+from driftloop.models.selection import choose, expand_grid, score_candidate
+from driftloop.models.transformer import (
     TrainingInterrupted,
     TransformerParams,
     checkpoint_key,
@@ -161,7 +161,7 @@ def test_holdout_comparison_chooses_the_better_family(small_frame, tiny_transfor
 def test_refit_false_needs_a_single_holdout():
     from pydantic import ValidationError
 
-    from driftloop.settings import SelectionSettings
+    from driftloop.config.settings import SelectionSettings
 
     assert not SelectionSettings(refit=False, folds=1).refit
     with pytest.raises(ValidationError, match="refit: false needs folds: 1"):
@@ -171,7 +171,7 @@ def test_refit_false_needs_a_single_holdout():
 def test_the_overlay_loads_and_a_bad_mode_fails_at_start(monkeypatch):
     from pydantic import ValidationError
 
-    from driftloop.settings import load_settings
+    from driftloop.config.settings import load_settings
 
     settings = load_settings(["transformer"])
     assert settings.model.family == "transformer" and settings.selection.folds == 1

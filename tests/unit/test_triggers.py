@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from driftloop.triggers import DriftEvent, drift_event_id, parse_params, retrain_idempotency_key
+from driftloop.core.triggers import DriftEvent, drift_event_id, parse_params, retrain_idempotency_key
 
 
 def test_the_same_window_gives_the_same_event_id_and_key():

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from driftloop.validation import ValidationError, require_valid, validate_training_set
+from driftloop.data.validation import ValidationError, require_valid, validate_training_set
 
 LABELS = ["a", "b"]
 

@@ -4,7 +4,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from driftloop.versioning import DatasetStore
+from driftloop.adapters.versioning import DatasetStore
 
 
 def test_restore_by_md5_and_reuse_of_an_identical_destination(tmp_path):

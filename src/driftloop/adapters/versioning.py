@@ -1,0 +1,90 @@
+"""The DVC adapter: every training set the loop builds becomes a DVC-tracked version.
+
+The loop writes into a DVC repository of its own (``<state_dir>/datasets``, initialised without
+git) so that a scheduled run never dirties the user's git checkout. Each version is cached and
+pushed to the configured remote (a local folder by default, S3 at scale); its md5 is recorded on
+the model version, and :meth:`DatasetStore.restore` brings back the exact file from that md5
+through ``dvc pull`` alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from driftloop.core.types import DataVersion
+from driftloop.data.dataset import write_labelled
+
+# DVC repos are not safe for concurrent writers in one process (its lock is per process).
+_LOCK = threading.Lock()
+
+
+class DatasetStore:
+    def __init__(self, root: Path, remote_url: str | None = None, endpoint_url: str | None = None):
+        self.root = Path(root).resolve()
+        self.remote_url = remote_url or str(self.root.parent / "dvc-remote")
+        # An S3-compatible server; DVC's S3 remote reads the keys from the environment.
+        self.endpoint_url = endpoint_url
+
+    def _remote_conf(self) -> dict:
+        conf = {"url": self.remote_url}
+        if self.endpoint_url and self.remote_url.startswith("s3://"):
+            conf["endpointurl"] = self.endpoint_url
+        return conf
+
+    def _repo(self):
+        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+        from dvc.repo import Repo
+
+        if not (self.root / ".dvc").exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            repo = Repo.init(str(self.root), no_scm=True)
+            with repo.config.edit() as conf:
+                conf["core"]["analytics"] = False
+                conf["core"]["autostage"] = False
+        else:
+            repo = Repo(str(self.root))
+        # The remote follows the configuration: switching embedded <-> stack is configuration only.
+        wanted = self._remote_conf()
+        if repo.config["remote"].get("store") != wanted or repo.config["core"].get("remote") != "store":
+            with repo.config.edit() as conf:
+                conf["remote"]["store"] = wanted
+                conf["core"]["remote"] = "store"
+            repo = Repo(str(self.root))
+        return repo
+
+    def commit(self, frame: pd.DataFrame, name: str) -> DataVersion:
+        """Write ``frame`` as ``<name>.csv``, ``dvc add`` and ``dvc push`` it; return its version."""
+        with _LOCK:
+            repo = self._repo()
+            path = write_labelled(frame, self.root / f"{name}.csv")
+            repo.add(str(path))
+            repo.push(targets=[str(path) + ".dvc"])
+            meta = yaml.safe_load((self.root / f"{name}.csv.dvc").read_text())["outs"][0]
+            return DataVersion(md5=meta["md5"], path=str(path), size=int(meta["size"]), rows=len(frame))
+
+    def restore(self, md5: str, dest: Path) -> Path:
+        """Bring back the exact file with this md5 (from the cache, else the remote) to ``dest``.
+        A ``dest`` that already holds exactly that content is left as it is (monitor runs reuse it)."""
+        dest = Path(dest)
+        if dest.is_file() and hashlib.md5(dest.read_bytes(), usedforsecurity=False).hexdigest() == md5:
+            return dest
+        with _LOCK:
+            repo = self._repo()
+            name = f"restore-{md5}.csv"
+            dvcfile = self.root / f"{name}.dvc"
+            dvcfile.write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": name}]}))
+            try:
+                repo.pull(targets=[str(dvcfile)])
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.root / name, dest)
+            finally:
+                dvcfile.unlink(missing_ok=True)
+                (self.root / name).unlink(missing_ok=True)
+            return dest

@@ -1,0 +1,1 @@
+"""Configuration: one typed settings object, loaded from ``configs/*.yaml`` and the environment."""

@@ -1,0 +1,1 @@
+"""Serving: the registry's champion behind ``/predict``, with feedback, health and metrics."""

@@ -1,0 +1,98 @@
+"""Model tasks: train, evaluate, register, move aliases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from driftloop.adapters.history import ChampionHistory
+from driftloop.adapters.registry import Registry
+from driftloop.config.settings import ModelSettings
+from driftloop.core.types import EvalReport, HistoryEntry, ModelRef
+from driftloop.models import evaluation, families as modelling
+from driftloop.models.families import TextClassifier
+from driftloop.rollout import champion
+from driftloop.tasks import SERVER_RETRIES
+
+
+@task(cache_policy=NO_CACHE)
+def train(
+    frame: pd.DataFrame, cfg: ModelSettings, seed: int = 0, checkpoint_root: Path | None = None
+) -> TextClassifier:
+    logger = get_run_logger()
+    return modelling.get_family(cfg.family).fit(
+        frame, dict(cfg.params), seed=seed, progress=logger.info, checkpoint_root=checkpoint_root
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate(model: TextClassifier, eval_set: pd.DataFrame) -> tuple[EvalReport, pd.DataFrame]:
+    return evaluation.evaluate(model, eval_set)
+
+
+@task(cache_policy=NO_CACHE)
+def write_eval_artifacts(report: EvalReport, rows: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    return evaluation.write_eval_artifacts(report, rows, out_dir)
+
+
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
+def load_model(registry: Registry, ref: ModelRef) -> TextClassifier:
+    return registry.load(ref)
+
+
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
+def champion_ref(registry: Registry) -> ModelRef | None:
+    return registry.champion()
+
+
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
+def register_model(
+    registry: Registry,
+    model: TextClassifier,
+    *,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    params: dict,
+    run_name: str,
+    input_example: list[str],
+    artifacts: dict[str, Path],
+) -> ModelRef:
+    return registry.register_model(
+        model,
+        tags=tags,
+        metrics=metrics,
+        params=params,
+        run_name=run_name,
+        input_example=input_example,
+        artifacts=artifacts,
+    )
+
+
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
+def move_alias(
+    registry: Registry,
+    history: ChampionHistory,
+    alias: str,
+    ref: ModelRef,
+    *,
+    action: str,
+    reason: str,
+    actor: str,
+    report: str = "",
+) -> HistoryEntry:
+    return champion.move_alias(registry, history, alias, ref, action=action, reason=reason, actor=actor, report=report)
+
+
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
+def version_tags(registry: Registry, ref: ModelRef) -> dict[str, str]:
+    return registry.version_tags(ref)
+
+
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
+def clear_alias(
+    registry: Registry, history: ChampionHistory, alias: str, *, reason: str, actor: str
+) -> HistoryEntry | None:
+    return champion.clear_alias(registry, history, alias, reason=reason, actor=actor)

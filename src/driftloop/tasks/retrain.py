@@ -1,0 +1,50 @@
+"""What a retrain run shows in the Prefect UI: a summary table and links to MLflow and the report."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from driftloop.adapters.registry import Registry
+from driftloop.core.types import EvalReport, ModelRef, PromotionDecision
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def publish_retrain(
+    registry: Registry,
+    candidate: ModelRef,
+    report: EvalReport,
+    decision: PromotionDecision,
+    champion: ModelRef | None,
+    *,
+    reason: str,
+    requested_by: str,
+    window_id: str,
+    drift_report: str,
+    mlflow_ui: str,
+) -> None:
+    run_id = next((v["run_id"] for v in registry.versions() if v["version"] == candidate.version), None)
+    create_table_artifact(
+        [
+            {"field": "requested by", "value": requested_by},
+            {"field": "reason", "value": reason},
+            {"field": "window", "value": window_id or "-"},
+            {"field": "candidate", "value": str(candidate)},
+            {"field": "accuracy", "value": round(report.accuracy, 4)},
+            {"field": "macro-F1", "value": round(report.macro_f1, 4)},
+            {"field": "decision", "value": ("promote: " if decision.promote else "keep champion: ") + decision.reason},
+            {"field": "champion now", "value": str(champion) if champion else "-"},
+            {"field": "MLflow run", "value": run_id or "-"},
+        ],
+        key="retrain-summary",
+        description=f"{requested_by}: {reason}"[:500],
+    )
+    if run_id:
+        create_link_artifact(
+            registry.run_url(run_id, mlflow_ui), link_text=f"MLflow run of {candidate}", key="retrain-mlflow-run"
+        )
+    if drift_report:
+        create_link_artifact(
+            drift_report, link_text="Evidently drift report that asked for this retrain", key="retrain-drift-report"
+        )
