@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pandas as pd
@@ -42,6 +43,10 @@ from driftloop.config.settings import Settings
 from driftloop.data import dataset
 from driftloop.data.dataset import LABEL, TEXT
 from driftloop.ops import procs, simulator
+
+if TYPE_CHECKING:  # the flows import Prefect: run_demo imports them after the CLI set its environment
+    from driftloop.flows.monitoring import MonitorOutcome
+    from driftloop.flows.training import TrainingOutcome
 
 # Loop state a demo run owns; "prefect" (the UI's run history) and "prepared" are kept.
 _DEMO_STATE = (
@@ -192,8 +197,39 @@ def estimate_minutes(settings: Settings, train_rows: int, plan: simulator.Traffi
     return low / 60.0, high / 60.0
 
 
+@dataclass
+class DemoRun:
+    """What the steps of one demo run share: settings, adapters, the timeline and the data pools."""
+
+    settings: Settings
+    config: list[str]
+    console: Console
+    tl: Timeline
+    parts: wiring.Components
+    splits: dict[str, pd.DataFrame]
+    plan: simulator.TrafficPlan
+    failed: int = 0
+
+    def send(self, url: str, texts: pd.DataFrame) -> list[simulator.Answer]:
+        """Send ``texts`` to the serving app and count the failed answers."""
+        answers = simulator.send(url, texts, self.settings.demo.concurrency)
+        self.failed += sum(a.status != 200 for a in answers)
+        return answers
+
+
+@dataclass
+class DriftPhase:
+    """The drifted window's monitoring outcome, and when drift was confirmed and the retrain ended."""
+
+    out: MonitorOutcome
+    drifted: pd.DataFrame
+    confirmed_at: float
+    retrained_at: float
+
+
 def run_demo(settings: Settings, config: list[str], console: Console, server) -> dict:
-    from driftloop import prefect_server  # noqa: F401  (environment already set by the CLI)
+    """The whole scenario (the module docstring's six steps); returns its figures for bench/loop.py."""
+    from driftloop.ops import prefect_server  # noqa: F401  (environment already set by the CLI)
 
     tl = Timeline(console)
     console.rule("[bold]driftloop demo[/bold] — intent router on " + settings.data.name)
@@ -202,15 +238,52 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         f"state dir [cyan]{settings.state_dir}[/cyan] reset (Prefect run history kept); "
         f"Prefect UI [cyan]{server.ui_url}[/cyan]"
     )
-
-    from driftloop.flows.monitoring import monitoring
-    from driftloop.flows.training import training
-
     quiet_prefect_console()
+    run = _prepare(settings, config, console, tl)
+    v1 = _train_v1(run)
+    serving = ServingProcess(settings, config)
+    try:
+        with tl.timed("serving start"):
+            serving.wait_ready()
+        tl.step(f"   serving {serving.url} answers with v{serving.version()}")
+        _quiet_phase(run, serving)
+        drift = _drift_phase(run, serving)
+        v2 = _check_retrain(run, drift)
+        switched = _wait_for_v2(run, serving, v2)
+        swap_s = switched - drift.confirmed_at
+        tl.stages["drift confirmed -> v2 serving"] = swap_s
+        tl.step(
+            f"[bold]5. rollout[/bold]: v{v2.candidate.version} answers all traffic "
+            f"{swap_s:.1f}s after drift was confirmed (no restart"
+            + (
+                f"; replicas follow the promotion within {settings.serving.reload_interval_s:.0f}s)"
+                if settings.rollout.enabled
+                else ")"
+            )
+        )
+        steady = _steady_phase(run, serving, v2, drift.drifted)
+    finally:
+        serving.stop()
+    acc = _summary(run, server)
+    return {
+        "v1": v1,
+        "v2": v2,
+        "accuracy": acc,
+        "swap_s": swap_s,
+        "failed": run.failed,
+        "stages": tl.stages,
+        "confirmed_at": drift.confirmed_at,
+        "retrained_at": drift.retrained_at,
+        "serving_at": switched,
+        "steady": steady,
+        "drift": drift.out.drift,
+    }
+
+
+def _prepare(settings: Settings, config: list[str], console: Console, tl: Timeline) -> DemoRun:
+    """The data first: a bad file or a data set too small for the scenario is said before anything runs."""
     parts = wiring.build(settings)
     demo = settings.demo
-
-    # The data first: a bad file or a data set too small for the scenario is said before anything runs.
     prepared = dataset.ensure_prepared(settings.data, parts.prepared_dir)
     splits = {n: prepared.read(n) for n in ("live_known", "live_new")}
     plan = simulator.plan_traffic(
@@ -237,149 +310,177 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         f"expected duration on 2 CPU cores: about {typical:.0f} min, at most {worst:.0f} min "
         f"({settings.model.family} trained twice{stages})"
     )
+    return DemoRun(settings, config, console, tl, parts, splits, plan)
 
-    tl.step(f"[bold]1. version 1[/bold]: training without the {len(settings.data.new_labels)} new intents …")
+
+def _train_v1(run: DemoRun) -> TrainingOutcome:
+    """Step 1: v1 learns the training split without the new intents and becomes champion."""
+    from driftloop.flows.training import training
+
+    run.tl.step(f"[bold]1. version 1[/bold]: training without the {len(run.settings.data.new_labels)} new intents …")
     with (
-        tl.timed("training flow (v1)"),
-        console.status("training flow: validate → train → evaluate → register → promote"),
+        run.tl.timed("training flow (v1)"),
+        run.console.status("training flow: validate → train → evaluate → register → promote"),
     ):
-        v1 = training(reason="initial model (new intents not launched yet)", trigger="demo", config=config)
-    tl.step(
+        v1 = training(reason="initial model (new intents not launched yet)", trigger="demo", config=run.config)
+    run.tl.step(
         f"   {v1.candidate}: eval accuracy {v1.report.accuracy:.3f} (the eval set already holds the new "
         f"intents), macro-F1 {v1.report.macro_f1:.3f} → {'champion' if v1.decision.promote else 'rejected'}"
     )
+    return v1
 
-    serving = ServingProcess(settings, config)
-    try:
-        with tl.timed("serving start"):
-            serving.wait_ready()
-        tl.step(f"   serving {serving.url} answers with v{serving.version()}")
 
-        tl.step(f"[bold]2. quiet traffic[/bold]: {plan.quiet} requests of known intents …")
-        quiet = simulator.mix(splits["live_known"], splits["live_new"], plan.quiet, 0.0, demo.seed)
-        with tl.timed("quiet traffic"):
-            answers = simulator.send(serving.url, quiet, demo.concurrency)
-        failed = sum(a.status != 200 for a in answers)
-        with tl.timed("monitoring flow (quiet)"), console.status("monitoring flow on the quiet window"):
-            out = monitoring(config=config)
-        tl.step(f"   monitor → [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
+def _quiet_phase(run: DemoRun, serving: ServingProcess) -> None:
+    """Step 2: known intents only; the monitor must stay quiet."""
+    from driftloop.flows.monitoring import monitoring
 
-        tl.step(f"[bold]3. drift[/bold]: {plan.drift} requests, {demo.new_share:.0%} of them new intents …")
-        # Drawn from the texts the phase after the retrain leaves alone (the plan keeps them apart).
-        drifted = simulator.mix(splits["live_known"], splits["live_new"], plan.drift, demo.new_share, demo.seed + 1)
-        with tl.timed("drift traffic"):
-            drift_answers = simulator.send(serving.url, drifted, demo.concurrency)
-        failed += sum(a.status != 200 for a in drift_answers)
+    demo = run.settings.demo
+    run.tl.step(f"[bold]2. quiet traffic[/bold]: {run.plan.quiet} requests of known intents …")
+    quiet = simulator.mix(run.splits["live_known"], run.splits["live_new"], run.plan.quiet, 0.0, demo.seed)
+    with run.tl.timed("quiet traffic"):
+        run.send(serving.url, quiet)
+    with run.tl.timed("monitoring flow (quiet)"), run.console.status("monitoring flow on the quiet window"):
+        out = monitoring(config=run.config)
+    run.tl.step(f"   monitor → [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
 
-        def annotators() -> None:
-            time.sleep(demo.label_delay_s)
-            posted = simulator.annotate(serving.url, drift_answers, demo.label_share, demo.seed, token=serving.token)
-            tl.step(f"   [bold]4. labels arrive[/bold]: annotators posted {posted} labels to /feedback")
 
-        labelling = threading.Thread(target=annotators, daemon=True)
-        labelling.start()
-        staged = settings.rollout.enabled
-        # A rollout judges the challenger on live traffic: production flows while it runs. It
-        # starts with the rollout, after the retrain built its training set and reference (this
-        # traffic repeats the pools' texts, and labelled repeats would leave too few unseen texts
-        # to refresh the monitoring reference).
-        live = simulator.LiveTraffic(
-            serving.url,
-            splits["live_known"],
-            splits["live_new"],
-            demo.new_share,
-            demo.label_share,
-            demo.concurrency,
-            demo.seed + 100,
-            start_when=lambda: parts.registry.rollout_state().active,
-            token=serving.token,
-        )
-        with (
-            tl.timed("monitoring flow (drift) + retraining flow" + (" + rollout flow" if staged else "")),
-            console.status(
-                "monitoring flow on the drifted window (a retrain run starts if it fires"
-                + (", then a rollout run)" if staged else ")")
-            ),
-            live if staged else contextlib.nullcontext(),
-        ):
-            out = monitoring(config=config)
-        retrained_at = time.time()
-        labelling.join()
-        failed += live.failed
-        if out.drift:
-            for s in out.drift.signals:
-                tl.step(
-                    f"   {s.name:16s} {s.value:.4f} vs threshold {s.threshold:.4f} "
-                    f"{'[red]drift[/red]' if s.drifted else 'ok'}"
-                )
-        tl.step(f"   monitor → [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
-        if out.retrain is None:
-            console.print("[red]the loop did not close: no retrain run completed[/red]")
-            raise SystemExit(1)
-        confirmed = parts.ledger.records()[-1].time.timestamp()
-        v2 = out.retrain
-        tl.step(
-            f"   retrain run: {v2.candidate} accuracy {v2.report.accuracy:.3f} vs champion "
-            f"{v2.champion_report.accuracy:.3f} → {v2.decision.reason}"
-        )
-        if staged and v2.rollout is not None:
+def _drift_phase(run: DemoRun, serving: ServingProcess) -> DriftPhase:
+    """Steps 3–4: drifted traffic, annotators posting labels, the monitor firing a retrain (and rollout)."""
+    from driftloop.flows.monitoring import monitoring
+
+    demo, tl = run.settings.demo, run.tl
+    tl.step(f"[bold]3. drift[/bold]: {run.plan.drift} requests, {demo.new_share:.0%} of them new intents …")
+    # Drawn from the texts the phase after the retrain leaves alone (the plan keeps them apart).
+    drifted = simulator.mix(
+        run.splits["live_known"], run.splits["live_new"], run.plan.drift, demo.new_share, demo.seed + 1
+    )
+    with tl.timed("drift traffic"):
+        drift_answers = run.send(serving.url, drifted)
+
+    def annotators() -> None:
+        time.sleep(demo.label_delay_s)
+        posted = simulator.annotate(serving.url, drift_answers, demo.label_share, demo.seed, token=serving.token)
+        tl.step(f"   [bold]4. labels arrive[/bold]: annotators posted {posted} labels to /feedback")
+
+    labelling = threading.Thread(target=annotators, daemon=True)
+    labelling.start()
+    staged = run.settings.rollout.enabled
+    # A rollout judges the challenger on live traffic: production flows while it runs. It
+    # starts with the rollout, after the retrain built its training set and reference (this
+    # traffic repeats the pools' texts, and labelled repeats would leave too few unseen texts
+    # to refresh the monitoring reference).
+    live = simulator.LiveTraffic(
+        serving.url,
+        run.splits["live_known"],
+        run.splits["live_new"],
+        demo.new_share,
+        demo.label_share,
+        demo.concurrency,
+        demo.seed + 100,
+        start_when=lambda: run.parts.registry.rollout_state().active,
+        token=serving.token,
+    )
+    with (
+        tl.timed("monitoring flow (drift) + retraining flow" + (" + rollout flow" if staged else "")),
+        run.console.status(
+            "monitoring flow on the drifted window (a retrain run starts if it fires"
+            + (", then a rollout run)" if staged else ")")
+        ),
+        live if staged else contextlib.nullcontext(),
+    ):
+        out = monitoring(config=run.config)
+    retrained_at = time.time()
+    labelling.join()
+    run.failed += live.failed
+    if out.drift:
+        for s in out.drift.signals:
             tl.step(
-                f"   [bold]rollout[/bold] of {v2.candidate} on live traffic ({len(live.answers)} requests, "
-                f"{live.labelled} labelled, {live.failed} failed):"
+                f"   {s.name:16s} {s.value:.4f} vs threshold {s.threshold:.4f} "
+                f"{'[red]drift[/red]' if s.drifted else 'ok'}"
             )
-            for entry in parts.history.entries():
-                if entry.action.startswith("stage:") or (
-                    entry.to_version == v2.candidate.version and entry.alias == "champion"
-                ):
-                    tl.step(f"     {entry.time[11:23]}  {entry.action:16s} {entry.reason[:90]}")
-            tl.step(f"   rollout → [bold]{v2.rollout.result}[/bold] at {v2.rollout.stage}")
-        if not v2.decision.promote or v2.champion != v2.candidate:
-            console.print(f"[yellow]{v2.candidate} was not promoted; the champion keeps serving[/yellow]")
-            raise SystemExit(1)
-
-        switched = serving.wait_version(v2.candidate.version)
-        if staged:
-            # The rollout flow returns after its bake; v2 has answered everyone since the promotion.
-            promoted = next(
-                e
-                for e in reversed(parts.history.entries())
-                if e.alias == "champion" and e.to_version == v2.candidate.version
-            )
-            switched = min(switched, datetime.fromisoformat(promoted.time).timestamp())
-        swap_s = switched - confirmed
-        tl.stages["drift confirmed -> v2 serving"] = swap_s
+    tl.step(f"   monitor → [{'red' if out.decision.retrain else 'green'}]{out.decision.reason}[/]")
+    if out.retrain is None:
+        run.console.print("[red]the loop did not close: no retrain run completed[/red]")
+        raise SystemExit(1)
+    confirmed = run.parts.ledger.records()[-1].time.timestamp()
+    v2 = out.retrain
+    tl.step(
+        f"   retrain run: {v2.candidate} accuracy {v2.report.accuracy:.3f} vs champion "
+        f"{v2.champion_report.accuracy:.3f} → {v2.decision.reason}"
+    )
+    if staged and v2.rollout is not None:
         tl.step(
-            f"[bold]5. rollout[/bold]: v{v2.candidate.version} answers all traffic "
-            f"{swap_s:.1f}s after drift was confirmed (no restart"
-            + (f"; replicas follow the promotion within {settings.serving.reload_interval_s:.0f}s)" if staged else ")")
+            f"   [bold]rollout[/bold] of {v2.candidate} on live traffic ({len(live.answers)} requests, "
+            f"{live.labelled} labelled, {live.failed} failed):"
         )
-        # Fresh texts only (v2 trained on the labelled drifted ones), in the same mix as before.
-        used = set(drifted[TEXT])
-        after = simulator.mix(
-            splits["live_known"][~splits["live_known"][TEXT].isin(used)],
-            splits["live_new"][~splits["live_new"][TEXT].isin(used)],
-            plan.after,
-            demo.new_share,
-            demo.seed + 2,
-        )
-        after_answers = simulator.send(serving.url, after, demo.concurrency)
-        failed += sum(a.status != 200 for a in after_answers)
-        simulator.annotate(serving.url, after_answers, demo.label_share, demo.seed + 3, token=serving.token)
-        with (
-            tl.timed("monitoring flow (steady state)"),
-            console.status("monitoring flow on the new champion's traffic"),
-        ):
-            steady = monitoring(config=config)
-        if steady.drift:
-            tl.step("   " + ", ".join(f"{s.name} {s.value:.3f}/{s.threshold:.3f}" for s in steady.drift.signals))
-        tl.step(
-            f"[bold]6. steady state[/bold]: v{v2.candidate.version} is monitored against recent production "
-            f"texts it never trained on → [{'red' if steady.decision.retrain else 'green'}]"
-            f"{steady.decision.reason}[/]"
-        )
-    finally:
-        serving.stop()
+    return DriftPhase(out, drifted, confirmed, retrained_at)
 
+
+def _check_retrain(run: DemoRun, drift: DriftPhase) -> TrainingOutcome:
+    """The rollout's stages, if one ran; the demo fails unless v2 became champion."""
+    v2 = drift.out.retrain
+    assert v2 is not None  # noqa: S101  _drift_phase exits when no retrain completed
+    if run.settings.rollout.enabled and v2.rollout is not None:
+        for entry in run.parts.history.entries():
+            if entry.action.startswith("stage:") or (
+                entry.to_version == v2.candidate.version and entry.alias == "champion"
+            ):
+                run.tl.step(f"     {entry.time[11:23]}  {entry.action:16s} {entry.reason[:90]}")
+        run.tl.step(f"   rollout → [bold]{v2.rollout.result}[/bold] at {v2.rollout.stage}")
+    if not v2.decision.promote or v2.champion != v2.candidate:
+        run.console.print(f"[yellow]{v2.candidate} was not promoted; the champion keeps serving[/yellow]")
+        raise SystemExit(1)
+    return v2
+
+
+def _wait_for_v2(run: DemoRun, serving: ServingProcess, v2: TrainingOutcome) -> float:
+    """When v2 answered all traffic: the serving app's swap, or the rollout's promotion if earlier."""
+    switched = serving.wait_version(v2.candidate.version)
+    if run.settings.rollout.enabled:
+        # The rollout flow returns after its bake; v2 has answered everyone since the promotion.
+        promoted = next(
+            e
+            for e in reversed(run.parts.history.entries())
+            if e.alias == "champion" and e.to_version == v2.candidate.version
+        )
+        switched = min(switched, datetime.fromisoformat(promoted.time).timestamp())
+    return switched
+
+
+def _steady_phase(run: DemoRun, serving: ServingProcess, v2: TrainingOutcome, drifted: pd.DataFrame) -> MonitorOutcome:
+    """Step 6: fresh texts in the same mix; the new normal must not look like drift."""
+    from driftloop.flows.monitoring import monitoring
+
+    demo = run.settings.demo
+    # Fresh texts only (v2 trained on the labelled drifted ones), in the same mix as before.
+    used = set(drifted[TEXT])
+    after = simulator.mix(
+        run.splits["live_known"][~run.splits["live_known"][TEXT].isin(used)],
+        run.splits["live_new"][~run.splits["live_new"][TEXT].isin(used)],
+        run.plan.after,
+        demo.new_share,
+        demo.seed + 2,
+    )
+    after_answers = run.send(serving.url, after)
+    simulator.annotate(serving.url, after_answers, demo.label_share, demo.seed + 3, token=serving.token)
+    with (
+        run.tl.timed("monitoring flow (steady state)"),
+        run.console.status("monitoring flow on the new champion's traffic"),
+    ):
+        steady = monitoring(config=run.config)
+    if steady.drift:
+        run.tl.step("   " + ", ".join(f"{s.name} {s.value:.3f}/{s.threshold:.3f}" for s in steady.drift.signals))
+    run.tl.step(
+        f"[bold]6. steady state[/bold]: v{v2.candidate.version} is monitored against recent production "
+        f"texts it never trained on → [{'red' if steady.decision.retrain else 'green'}]"
+        f"{steady.decision.reason}[/]"
+    )
+    return steady
+
+
+def _summary(run: DemoRun, server) -> pd.DataFrame:
+    """Accuracy per model version from the labels, failed requests, and where everything is."""
+    console, parts, settings = run.console, run.parts, run.settings
     acc = live_accuracy(parts.log_root)
     table = Table(title="accuracy on drifted traffic (from /feedback labels)")
     for col in ("model version", "labelled requests", "accuracy"):
@@ -387,7 +488,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
     for row in acc.itertuples():
         table.add_row(str(row.model_version), str(row.labelled), f"{row.accuracy:.3f}")
     console.print(table)
-    console.print(f"failed requests: {failed}")
+    console.print(f"failed requests: {run.failed}")
     console.rule("where everything is")
     console.print(
         f"Prefect UI      {server.ui_url}   (after the demo: [bold]make ui-prefect[/bold])\n"
@@ -397,17 +498,5 @@ def run_demo(settings: Settings, config: list[str], console: Console, server) ->
         f"history         driftloop history   ({settings.history_path})\n"
         f"training sets   {parts.datasets.root} (DVC); driftloop data restore --version N"
     )
-    tl.step("done")
-    return {
-        "v1": v1,
-        "v2": v2,
-        "accuracy": acc,
-        "swap_s": swap_s,
-        "failed": failed,
-        "stages": tl.stages,
-        "confirmed_at": confirmed,
-        "retrained_at": retrained_at,
-        "serving_at": switched,
-        "steady": steady,
-        "drift": out.drift,
-    }
+    run.tl.step("done")
+    return acc
