@@ -60,6 +60,16 @@ down: install
 bench: install
 	$(BIN)/python bench/loop.py
 
+# The docs site (MkDocs Material + mkdocstrings: docs/, and an API reference page per subpackage
+# generated from the docstrings), built with --strict: a broken link or an unreadable docstring
+# fails it. `make docs-serve` rebuilds on every change, on 127.0.0.1 only.
+.PHONY: docs docs-serve
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict -a 127.0.0.1:8001
+
 repro: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
