@@ -41,9 +41,9 @@ def plain_retrain(settings, parts) -> dict[str, float]:
         times[name] = time.perf_counter() - t
         return out
 
-    prep = parts.prepared_dir
-    eval_set = dataset.read_labelled(prep / "eval.csv", TEXT, LABEL)
-    labels = dataset.read_labels(prep / "labels.json")
+    prep = parts.prepared()  # the configured data set's keyed splits (the demo built them)
+    eval_set = dataset.read_labelled(prep["eval"], TEXT, LABEL)
+    labels = dataset.read_labels(prep["labels"])
     v1 = ModelRef(settings.registry.model_name, "1")
     md5 = parts.registry.version_tags(v1)["data.md5"]
     out = Path(tempfile.mkdtemp()) / "previous.csv"
