@@ -53,6 +53,21 @@ class ServerUnreachable(DriftloopError):
         self.url = url
 
 
+class RegistryError(RunFailed, RuntimeError):
+    """The model registry (MLflow) answered a call with an error other than "not found" (refused
+    credentials, a bad request, a server error), or holds something driftloop cannot use.
+
+    :attr:`url` is the tracking server's URL; :attr:`transient` is true for a server-side failure
+    (an HTTP 5xx, a rate limit, a locked store) that the same call may survive a moment later,
+    false for one that repeating the call cannot fix.
+    """
+
+    def __init__(self, message: str, url: str | None = None, *, transient: bool = False):
+        super().__init__(message)
+        self.url = url
+        self.transient = transient
+
+
 # Exit statuses of the ``driftloop`` command, by category (documented in its --help).
 EXIT_OK = 0
 EXIT_RUN_FAILED = RunFailed.exit_code

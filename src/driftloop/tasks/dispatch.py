@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 
 from driftloop.core.triggers import DRIFT_EVENT, DriftEvent
+from driftloop.tasks import SERVER_RETRIES
 
 
 @task(cache_policy=NO_CACHE)
@@ -30,7 +31,7 @@ def emit_drift_event(event: DriftEvent) -> str:
     return str(event.id)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def run_retrain_deployment(
     deployment: str, parameters: dict[str, Any], tags: list[str], idempotency_key: str | None, ui_url: str
 ) -> FlowRun:

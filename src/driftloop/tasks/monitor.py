@@ -21,8 +21,10 @@ from driftloop.data import curation
 from driftloop.data.dataset import TEXT
 from driftloop.models.families import TextClassifier
 from driftloop.monitoring import drift
+from driftloop.tasks import SERVER_RETRIES
 
 
+# A read of the prediction log's folder, not a server call: its own short retry, not the server policy.
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def load_window(log_root: Path, model_version: str, size: int) -> pd.DataFrame:
     """The newest distinct texts the champion answered, with annotators' labels where present."""
@@ -85,7 +87,7 @@ def detect_drift(
     )
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def publish_drift(registry: Registry, result: DriftResult, model: ModelRef, flow_run: str, mlflow_ui: str) -> str:
     """The report as an MLflow artifact of a monitoring run, linked from the Prefect flow run."""
     metrics = {f"{s.name}.value": s.value for s in result.signals}

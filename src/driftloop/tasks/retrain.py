@@ -8,9 +8,10 @@ from prefect.cache_policies import NO_CACHE
 
 from driftloop.adapters.registry import Registry
 from driftloop.core.types import EvalReport, ModelRef, PromotionDecision
+from driftloop.tasks import SERVER_RETRIES
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def publish_retrain(
     registry: Registry,
     candidate: ModelRef,

@@ -21,6 +21,7 @@ from driftloop.core.analysis import StageDecision
 from driftloop.core.types import HistoryEntry, ModelRef, RolloutState
 from driftloop.rollout import stages as rollout
 from driftloop.rollout.stages import Step
+from driftloop.tasks import SERVER_RETRIES
 
 # Progress lines while a step waits, at most this often.
 PROGRESS_EVERY_S = 10.0
@@ -29,7 +30,7 @@ PROGRESS_EVERY_S = 10.0
 MAX_READ_FAILURES = 5
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def enter_step(
     registry: Registry,
     history: ChampionHistory,
@@ -141,21 +142,21 @@ def publish_analysis(decision: StageDecision, out_dir: Path, rollout_id: str) ->
     return path
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def promote(
     registry: Registry, history: ChampionHistory, challenger: ModelRef, *, reason: str, actor: str, report: str = ""
 ) -> HistoryEntry:
     return rollout.promote(registry, history, challenger, reason=reason, actor=actor, report=report)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def withdraw(
     registry: Registry, history: ChampionHistory, *, reason: str, actor: str, action: str = "rollback", report: str = ""
 ) -> HistoryEntry | None:
     return rollout.withdraw(registry, history, reason=reason, actor=actor, action=action, report=report)
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def rollback_champion(
     registry: Registry,
     history: ChampionHistory,
@@ -187,7 +188,7 @@ def check_promotion(
     )
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def record_outcome(
     registry: Registry,
     rollout_id: str,

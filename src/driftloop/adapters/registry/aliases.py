@@ -1,0 +1,103 @@
+"""Which versions serve: the ``champion`` and ``challenger`` aliases and the rollout tag (the
+desired traffic split), read together as the routing every serving replica polls."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from mlflow.exceptions import MlflowException
+
+from driftloop.adapters.registry.connection import Connection, is_not_found
+from driftloop.core.errors import RegistryError
+from driftloop.core.types import ModelRef, RolloutState, Routing
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# The registered model's tag holding the desired traffic split (a RolloutState as JSON): kept
+# with the aliases, so every replica reads both in one call and converges to the same routing.
+ROLLOUT_TAG = "driftloop.rollout"
+
+
+def parse_rollout_state(tags: dict[str, str], url: str | None = None) -> RolloutState:
+    """The rollout state in a registered model's tags (the default state when there is none)."""
+    raw = tags.get(ROLLOUT_TAG)
+    if not raw:
+        return RolloutState()
+    try:
+        return RolloutState(**json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        # A hand-edited or foreign tag: refuse loudly rather than route on a guess.
+        raise RegistryError(
+            f"registered model tag {ROLLOUT_TAG!r} is not a valid rollout state: {exc}", url=url
+        ) from None
+
+
+class Aliases:
+    """The aliases and the rollout state of one registered model."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def alias(self, name: str) -> ModelRef | None:
+        """The version ``name`` points at; None when the model or the alias does not exist."""
+        conn = self.conn
+        with conn.failures(f"reading alias {name!r} of {conn.model_name!r}"):
+            try:
+                mv = conn.client.get_model_version_by_alias(conn.model_name, name)
+            except MlflowException as exc:
+                if is_not_found(exc):
+                    return None
+                raise
+        return ModelRef(conn.model_name, str(mv.version))
+
+    def champion(self) -> ModelRef | None:
+        """The version the ``champion`` alias points at, if any."""
+        return self.alias(CHAMPION)
+
+    def challenger(self) -> ModelRef | None:
+        """The version the ``challenger`` alias points at, if any."""
+        return self.alias(CHALLENGER)
+
+    def set_alias(self, name: str, ref: ModelRef) -> None:
+        """Point alias ``name`` at version ``ref``."""
+        conn = self.conn
+        with conn.failures(f"setting alias {name!r} of {conn.model_name!r} to {ref}"):
+            conn.client.set_registered_model_alias(conn.model_name, name, ref.version)
+
+    def delete_alias(self, name: str) -> None:
+        """Remove alias ``name``; nothing to do when the model or the alias does not exist."""
+        conn = self.conn
+        with conn.failures(f"deleting alias {name!r} of {conn.model_name!r}"):
+            try:
+                conn.client.delete_registered_model_alias(conn.model_name, name)
+            except MlflowException as exc:
+                if not is_not_found(exc):
+                    raise
+
+    def routing(self) -> Routing:
+        """The champion and the rollout state in one registry call (what replicas poll); no
+        champion when the model does not exist yet."""
+        conn = self.conn
+        with conn.failures(f"reading the routing of {conn.model_name!r}"):
+            try:
+                model = conn.client.get_registered_model(conn.model_name)
+            except MlflowException as exc:
+                if is_not_found(exc):
+                    return Routing(None)
+                raise
+        version = (model.aliases or {}).get(CHAMPION)
+        champion = ModelRef(conn.model_name, str(version)) if version is not None else None
+        return Routing(champion, parse_rollout_state(model.tags or {}, conn.tracking_uri))
+
+    def rollout_state(self) -> RolloutState:
+        """The desired traffic split (the default state when none was published)."""
+        return self.routing().state
+
+    def set_rollout_state(self, state: RolloutState) -> None:
+        """Publish the desired traffic split; replicas pick it up on their next poll."""
+        conn = self.conn
+        with conn.failures(f"publishing the rollout state of {conn.model_name!r}"):
+            conn.client.set_registered_model_tag(
+                conn.model_name, ROLLOUT_TAG, json.dumps(asdict(state), sort_keys=True)
+            )
