@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from driftloop.adapters.registry import Registry
 from driftloop.config.settings import ServingSettings
 from driftloop.models.families import TfidfFamily
-from driftloop.serving.app import MAX_PROBLEMS, create_app
+from driftloop.serving.app import create_app
+from driftloop.serving.contract import MAX_PROBLEMS
 from tests.support import API_TOKEN, AUTH
 from tests.support.data import TINY_PARAMS, tiny_frame
 from tests.support.servers import SERVE_APP, serve_in_thread, serve_script

@@ -27,7 +27,8 @@ from driftloop.config.settings import ServingSettings
 from driftloop.core.types import ModelRef
 from driftloop.models.families import TextClassifier, TfidfFamily
 from driftloop.ops.simulator import wait_ready
-from driftloop.serving.app import INLINE_TEXTS, create_app
+from driftloop.serving.app import create_app
+from driftloop.serving.service import INLINE_TEXTS
 from tests.support import AUTH
 from tests.support.data import TINY_PARAMS, tiny_frame
 from tests.support.servers import serve_in_subprocess, serve_in_thread

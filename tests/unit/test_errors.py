@@ -12,7 +12,7 @@ from driftloop.data.dataset import DataError
 from driftloop.data.validation import ValidationError
 from driftloop.ops.prefect_server import PrefectServerError
 from driftloop.ops.stack import StackError
-from driftloop.serving.app import MissingApiToken
+from driftloop.serving.auth import MissingApiToken
 
 
 @pytest.mark.parametrize(

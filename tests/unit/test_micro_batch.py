@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from driftloop.core.types import Prediction
-from driftloop.serving.app import MicroBatcher
+from driftloop.serving.batching import MicroBatcher
 
 
 class SlowModel:

@@ -10,15 +10,11 @@ import pytest
 
 from driftloop.config.settings import ServingSettings
 from driftloop.core.types import RolloutState
-from driftloop.serving.app import (
-    MAX_BACKOFF_S,
-    BadRequest,
-    ModelHolder,
-    ServingMetrics,
-    new_request_id,
-    parse_feedback,
-    parse_predict,
-)
+from driftloop.serving.contract import BadRequest
+from driftloop.serving.ids import new_request_id
+from driftloop.serving.metrics import ServingMetrics
+from driftloop.serving.parsing import parse_feedback, parse_predict
+from driftloop.serving.poller import MAX_BACKOFF_S, RoutingPoller
 from tests.support.fakes import FakeSource, ref
 
 CFG = ServingSettings(max_text_chars=10, max_batch=3)
@@ -27,10 +23,10 @@ CFG = ServingSettings(max_text_chars=10, max_batch=3)
 @pytest.fixture
 def holder():
     source = FakeSource()
-    return ModelHolder(source, ServingMetrics(), interval_s=0.5), source
+    return RoutingPoller(source, ServingMetrics(), interval_s=0.5), source
 
 
-def value(holder: ModelHolder, name: str, **labels) -> float:
+def value(holder: RoutingPoller, name: str, **labels) -> float:
     return holder.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
@@ -183,13 +179,13 @@ def test_a_canary_gets_its_share_sticky_per_caller(holder):
     snap = h.serving
     assert snap.canary.loaded.ref == ref("2") and snap.shadow is None
     callers = [f"caller-{i}".encode() for i in range(4000)]
-    picked = {c for c in callers if snap.pick_canary([(b"x-caller-id", c)])}
+    picked = {c for c in callers if snap.pick_canary(c)}
     assert 0.08 < len(picked) / len(callers) < 0.12
-    again = {c for c in callers if snap.pick_canary([(b"x-caller-id", c)])}
+    again = {c for c in callers if snap.pick_canary(c)}
     assert again == picked, "the same caller always lands on the same side"
     source.state = RolloutState(rollout_id="r1", mode="canary", challenger="2", weight=0.5, stage="canary-50")
     assert h.poll() is True
-    wider = {c for c in callers if h.serving.pick_canary([(b"x-caller-id", c)])}
+    wider = {c for c in callers if h.serving.pick_canary(c)}
     assert picked <= wider, "growing the weight keeps every canary caller on the canary"
     assert 0.45 < len(wider) / len(callers) < 0.55
     assert source.loads == ["1", "2"], "changing the split loads nothing"

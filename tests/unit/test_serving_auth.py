@@ -7,7 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from driftloop.config.settings import ServingSettings
-from driftloop.serving.app import MissingApiToken, create_app, read_api_token
+from driftloop.serving.app import create_app
+from driftloop.serving.auth import MissingApiToken, read_api_token
 from tests.support import API_TOKEN, AUTH
 from tests.support.fakes import FakeSource, ref
 

@@ -13,15 +13,9 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from driftloop.config.settings import ServingSettings
-from driftloop.serving.app import (
-    SPACE_CLASS,
-    BadRequest,
-    _unsupported_type,
-    create_app,
-    parse_feedback,
-    parse_predict,
-    request_schemas,
-)
+from driftloop.serving.app import create_app
+from driftloop.serving.contract import SPACE_CLASS, BadRequest, request_schemas
+from driftloop.serving.parsing import parse_feedback, parse_predict, unsupported_type
 from tests.support.fakes import FakeSource
 
 CFG = ServingSettings(max_text_chars=10, max_batch=3)
@@ -217,7 +211,7 @@ def test_the_bearer_token_is_documented_only_when_the_server_has_one():
     ],
 )
 def test_only_utf8_json_bodies_are_read(content_type, refused):
-    problem = _unsupported_type(content_type)
+    problem = unsupported_type(content_type)
     assert (problem is not None) == refused
     if refused:
         assert problem.status == 415 and problem.problems[0][0] == "Content-Type"
