@@ -222,8 +222,8 @@ class _NoSpanContext:
     def __enter__(self) -> Span:
         return self._span
 
-    def __exit__(self, *exc: Any) -> bool:
-        return False
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
 
 _NO_SPAN = _NoSpanContext()
@@ -260,7 +260,9 @@ def span(
     return _SpanContext(tracer, name, _KINDS[kind], attributes)
 
 
-def flow_span(flow_name: str, run_id: str, attributes: Mapping[str, AttributeValue] | None = None):
+def flow_span(
+    flow_name: str, run_id: str, attributes: Mapping[str, AttributeValue] | None = None
+) -> _SpanContext | _NoSpanContext:
     """The span of one flow run."""
     return span(
         f"flow {flow_name}", {"driftloop.flow.name": flow_name, "driftloop.flow.run_id": run_id, **(attributes or {})}

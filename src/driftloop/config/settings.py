@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_DIR = Path("configs")
@@ -402,7 +403,8 @@ class _YamlSource(PydanticBaseSettingsSource):
         super().__init__(settings_cls)
         self.files = files
 
-    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        # Unused by __call__, which reads the files itself.
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
@@ -551,7 +553,14 @@ def load_settings(
 
     class _FromFiles(Settings):
         @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_unused):
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (init_settings, env_settings, _YamlSource(settings_cls, files))
 
     return _FromFiles(**overrides)

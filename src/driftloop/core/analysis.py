@@ -318,16 +318,16 @@ def _rate_test(
 
 def _latency_test(champion: ArmStats, challenger: ArmStats, guard: GuardSettings) -> TestResult:
     metric = "p95_latency_ms"
-    if not champion.latencies_ms or not challenger.latencies_ms:
+    p95_ch, p95_champ = challenger.p95_ms, champion.p95_ms
+    if p95_champ is None or p95_ch is None:  # None exactly when an arm has no latencies
         return _insufficient(
             metric,
             TEST_MANN_WHITNEY,
-            champion.p95_ms,
-            challenger.p95_ms,
+            p95_champ,
+            p95_ch,
             f"latency not tested: champion has {len(champion.latencies_ms)} "
             f"successful rows, challenger {len(challenger.latencies_ms)}.",
         )
-    p95_ch, p95_champ = challenger.p95_ms, champion.p95_ms
     if challenger.slot == SLOT_SHADOW:
         # A shadow prediction is timed in a background thread that yields to user requests and
         # waits for the interpreter lock: its wall time is not comparable with a served answer's
@@ -570,7 +570,9 @@ def decide_ab(
         )
 
     labelled = min(champion.n_labelled, challenger.n_labelled)
-    if labelled < planned:
+    acc_ch, acc_champ = challenger.accuracy, champion.accuracy
+    # planned is at least 1, so enough labelled rows means both accuracies exist.
+    if labelled < planned or acc_ch is None or acc_champ is None:
         accuracy = _insufficient(
             "accuracy",
             TEST_Z_TWO_SIDED,
@@ -583,7 +585,6 @@ def decide_ab(
         z, p = two_proportion_ztest(
             challenger.correct, challenger.n_labelled, champion.correct, champion.n_labelled, "two-sided"
         )
-        acc_ch, acc_champ = challenger.accuracy, champion.accuracy
         if p < ab.alpha:  # noqa: SIM108  two questions (significant? which way?) read better apart
             verdict = VERDICT_BETTER if acc_ch > acc_champ else VERDICT_WORSE
         else:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from driftloop.core.errors import InputError
 from driftloop.config.settings import DataSettings
+from driftloop.core.errors import InputError
 
 TEXT = "text"
 LABEL = "label"
@@ -118,9 +118,17 @@ def _stratified_take(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[p
     return frame[mask].reset_index(drop=True), frame[~mask].reset_index(drop=True)
 
 
+def _raw_path(cfg: DataSettings, setting: str) -> Path:
+    """``cfg.train_path`` or ``cfg.test_path`` (by ``setting``); unset is an error."""
+    path: Path | None = getattr(cfg, setting)
+    if path is None:
+        raise DataError(f"data.{setting} is not set (configs/base.yaml or an overlay names the raw file)")
+    return Path(path)
+
+
 def build_splits(cfg: DataSettings) -> ScenarioSplits:
-    train = read_labelled(cfg.train_path, cfg.text_field, cfg.label_field)
-    test = read_labelled(cfg.test_path, cfg.text_field, cfg.label_field)
+    train = read_labelled(_raw_path(cfg, "train_path"), cfg.text_field, cfg.label_field)
+    test = read_labelled(_raw_path(cfg, "test_path"), cfg.text_field, cfg.label_field)
     for frame, path in ((train, cfg.train_path), (test, cfg.test_path)):
         if frame.empty:
             raise DataError(f"{path}: no rows (a header alone is an empty data set)")
@@ -170,10 +178,7 @@ def raw_hashes(cfg: DataSettings) -> dict[str, str]:
     """The content hash of each raw file, by role (``train``, ``test``); a missing one is an error."""
     out = {}
     for role, setting in (("train", "train_path"), ("test", "test_path")):
-        path = getattr(cfg, setting)
-        if path is None:
-            raise DataError(f"data.{setting} is not set (configs/base.yaml or an overlay names the raw file)")
-        path = Path(path)
+        path = _raw_path(cfg, setting)
         if not path.is_file():
             raise DataError(f"{path}: file not found (data.{setting})")
         out[role] = file_sha256(path)

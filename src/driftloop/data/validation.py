@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from driftloop.data.dataset import LABEL, TEXT, normalise
 from driftloop.core.errors import InputError
 from driftloop.core.types import ValidationIssue, ValidationReport
+from driftloop.data.dataset import LABEL, TEXT, normalise
 
 
 class ValidationError(InputError, ValueError):
@@ -41,7 +41,7 @@ def validate_training_set(
     texts = frame[TEXT].fillna("").astype(str)
     labels = frame[LABEL].fillna("").astype(str)
 
-    def rows(mask) -> tuple[int, ...]:
+    def rows(mask: pd.Series) -> tuple[int, ...]:
         return tuple(int(i) for i in frame.index[mask])
 
     empty = texts.str.strip() == ""

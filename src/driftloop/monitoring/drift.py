@@ -44,12 +44,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from driftloop.config.settings import MonitorSettings
 from driftloop.core.types import DriftResult, SignalResult
+
+if TYPE_CHECKING:  # for annotations only: importing Evidently takes seconds (see _run)
+    from evidently import DataDefinition
+    from evidently.core.datasets import Descriptor
+    from evidently.core.metric_types import Metric
+    from evidently.core.report import Snapshot
 
 TEXT_DRIFT = "text_drift"
 INTENT_DRIFT = "intent_drift"
@@ -183,7 +190,7 @@ def _distinct(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _definition(columns: Iterable[str]):
+def _definition(columns: Iterable[str]) -> DataDefinition:
     """Column types stated, not inferred: Evidently would guess a text with few distinct values
     to be categorical, and an intent column with many to be text."""
     from evidently import DataDefinition
@@ -199,10 +206,10 @@ def _definition(columns: Iterable[str]):
 def _run(
     reference: pd.DataFrame,
     current: pd.DataFrame,
-    metrics: list,
-    descriptors: list | None = None,
+    metrics: list[Metric],
+    descriptors: list[Descriptor] | None = None,
     embeddings: list[str] | None = None,
-):
+) -> Snapshot:
     """One Evidently run; its snapshot is read by metric id only."""
     # Imported here, not at module level: importing Evidently takes ~9 s, and flows import this
     # module long before (or without) a monitor run.

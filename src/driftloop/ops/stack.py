@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -136,10 +137,10 @@ def load_secrets(stack: Stack, create: bool = True) -> Secrets:
             if key and value:
                 saved[key.strip()] = value.strip()
     env = os.environ
-    values = {
-        "DRIFTLOOP_PG_PASSWORD": env.get("DRIFTLOOP_PG_PASSWORD") or saved.get("DRIFTLOOP_PG_PASSWORD"),
-        "AWS_ACCESS_KEY_ID": env.get("AWS_ACCESS_KEY_ID") or saved.get("AWS_ACCESS_KEY_ID"),
-        "AWS_SECRET_ACCESS_KEY": env.get("AWS_SECRET_ACCESS_KEY") or saved.get("AWS_SECRET_ACCESS_KEY"),
+    values = {  # "" where neither has it
+        "DRIFTLOOP_PG_PASSWORD": env.get("DRIFTLOOP_PG_PASSWORD") or saved.get("DRIFTLOOP_PG_PASSWORD", ""),
+        "AWS_ACCESS_KEY_ID": env.get("AWS_ACCESS_KEY_ID") or saved.get("AWS_ACCESS_KEY_ID", ""),
+        "AWS_SECRET_ACCESS_KEY": env.get("AWS_SECRET_ACCESS_KEY") or saved.get("AWS_SECRET_ACCESS_KEY", ""),
     }
     missing = [k for k, v in values.items() if not v]
     if missing and not create:
@@ -306,6 +307,7 @@ def _pg_ready(stack: Stack) -> bool:
 
 
 def _pg_start(stack: Stack) -> None:
+    assert stack.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
     bindir = find_postgres_bin()
     data = stack.path("postgres")
     if os.geteuid() == 0:
@@ -389,6 +391,7 @@ def _pg_start(stack: Stack) -> None:
 def _ensure_databases(stack: Stack) -> None:
     import psycopg2
 
+    assert stack.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
     conn = psycopg2.connect(
         host="127.0.0.1",
         port=stack.cfg.postgres_port,
@@ -420,7 +423,7 @@ def _pg_stop(stack: Stack) -> None:
 # ---------------------------------------------------------------- SeaweedFS
 
 
-def _s3_client(stack: Stack):
+def _s3_client(stack: Stack) -> Any:  # a boto3 S3 client (boto3 is untyped: see s3.client)
     assert stack.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
     return s3.client(stack.s3_url, stack.secrets.s3_access_key, stack.secrets.s3_secret_key)
 
@@ -457,6 +460,7 @@ def _weed_ports(s3_port: int) -> list[str]:
 
 
 def _s3_start(stack: Stack) -> None:
+    assert stack.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
     weed = Path(sys.executable).parent / "weed"
     if not weed.exists():
         weed = Path(shutil.which("weed") or "weed")
