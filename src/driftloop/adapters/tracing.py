@@ -21,7 +21,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
@@ -38,7 +38,8 @@ TRACES_PATH = "/v1/traces"
 ENV_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 _KINDS = {"internal": SpanKind.INTERNAL, "server": SpanKind.SERVER, "client": SpanKind.CLIENT}
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -164,6 +165,9 @@ def endpoint() -> str | None:
 # -- spans ---------------------------------------------------------------------------------------
 
 AttributeValue = str | bool | int | float | list[str] | list[int] | list[float] | tuple
+# The attributes a span starts with or takes at once: a None value is left out (an attribute that
+# does not apply to this run, e.g. the drift share when there was no window).
+Attributes = Mapping[str, AttributeValue | None]
 
 
 class Span:
@@ -176,7 +180,7 @@ class Span:
     def set(self, key: str, value: AttributeValue) -> None:
         pass
 
-    def set_many(self, attributes: Mapping[str, AttributeValue]) -> None:
+    def set_many(self, attributes: Attributes) -> None:
         pass
 
     def fail(self, description: str, exc: BaseException | None = None) -> None:
@@ -198,7 +202,7 @@ class _LiveSpan(Span):
     def set(self, key: str, value: AttributeValue) -> None:
         self._span.set_attribute(key, value)
 
-    def set_many(self, attributes: Mapping[str, AttributeValue]) -> None:
+    def set_many(self, attributes: Attributes) -> None:
         self._span.set_attributes({k: v for k, v in attributes.items() if v is not None})
 
     def fail(self, description: str, exc: BaseException | None = None) -> None:
@@ -232,9 +236,7 @@ _NO_SPAN = _NoSpanContext()
 class _SpanContext:
     __slots__ = ("_args", "_cm")
 
-    def __init__(
-        self, tracer: trace.Tracer, name: str, kind: SpanKind, attributes: Mapping[str, AttributeValue] | None
-    ):
+    def __init__(self, tracer: trace.Tracer, name: str, kind: SpanKind, attributes: Attributes | None):
         self._args = (tracer, name, kind, attributes)
 
     def __enter__(self) -> Span:
@@ -249,9 +251,7 @@ class _SpanContext:
         return self._cm.__exit__(*exc)
 
 
-def span(
-    name: str, attributes: Mapping[str, AttributeValue] | None = None, *, kind: str = "internal"
-) -> _SpanContext | _NoSpanContext:
+def span(name: str, attributes: Attributes | None = None, *, kind: str = "internal") -> _SpanContext | _NoSpanContext:
     """A span around a block, current for the block (spans started inside are its children).
     ``kind``: internal, server or client. Attributes with a None value are left out."""
     tracer = _state.tracer
@@ -260,9 +260,7 @@ def span(
     return _SpanContext(tracer, name, _KINDS[kind], attributes)
 
 
-def flow_span(
-    flow_name: str, run_id: str, attributes: Mapping[str, AttributeValue] | None = None
-) -> _SpanContext | _NoSpanContext:
+def flow_span(flow_name: str, run_id: str, attributes: Attributes | None = None) -> _SpanContext | _NoSpanContext:
     """The span of one flow run."""
     return span(
         f"flow {flow_name}", {"driftloop.flow.name": flow_name, "driftloop.flow.run_id": run_id, **(attributes or {})}
@@ -273,9 +271,9 @@ def traced_flow(
     flow_name: str,
     *,
     run_id: Callable[[], str],
-    outcome: Callable[[Any], Mapping[str, AttributeValue]] | None = None,
+    outcome: Callable[[Any], Attributes] | None = None,
     settings: Callable[[list[str] | None], TracingSettings] | None = None,
-) -> Callable[[F], F]:
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a flow's function (under ``@flow``) to run it inside :func:`flow_span`.
 
     The first flow of a process configures tracing from its own ``config`` parameter (a
@@ -291,11 +289,11 @@ def traced_flow(
 
     load = settings or load_default
 
-    def decorate(fn: F) -> F:
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             if not _state.configured:
                 config = signature.bind_partial(*args, **kwargs).arguments.get("config")
                 configure_once(lambda: load(config), component="flows")
@@ -308,6 +306,6 @@ def traced_flow(
                         log.exception("tracing: describing the outcome of flow %s failed", flow_name)
                 return result
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return decorate
