@@ -30,7 +30,7 @@ demo: install
 # The checks that keep the code in shape: the linter, the formatter (check only; `ruff format`
 # fixes), the import contracts (layers, one adapter per external system, no cycles) and the type
 # check (mypy over src/driftloop, strict for the pure modules: [tool.mypy] in pyproject.toml). The
-# first three take seconds; mypy a minute or two from cold, seconds once .mypy_cache is warm.
+# first three take seconds; mypy a few minutes from cold, seconds once .mypy_cache is warm.
 # The same four run as pre-commit hooks (.pre-commit-config.yaml).
 lint: install
 	$(BIN)/ruff check
