@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pandas as pd
@@ -47,6 +47,7 @@ from driftloop.ops import procs, simulator
 if TYPE_CHECKING:  # the flows import Prefect: run_demo imports them after the CLI set its environment
     from driftloop.flows.monitoring import MonitorOutcome
     from driftloop.flows.training import TrainingOutcome
+    from driftloop.ops.prefect_server import PrefectServer
 
 # Loop state a demo run owns; "prefect" (the UI's run history) and "prepared" are kept.
 _DEMO_STATE = (
@@ -227,7 +228,7 @@ class DriftPhase:
     retrained_at: float
 
 
-def run_demo(settings: Settings, config: list[str], console: Console, server) -> dict:
+def run_demo(settings: Settings, config: list[str], console: Console, server: PrefectServer) -> dict[str, Any]:
     """The whole scenario (the module docstring's six steps); returns its figures for bench/loop.py."""
     from driftloop.ops import prefect_server  # noqa: F401  (environment already set by the CLI)
 
@@ -406,7 +407,7 @@ def _drift_phase(run: DemoRun, serving: ServingProcess) -> DriftPhase:
     v2 = out.retrain
     tl.step(
         f"   retrain run: {v2.candidate} accuracy {v2.report.accuracy:.3f} vs champion "
-        f"{v2.champion_report.accuracy:.3f} → {v2.decision.reason}"
+        f"{v2.champion_report.accuracy if v2.champion_report else float('nan'):.3f} → {v2.decision.reason}"
     )
     if staged and v2.rollout is not None:
         tl.step(
@@ -478,7 +479,7 @@ def _steady_phase(run: DemoRun, serving: ServingProcess, v2: TrainingOutcome, dr
     return steady
 
 
-def _summary(run: DemoRun, server) -> pd.DataFrame:
+def _summary(run: DemoRun, server: PrefectServer) -> pd.DataFrame:
     """Accuracy per model version from the labels, failed requests, and where everything is."""
     console, parts, settings = run.console, run.parts, run.settings
     acc = live_accuracy(parts.log_root)
