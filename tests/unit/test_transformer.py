@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from driftloop.models.transformer import (
     checkpoint_key,
     validation_split,
 )
+from driftloop.models.transformer.checkpoint import Checkpointer
 
 TEXTS = ["my card has not arrived yet", "how do I activate my card?", "I was charged twice"]
 
@@ -71,6 +74,35 @@ def test_checkpoint_key_follows_data_and_learned_settings_only(small_frame):
     assert key != checkpoint_key(small_frame, TransformerParams.from_params({"mode": "finetune", "epochs": 2}), seed=0)
     assert key != checkpoint_key(small_frame.iloc[1:], p, seed=0)
     assert key.split("-")[0] != checkpoint_key(small_frame.iloc[1:], p, seed=0).split("-")[0]
+
+
+def test_importing_the_families_and_the_settings_imports_no_torch():
+    # torch and transformers cost seconds: only training or predicting with a transformer loads them.
+    code = (
+        "import sys, driftloop.config.settings, driftloop.models.families, driftloop.models.transformer; "
+        "print(sorted({'torch', 'transformers', 'sklearn'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_checkpointer_replaces_its_files_whole_and_removes_its_folder(tmp_path):
+    import torch
+
+    folder = tmp_path / "run"
+    checkpoints = Checkpointer(folder)
+    assert checkpoints.load_latest("cpu") is None and checkpoints.load_best() is None
+    checkpoints.save_latest({"step": 3, "history": [{"step": 0}], "net": {"w": torch.ones(2)}})
+    checkpoints.save_latest({"step": 5, "history": [{"step": 0}, {"step": 5}], "net": {"w": torch.zeros(2)}})
+    checkpoints.save_best({"w": torch.full((2,), 7.0)})
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "checkpoint.pt"]  # no .tmp left behind
+    latest = checkpoints.load_latest("cpu")
+    assert latest is not None and latest["step"] == 5 and latest["history"][-1] == {"step": 5}
+    assert torch.equal(latest["net"]["w"], torch.zeros(2))
+    best = checkpoints.load_best()
+    assert best is not None and torch.equal(best["w"], torch.full((2,), 7.0))
+    checkpoints.remove()
+    assert not folder.exists()
 
 
 def test_frozen_mode_predicts_counts_real_tokens_and_pickles_its_weights(small_frame, tiny_transformer_base, tmp_path):

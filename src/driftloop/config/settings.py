@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from driftloop.config.transformer import TransformerParams
+
 DEFAULT_CONFIG_DIR = Path("configs")
 
 
@@ -471,8 +473,6 @@ class Settings(BaseSettings):
         families = {self.model.family, *self.selection.grid.get("family", [])}
         if families & {"transformer", "ensemble"}:
             # A misspelt mode would otherwise surface only when training starts, minutes in.
-            from driftloop.models.transformer import TransformerParams  # numpy and pandas only: cheap
-
             TransformerParams.from_params(self.model.params)
         return self
 

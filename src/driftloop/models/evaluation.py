@@ -9,17 +9,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from driftloop.data.dataset import LABEL, TEXT
-from driftloop.models.families import TextClassifier
 from driftloop.core.types import EvalReport
+from driftloop.data.dataset import LABEL, TEXT
+from driftloop.models.base import TextClassifier
 
 
 def frame_md5(frame: pd.DataFrame) -> str:
+    """MD5 of the frame's text and label columns as CSV: which evaluation set a report scored."""
     payload = frame[[TEXT, LABEL]].to_csv(index=False).encode()
     return hashlib.md5(payload, usedforsecurity=False).hexdigest()
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the row-weighted mean gap between confidence and accuracy over
+    ``bins`` equal-width confidence bins."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
     for lo, hi in itertools.pairwise(edges):

@@ -1,8 +1,9 @@
-"""Model families behind one interface.
+"""The TF-IDF family (the fast default) and the family registry that ``model.family`` names.
 
-A family turns a labelled frame into a :class:`TextClassifier`. The loop, the registry and the
-serving app only see that Protocol, so a transformers family plugs in beside the TF-IDF default
-without touching them.
+The interfaces (:class:`TextClassifier`, :class:`ModelFamily`) and temperature scaling live in
+:mod:`driftloop.models.base` and are re-exported here. The registry names the transformer family
+(:mod:`driftloop.models.transformer`, which imports torch only when it trains or predicts) and the
+ensemble (:mod:`driftloop.models.ensemble`); neither imports this module.
 """
 
 from __future__ import annotations
@@ -13,61 +14,28 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from driftloop.data.dataset import LABEL, TEXT
 from driftloop.core.types import Prediction
+from driftloop.data.dataset import LABEL, TEXT
+from driftloop.models.base import ModelFamily, TextClassifier, fit_temperature, softmax
+from driftloop.models.ensemble import EnsembleFamily
+from driftloop.models.transformer import TransformerFamily
+
+__all__ = [
+    "ModelFamily",
+    "TextClassifier",
+    "TfidfFamily",
+    "TfidfIntentModel",
+    "fit_temperature",
+    "get_family",
+    "register_family",
+]
 
 _WORD = re.compile(r"(?u)\b\w+\b")
-
-
-@runtime_checkable
-class TextClassifier(Protocol):
-    labels: tuple[str, ...]
-    family: str
-
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Probabilities, shape (len(texts), len(labels))."""
-
-    def predict(self, texts: Sequence[str]) -> list[Prediction]: ...
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model sees for one text (reported in /metrics and the prediction log)."""
-
-
-class ModelFamily(Protocol):
-    name: str
-
-    def fit(
-        self,
-        train: pd.DataFrame,
-        params: dict[str, Any],
-        seed: int = 0,
-        progress: Callable[[str], None] | None = None,
-        checkpoint_root: Path | None = None,
-    ) -> TextClassifier:
-        """``checkpoint_root``: where a long-training family may keep resumable checkpoints."""
-
-
-def _softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
-    z = scores / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
-    """The softmax temperature that minimises the negative log-likelihood on held-out scores."""
-    best, best_nll = 1.0, np.inf
-    for t in np.geomspace(0.02, 5.0, 60):
-        p = _softmax(scores, t)
-        nll = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()
-        if nll < best_nll:
-            best, best_nll = float(t), nll
-    return best
 
 
 @dataclass
@@ -90,7 +58,7 @@ class TfidfIntentModel:
     family = "tfidf"
 
     def __init__(
-        self, vectorizers: list, coef: np.ndarray, intercept: np.ndarray, labels: Sequence[str], temperature: float
+        self, vectorizers: list[Any], coef: np.ndarray, intercept: np.ndarray, labels: Sequence[str], temperature: float
     ):
         self.vectorizers = vectorizers
         self.coef = np.ascontiguousarray(coef.T.astype(np.float32))  # (features, labels)
@@ -99,7 +67,7 @@ class TfidfIntentModel:
         self.temperature = float(temperature)
         self._blocks: list[_Block] | None = None
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_blocks"] = None  # analyzers are closures; rebuilt on first use
         return state
@@ -127,20 +95,24 @@ class TfidfIntentModel:
             out += val @ self.coef[idx + block.offset]
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """The SVM's decision scores, shape (len(texts), len(labels)), before the softmax."""
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for i, text in enumerate(texts):
             self._score_one(text, out[i])
         return out
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return _softmax(self.scores(texts).astype(np.float64), self.temperature)
+        """Temperature-scaled softmax probabilities, shape (len(texts), len(labels))."""
+        return softmax(self.scores(texts).astype(np.float64), self.temperature)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """The most likely label of each text, with its probability."""
         proba = self.predict_proba(texts)
         best = proba.argmax(axis=1)
         return [Prediction(self.labels[j], float(proba[i, j])) for i, j in enumerate(best)]
 
     def count_tokens(self, text: str) -> int:
+        """Words in the text (runs of word characters), as the word n-grams see them."""
         return len(_WORD.findall(text))
 
 
@@ -157,6 +129,8 @@ class TfidfFamily:
         progress: Callable[[str], None] | None = None,
         checkpoint_root: Path | None = None,
     ) -> TfidfIntentModel:
+        """Fit on ``train`` (``word_ngrams``, ``char_ngrams``, ``C`` and ``char_min_df`` from
+        ``params``), the temperature calibrated on a seeded 10% hold-out first."""
         # checkpoint_root is unused: a fit takes seconds, there is nothing worth resuming.
         import scipy.sparse as sp
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -168,7 +142,7 @@ class TfidfFamily:
         c_value = float(params.get("C", 0.5))
         char_min_df = int(params.get("char_min_df", 2))
 
-        def make():
+        def make() -> list[Any]:
             return [
                 TfidfVectorizer(ngram_range=word, sublinear_tf=True, dtype=np.float32),
                 TfidfVectorizer(
@@ -176,7 +150,7 @@ class TfidfFamily:
                 ),
             ]
 
-        def fit_on(frame: pd.DataFrame):
+        def fit_on(frame: pd.DataFrame) -> tuple[list[Any], Any]:
             vecs = make()
             x = sp.hstack([v.fit_transform(frame[TEXT]) for v in vecs]).tocsr()
             for v in vecs:
@@ -206,31 +180,24 @@ class TfidfFamily:
         return TfidfIntentModel(vecs, clf.coef_, clf.intercept_, clf.classes_, temperature)
 
 
-def _transformer() -> ModelFamily:
-    # Imported on demand: torch and transformers are an optional extra (`transformer`).
-    from driftloop.models.transformer import TransformerFamily
-
-    return TransformerFamily()
-
-
 def _ensemble() -> ModelFamily:
-    from driftloop.models.transformer import EnsembleFamily
-
-    return EnsembleFamily()
+    return EnsembleFamily(get_family)
 
 
 _FAMILIES: dict[str, Callable[[], ModelFamily]] = {
     "tfidf": TfidfFamily,
-    "transformer": _transformer,
+    "transformer": TransformerFamily,
     "ensemble": _ensemble,
 }
 
 
 def register_family(name: str, factory: Callable[[], ModelFamily]) -> None:
+    """Make ``model.family: <name>`` build its family with ``factory`` (replacing any before)."""
     _FAMILIES[name] = factory
 
 
 def get_family(name: str) -> ModelFamily:
+    """A new instance of the family ``model.family`` names; :class:`ValueError` for an unknown name."""
     try:
         return _FAMILIES[name]()
     except KeyError:

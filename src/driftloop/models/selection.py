@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from driftloop.config.settings import ModelSettings
 from driftloop.data.dataset import LABEL
 from driftloop.models.evaluation import evaluate
 from driftloop.models.families import get_family
-from driftloop.config.settings import ModelSettings
 
 # Means are compared after rounding, so a difference in the last bits of a float sum never
 # decides between two candidates that scored the same.
@@ -41,14 +41,18 @@ class Candidate:
 
     @property
     def name(self) -> str:
+        """``c<index>``: the candidate's short name in tables and run names."""
         return f"c{self.index}"
 
     def describe(self) -> str:
+        """The overrides as ``key=value`` pairs (``base settings`` when there are none)."""
         return " ".join(f"{k}={_plain(v)}" for k, v in self.overrides.items()) or "base settings"
 
 
 @dataclass(frozen=True)
 class CandidateScore:
+    """A candidate's ``metric`` on each fold, and how long scoring it took."""
+
     candidate: Candidate
     metric: str
     fold_scores: tuple[float, ...]
@@ -62,11 +66,14 @@ class CandidateScore:
 
     @property
     def score(self) -> float:
+        """The mean over the folds."""
         return float(np.mean(self.fold_scores))
 
 
 @dataclass(frozen=True)
 class SelectionResult:
+    """The chosen candidate, every candidate's score, and how the selection was run."""
+
     chosen: CandidateScore
     scores: tuple[CandidateScore, ...]  # grid order
     metric: str
@@ -77,6 +84,7 @@ class SelectionResult:
 
     @property
     def model(self) -> ModelSettings:
+        """The chosen candidate's model settings."""
         return self.chosen.candidate.model
 
     def table(self) -> list[dict[str, Any]]:
@@ -126,13 +134,13 @@ def expand_grid(base: ModelSettings, grid: Mapping[str, Sequence[Any]]) -> list[
 def fold_ids(labels: Sequence[str], folds: int, seed: int) -> np.ndarray:
     """A stratified fold number for each row: each label's rows are shuffled with ``seed`` and
     dealt out in turn, so every fold sees every label with enough rows, whatever the row order."""
-    labels = np.asarray(labels)
-    out = np.empty(len(labels), dtype=np.int64)
+    values = np.asarray(labels)
+    out = np.empty(len(values), dtype=np.int64)
     rng = np.random.default_rng(seed)
     # Sorted labels and a per-label offset keep small labels from all landing in fold 0.
     offset = 0
-    for label in sorted(set(labels.tolist())):
-        rows = np.flatnonzero(labels == label)
+    for label in sorted(set(values.tolist())):
+        rows = np.flatnonzero(values == label)
         rng.shuffle(rows)
         out[rows] = (np.arange(len(rows)) + offset) % folds
         offset += len(rows)
@@ -166,8 +174,10 @@ def score_candidate(
         model = family.fit(train[ids != k], dict(candidate.model.params), seed=seed)
         report, _ = evaluate(model, train[ids == k])
         scores.append(float(report.metrics()[metric]))
-    kept = {"model": model, "train_rows": int((ids != 0).sum())} if keep_model else {}
-    return CandidateScore(candidate, metric, tuple(scores), time.perf_counter() - started, **kept)
+    fit_s = time.perf_counter() - started
+    if keep_model:
+        return CandidateScore(candidate, metric, tuple(scores), fit_s, model=model, train_rows=int((ids != 0).sum()))
+    return CandidateScore(candidate, metric, tuple(scores), fit_s)
 
 
 def pick_best(scores: Sequence[CandidateScore]) -> CandidateScore:
