@@ -17,6 +17,7 @@ import yaml
 
 from driftloop.adapters import predlog, wiring
 from driftloop.config.settings import ServingSettings, load_settings
+from driftloop.flows.retraining import retrain_after_regression
 from driftloop.flows.rollout import PROMOTED, REGRESSED, ROLLED_BACK, rollout
 from driftloop.models.families import TfidfFamily
 from driftloop.rollout import champion
@@ -212,7 +213,7 @@ def test_a_promotion_that_regresses_is_undone_and_a_retrain_opened(loop, tmp_pat
         bake={"min_samples": 400, "max_duration_s": 90, "baseline_samples": 300},
     )
     with serve(parts) as url, Traffic(url, traffic_rows) as traffic:
-        out = rollout(challenger=v2.version, config=config)
+        out = rollout(challenger=v2.version, config=config, on_regression=retrain_after_regression)
     assert out.result == REGRESSED, out.reason
     assert "p95_latency_ms" in out.reason
     assert parts.registry.champion() == v1, "rolled back to the last good version"

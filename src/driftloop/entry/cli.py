@@ -581,9 +581,17 @@ def rollout_start(
     if strategy is not None and strategy not in ("progressive", "bluegreen", "ab"):
         raise InputError(f"--strategy {strategy!r}: expected progressive, bluegreen or ab")
     _orchestrator(settings)
+    from driftloop.flows.retraining import retrain_after_regression
     from driftloop.flows.rollout import rollout
 
-    out = rollout(challenger=version, strategy=strategy, requested_by=f"manual:{who}", reason=reason, config=config)
+    out = rollout(
+        challenger=version,
+        strategy=strategy,
+        requested_by=f"manual:{who}",
+        reason=reason,
+        config=config,
+        on_regression=retrain_after_regression,
+    )
     console.print(
         f"rollout {out.rollout_id} of {out.challenger}: [bold]{out.result}[/bold] at {out.stage} — "
         f"{out.reason}\nchampion now: {out.champion}"

@@ -1,28 +1,35 @@
-"""window of the prediction log vs reference → Evidently → decision → retrain trigger."""
+"""window of the prediction log vs reference → Evidently → decision → retrain trigger.
+
+A recent promotion is first held to its predecessor's live baseline: a regression is undone,
+and a retrain opened, before the window is judged."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from driftloop.adapters import tracing, wiring
-from driftloop.config.settings import load_settings
-from driftloop.core.analysis import ACTION_ROLLBACK
+from driftloop.config.settings import Settings, load_settings
+from driftloop.core.analysis import ACTION_ROLLBACK, StageDecision
 from driftloop.core.triggers import DRIFT_EVENT, DriftEvent
 from driftloop.core.types import DriftResult, HistoryEntry, ModelRef, RetrainDecision
 from driftloop.data import dataset
 from driftloop.data.dataset import LABEL, TEXT
 from driftloop.flows import source_version
-from driftloop.flows.retraining import retraining
+from driftloop.flows.retraining import retrain_after_regression, retraining
 from driftloop.flows.training import TrainingOutcome
 from driftloop.tasks import data, dispatch, model, monitor, rollout as rollout_steps
 
 
 @dataclass(frozen=True)
 class MonitorOutcome:
+    """What a monitoring run found and did: the drift verdict, the retrain decision, and the
+    retrain run or drift event it started (or the promotion it undid)."""
+
     champion: ModelRef | None
     drift: DriftResult | None
     decision: RetrainDecision
@@ -55,9 +62,7 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
     """Check the newest window of production traffic and start a retrain run when it drifted."""
     settings = load_settings(config)
     parts = wiring.build(settings)
-    logger = get_run_logger()
     run_id = str(flow_run.id or "local")
-
     champion = model.champion_ref(parts.registry)
     if champion is None:
         return MonitorOutcome(None, None, RetrainDecision(False, "no champion to monitor yet"))
@@ -67,7 +72,7 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
         parts.history, parts.log_root, champion, settings.rollout, settings.monitor.low_confidence
     )
     if regression is not None and regression.action == ACTION_ROLLBACK:
-        return _undo_promotion(regression, champion, parts, settings, run_id, trigger_retrain, config)
+        return undo_promotion(regression, champion, parts, settings, run_id, trigger_retrain, config)
     window = monitor.load_window(parts.log_root, champion.version, settings.monitor.window_size)
     if len(window) < settings.monitor.min_window:
         decision = RetrainDecision(
@@ -75,9 +80,23 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
             f"window has {len(window)} distinct predictions of {champion}, "
             f"fewer than monitor.min_window={settings.monitor.min_window}",
         )
-        logger.info(decision.reason)
+        get_run_logger().info(decision.reason)
         return MonitorOutcome(champion, None, decision)
+    result, report = check_drift(settings, parts, champion, window, run_id)
+    decision = monitor.should_retrain(result, settings.monitor, settings.retrain, parts.ledger)
+    get_run_logger().info(
+        "%s -> %s: %s", result.summary(), "retrain" if decision.retrain else "no retrain", decision.reason
+    )
+    if not (decision.retrain and trigger_retrain):
+        return MonitorOutcome(champion, result, decision, report)
+    return start_retrain(settings, parts, champion, result, decision, report, run_id, config)
 
+
+def check_drift(
+    settings: Settings, parts: wiring.Components, champion: ModelRef, window: pd.DataFrame, run_id: str
+) -> tuple[DriftResult, str]:
+    """The window against the champion's reference (Evidently, calibrated thresholds), published
+    as an MLflow run and the status file; returns the result and the report's URI."""
     champion_model = model.load_model(parts.registry, champion)
     # The champion's own reference (refreshed by the retrain that made it), else the prepared one
     # of the data set it was trained on.
@@ -106,10 +125,22 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
     )
     report = monitor.publish_drift(parts.registry, result, champion, run_id, settings.registry.ui_url)
     monitor.write_status(result, champion, settings.monitor_status_path)
-    decision = monitor.should_retrain(result, settings.monitor, settings.retrain, parts.ledger)
-    logger.info("%s -> %s: %s", result.summary(), "retrain" if decision.retrain else "no retrain", decision.reason)
-    if not (decision.retrain and trigger_retrain):
-        return MonitorOutcome(champion, result, decision, report)
+    return result, report
+
+
+def start_retrain(
+    settings: Settings,
+    parts: wiring.Components,
+    champion: ModelRef,
+    result: DriftResult,
+    decision: RetrainDecision,
+    report: str,
+    run_id: str,
+    config: list[str] | None,
+) -> MonitorOutcome:
+    """Record the drifted window, then retrain: here (``retrain.dispatch: inline``) or through a
+    drift event that a worker's trigger turns into a retrain run (``event``)."""
+    logger = get_run_logger()
     # Recorded before the run starts: a crash mid-retrain must not let this window fire twice.
     parts.ledger.record(result.window_id, decision.reason, run=run_id)
     if settings.retrain.dispatch == "event":
@@ -143,9 +174,17 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
     return MonitorOutcome(champion, result, decision, report, state.result())
 
 
-def _undo_promotion(
-    regression, champion: ModelRef, parts, settings, run_id: str, trigger_retrain: bool, config: list[str] | None
+def undo_promotion(
+    regression: StageDecision,
+    champion: ModelRef,
+    parts: wiring.Components,
+    settings: Settings,
+    run_id: str,
+    trigger_retrain: bool,
+    config: list[str] | None,
 ) -> MonitorOutcome:
+    """Roll a regressed champion back to the version before it and, with
+    ``rollout.bake.retrain_on_regression``, open a retrain with the evidence."""
     logger = get_run_logger()
     evidence = str(rollout_steps.publish_analysis(regression, parts.reports_dir / "rollouts", f"watch-{run_id[:8]}"))
     entry = rollout_steps.rollback_champion(
@@ -164,7 +203,6 @@ def _undo_promotion(
         logger.warning(decision.reason)
         return MonitorOutcome(champion, None, decision, evidence)
     logger.warning("rolled back %s -> v%s: %s", champion, entry.to_version, regression.reason)
-    window = f"regression-v{champion.version}-{entry.time}"
     if not (trigger_retrain and settings.rollout.bake.retrain_on_regression):
         return MonitorOutcome(
             champion,
@@ -173,17 +211,14 @@ def _undo_promotion(
             evidence,
             rolled_back=entry,
         )
-    parts.ledger.record(window, regression.reason, run=run_id)
-    state = retraining(
-        reason=f"{champion} regressed after promotion: {regression.reason}",
+    retrain = retrain_after_regression(
+        champion,
+        regression.reason,
         requested_by="regression-guard",
-        window_id=window,
-        report=evidence,
-        min_new_labels=0,
-        roll_out=False,
+        window_id=f"regression-v{champion.version}-{entry.time}",
+        evidence=evidence,
+        ledger=parts.ledger,
         config=config,
-        return_state=True,
     )
     decision = RetrainDecision(True, f"rolled back {champion} (post-promotion regression); retrain opened")
-    retrain = state.result() if state.is_completed() else None
     return MonitorOutcome(champion, None, decision, evidence, retrain, entry)

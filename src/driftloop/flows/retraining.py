@@ -1,21 +1,40 @@
-"""labels → new training set (previous + labelled production rows) → the training flow."""
+"""labels → new training set (previous + labelled production rows) → the training flow.
+
+Also the one "retrain after a regression" (:func:`retrain_after_regression`) that both the
+rollout flow's bake and the monitoring flow's promotion check open after undoing a promotion.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from driftloop.adapters import tracing, wiring
-from driftloop.config.settings import load_settings
+from driftloop.adapters.history import TriggerLedger
+from driftloop.config.settings import Settings, load_settings
+from driftloop.core.types import ModelRef
 from driftloop.data import curation, dataset
-from driftloop.data.dataset import LABEL, TEXT
+from driftloop.data.dataset import LABEL, TEXT, PreparedData
 from driftloop.flows import source_version
+from driftloop.flows.rollout import rollout
 from driftloop.flows.training import TrainingOutcome, span_attributes, training
 from driftloop.monitoring import drift
 from driftloop.tasks import data, model, monitor, retrain as retrain_steps
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The retrain's training set: the champion's previous set plus the new labelled rows."""
+
+    path: str
+    previous_rows: int
+    added_rows: int
+    quarantined_rows: int
+    merged: pd.DataFrame
 
 
 @flow(
@@ -42,54 +61,27 @@ def retraining(
     by a rollback leaves it registered for the next rollout instead)."""
     settings = load_settings(config)
     parts = wiring.build(settings)
-    logger = get_run_logger()
     run_id = str(flow_run.id or "local")
     splits = data.prepare(settings.data, parts.prepared_dir)
-    eval_texts = list(splits.read("eval")[TEXT])
-    label_set = list(dataset.read_labels(splits["labels"]))
-
-    # The previous set is the champion's own, restored by its DVC hash: retraining never guesses.
     current = model.champion_ref(parts.registry)
-    champion_tags = model.version_tags(parts.registry, current) if current else {}
-    if current is not None:
-        dataset.require_same_data(splits, champion_tags, str(current))
-    md5 = champion_tags.get("data.md5")
-    if md5:
-        path = data.restore_dataset(parts.datasets, md5, parts.retrain_dir / f"previous-{md5}.csv")
-        previous = dataset.read_labelled(path, TEXT, LABEL)
-        logger.info("previous training set: %s's, %d rows (md5 %s)", current, len(previous), md5)
-    else:
-        previous = splits.read("train")
-    needed = settings.retrain.min_new_labels if min_new_labels is None else min_new_labels
-    labelled = data.wait_for_labels(parts.log_root, previous, eval_texts, label_set, needed, settings.retrain)
-    merged = curation.merge_training_set(previous, labelled.rows, eval_texts)
-    out = parts.retrain_dir / f"training-{run_id}.csv"
-    dataset.write_labelled(merged, out)
-    reference_set = None
-    if settings.retrain.refresh_reference and current is not None:
-        recent = monitor.load_window(parts.log_root, current.version, settings.retrain.reference_size)
-        reference = curation.production_reference(recent, merged[TEXT], eval_texts)
-        needed = drift.min_reference_size(settings.monitor)
-        if len(reference) >= needed:
-            reference_set = str(dataset.write_labelled(reference, parts.retrain_dir / f"reference-{run_id}.csv"))
-        else:
-            logger.warning(
-                "only %d unlabelled production texts to refresh the reference (need %d); "
-                "the new model keeps the previous reference",
-                len(reference),
-                needed,
-            )
-    added = len(merged) - len(previous)
+    new_set = training_set(settings, parts, splits, current, min_new_labels, run_id)
+    reference_set = refreshed_reference(settings, parts, splits, current, new_set.merged, run_id)
     create_markdown_artifact(
-        f"## Retrain requested by {requested_by}\n\n- reason: {reason}\n- window: `{window_id or '-'}`\n"
-        f"- drift report: {report or '-'}\n- previous training set: {len(previous)} rows\n"
-        f"- new labelled production rows: {added} (quarantined: {len(labelled.quarantined)})\n"
-        f"- monitoring reference: {'refreshed from ' + reference_set if reference_set else 'unchanged'}\n",
+        retrain_steps.request_markdown(
+            requested_by=requested_by,
+            reason=reason,
+            window_id=window_id,
+            drift_report=report,
+            previous_rows=new_set.previous_rows,
+            added_rows=new_set.added_rows,
+            quarantined_rows=new_set.quarantined_rows,
+            reference_set=reference_set,
+        ),
         key="retrain-request",
         description=reason,
     )
     outcome = training(
-        training_set=str(out),
+        training_set=new_set.path,
         reason=reason,
         trigger=requested_by,
         report=report,
@@ -109,9 +101,109 @@ def retraining(
         mlflow_ui=settings.registry.ui_url,
     )
     if settings.rollout.enabled and roll_out and outcome.decision.promote and outcome.champion != outcome.candidate:
-        from driftloop.flows.rollout import rollout
-
-        done = rollout(challenger=outcome.candidate.version, requested_by=requested_by, reason=reason, config=config)
-        logger.info("rollout of %s: %s (%s)", outcome.candidate, done.result, done.reason)
-        outcome = replace(outcome, champion=done.champion, rollout=done)
+        outcome = roll_out_candidate(outcome, requested_by=requested_by, reason=reason, config=config)
     return outcome
+
+
+def training_set(
+    settings: Settings,
+    parts: wiring.Components,
+    splits: PreparedData,
+    current: ModelRef | None,
+    min_new_labels: int | None,
+    run_id: str,
+) -> TrainingSet:
+    """The champion's own training set, restored by its DVC hash (retraining never guesses),
+    plus the labelled production rows once enough have arrived; written for the training flow."""
+    eval_texts = list(splits.read("eval")[TEXT])
+    label_set = list(dataset.read_labels(splits["labels"]))
+    champion_tags = model.version_tags(parts.registry, current) if current else {}
+    if current is not None:
+        dataset.require_same_data(splits, champion_tags, str(current))
+    md5 = champion_tags.get("data.md5")
+    if md5:
+        path = data.restore_dataset(parts.datasets, md5, parts.retrain_dir / f"previous-{md5}.csv")
+        previous = dataset.read_labelled(path, TEXT, LABEL)
+        get_run_logger().info("previous training set: %s's, %d rows (md5 %s)", current, len(previous), md5)
+    else:
+        previous = splits.read("train")
+    needed = settings.retrain.min_new_labels if min_new_labels is None else min_new_labels
+    labelled = data.wait_for_labels(parts.log_root, previous, eval_texts, label_set, needed, settings.retrain)
+    merged = curation.merge_training_set(previous, labelled.rows, eval_texts)
+    out = parts.retrain_dir / f"training-{run_id}.csv"
+    dataset.write_labelled(merged, out)
+    return TrainingSet(str(out), len(previous), len(merged) - len(previous), len(labelled.quarantined), merged)
+
+
+def refreshed_reference(
+    settings: Settings,
+    parts: wiring.Components,
+    splits: PreparedData,
+    current: ModelRef | None,
+    merged: pd.DataFrame,
+    run_id: str,
+) -> str | None:
+    """A monitoring reference of recent unlabelled production texts (``retrain.refresh_reference``);
+    None keeps the champion's."""
+    if not (settings.retrain.refresh_reference and current is not None):
+        return None
+    eval_texts = list(splits.read("eval")[TEXT])
+    recent = monitor.load_window(parts.log_root, current.version, settings.retrain.reference_size)
+    reference = curation.production_reference(recent, merged[TEXT], eval_texts)
+    needed = drift.min_reference_size(settings.monitor)
+    if len(reference) >= needed:
+        return str(dataset.write_labelled(reference, parts.retrain_dir / f"reference-{run_id}.csv"))
+    get_run_logger().warning(
+        "only %d unlabelled production texts to refresh the reference (need %d); "
+        "the new model keeps the previous reference",
+        len(reference),
+        needed,
+    )
+    return None
+
+
+def roll_out_candidate(
+    outcome: TrainingOutcome, *, requested_by: str, reason: str, config: list[str] | None
+) -> TrainingOutcome:
+    """Carry the new challenger to users with the rollout flow (a regression after its promotion
+    opens :func:`retrain_after_regression`)."""
+    done = rollout(
+        challenger=outcome.candidate.version,
+        requested_by=requested_by,
+        reason=reason,
+        config=config,
+        on_regression=retrain_after_regression,
+    )
+    get_run_logger().info("rollout of %s: %s (%s)", outcome.candidate, done.result, done.reason)
+    return replace(outcome, champion=done.champion, rollout=done)
+
+
+def retrain_after_regression(
+    regressed: ModelRef,
+    because: str,
+    *,
+    requested_by: str,
+    window_id: str,
+    evidence: str,
+    ledger: TriggerLedger,
+    config: list[str] | None,
+) -> TrainingOutcome | None:
+    """Open a retrain run for a promotion that regressed and was undone: ``window_id`` is
+    recorded first (so it fires once), the run retrains on what is labelled now and leaves its
+    candidate registered instead of rolling it out. Returns the retrain's outcome, or None when
+    the run failed (it shows as failed in the UI; the rolled-back champion stays)."""
+    ledger.record(window_id, because, run=str(flow_run.id or "local"))
+    state = retraining(
+        reason=f"{regressed} regressed after promotion: {because}",
+        requested_by=requested_by,
+        window_id=window_id,
+        report=evidence,
+        min_new_labels=0,
+        roll_out=False,
+        config=config,
+        return_state=True,
+    )
+    if state.is_completed():
+        return state.result()
+    get_run_logger().error("the retrain run opened after the regression ended %s", state.type.value)
+    return None

@@ -49,3 +49,24 @@ def publish_retrain(
         create_link_artifact(
             drift_report, link_text="Evidently drift report that asked for this retrain", key="retrain-drift-report"
         )
+
+
+def request_markdown(
+    *,
+    requested_by: str,
+    reason: str,
+    window_id: str,
+    drift_report: str,
+    previous_rows: int,
+    added_rows: int,
+    quarantined_rows: int,
+    reference_set: str | None,
+) -> str:
+    """The retrain request a retrain run publishes before training: who asked, why, and what it
+    trains on (a pure function)."""
+    return (
+        f"## Retrain requested by {requested_by}\n\n- reason: {reason}\n- window: `{window_id or '-'}`\n"
+        f"- drift report: {drift_report or '-'}\n- previous training set: {previous_rows} rows\n"
+        f"- new labelled production rows: {added_rows} (quarantined: {quarantined_rows})\n"
+        f"- monitoring reference: {'refreshed from ' + reference_set if reference_set else 'unchanged'}\n"
+    )

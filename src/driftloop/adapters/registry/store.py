@@ -53,7 +53,9 @@ class IntentPyfunc(PythonModel):
         """Unpickle the classifier logged next to the pyfunc."""
         self.classifier = joblib.load(context.artifacts["classifier"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # No type hints on purpose: MLflow would infer a signature from them (the explicit one given
+    # at logging time is the contract) and warn that these are not list[...] hints.
+    def predict(self, context, model_input, params=None):
         """Intent and confidence for each text of ``model_input`` (a frame with ``text``, or texts)."""
         if self.classifier is None:
             raise RegistryError("the intent pyfunc was used before its classifier was loaded")
