@@ -14,6 +14,8 @@ from driftloop.data.dataset import PreparedData, ensure_prepared
 
 @dataclass(frozen=True)
 class Components:
+    """The adapters of one run: registry, histories, data set store, and the folders it writes to."""
+
     registry: Registry
     history: ChampionHistory
     ledger: TriggerLedger
@@ -30,6 +32,7 @@ class Components:
 
 
 def build(settings: Settings) -> Components:
+    """The components for ``settings``."""
     state = settings.state_dir
     return Components(
         registry=Registry(

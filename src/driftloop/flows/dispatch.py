@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger
 from prefect.settings import get_current_settings
 
@@ -30,7 +32,12 @@ def retrain_dispatch(
     key, and a duplicate event only costs this short run. Returns the retrain run's id."""
     logger = get_run_logger()
     key = retrain_idempotency_key(model_name, window_id)
-    parameters = {"reason": reason, "requested_by": requested_by, "window_id": window_id, "report": report}
+    parameters: dict[str, Any] = {
+        "reason": reason,
+        "requested_by": requested_by,
+        "window_id": window_id,
+        "report": report,
+    }
     if config:
         parameters["config"] = list(config)
     tags = [f"requested_by:{requested_by}", f"window:{window_id}", f"model:{model_name}"]

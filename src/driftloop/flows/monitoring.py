@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -43,7 +44,7 @@ def _run_name() -> str:
     return f"monitor {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
-def span_attributes(out: MonitorOutcome) -> dict[str, object]:
+def span_attributes(out: MonitorOutcome) -> dict[str, Any]:
     """What the monitoring run's span records about its verdict."""
     return {
         "driftloop.model_version": out.champion.version if out.champion else None,
@@ -73,7 +74,7 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
     )
     if regression is not None and regression.action == ACTION_ROLLBACK:
         return undo_promotion(regression, champion, parts, settings, run_id, trigger_retrain, config)
-    window = monitor.load_window(parts.log_root, champion.version, settings.monitor.window_size)
+    window: pd.DataFrame = monitor.load_window(parts.log_root, champion.version, settings.monitor.window_size)
     if len(window) < settings.monitor.min_window:
         decision = RetrainDecision(
             False,

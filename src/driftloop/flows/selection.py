@@ -6,6 +6,8 @@ settings at run time, so :func:`select_model` applies it with ``with_options`` o
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.context import FlowRunContext
@@ -19,7 +21,7 @@ from driftloop.models.selection import SelectionResult
 from driftloop.tasks.selection import score_candidate
 
 
-def task_runner(cfg: SelectionSettings) -> TaskRunner:
+def task_runner(cfg: SelectionSettings) -> TaskRunner[Any]:
     """Sequential: one candidate at a time in this process. Dask: a running scheduler when
     ``dask.address`` is set, else a LocalCluster of worker processes for this run only."""
     if cfg.runner == "sequential":
@@ -45,7 +47,8 @@ def task_runner(cfg: SelectionSettings) -> TaskRunner:
 
 
 def _scheduler_address() -> str | None:
-    runner = FlowRunContext.get().task_runner
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
     client = getattr(runner, "client", None)  # only the Dask runner has one
     return client.scheduler.address if client is not None else None
 

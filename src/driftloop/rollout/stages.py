@@ -81,6 +81,7 @@ def plan(cfg: RolloutSettings) -> list[Step]:
 
 
 def stage_spec(step: Step) -> StageSpec:
+    """The analysis spec (kind, weight, sample and time limits) of a shadow or canary ``step``."""
     return StageSpec(
         name=step.name,
         kind="shadow" if step.kind == "shadow" else "canary",
@@ -107,10 +108,12 @@ def ab_baseline(cfg: RolloutSettings, champion_tags: Mapping[str, str]) -> float
 
 
 def new_rollout_id() -> str:
+    """A fresh id for one rollout."""
     return uuid.uuid4().hex[:12]
 
 
 def challenger_slot(step: Step) -> str:
+    """The serving slot a step puts the challenger in: shadow for a shadow step, else canary."""
     return SLOT_SHADOW if step.kind == "shadow" else SLOT_CANARY
 
 
@@ -346,6 +349,7 @@ def status_rows(champ: ArmStats | None, chal: ArmStats | None) -> list[dict[str,
 
 
 def parse_since(state: RolloutState) -> datetime:
+    """When the rollout state's current step started (now, when the state does not say)."""
     if not state.since:
         return datetime.now(UTC)
     return datetime.fromisoformat(state.since)

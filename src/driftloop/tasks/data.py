@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,11 @@ def prepare(cfg: DataSettings, root: Path) -> dataset.PreparedData:
 
 
 @task(cache_policy=NO_CACHE)
-def validate_training_set(frame: pd.DataFrame, *, source: str, known_labels, eval_texts) -> ValidationReport:
+def validate_training_set(
+    frame: pd.DataFrame, *, source: str, known_labels: Iterable[str] | None, eval_texts: Iterable[str]
+) -> ValidationReport:
+    """Check a training set (texts, labels, overlap with the evaluation set), publish the report,
+    and refuse an invalid one."""
     report = validation.validate_training_set(frame, source=source, known_labels=known_labels, eval_texts=eval_texts)
     create_markdown_artifact(
         f"## Validation of `{source}`\n\n```\n{report.summary()}\n```\n",
@@ -44,11 +49,13 @@ def validate_training_set(frame: pd.DataFrame, *, source: str, known_labels, eva
 
 @task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def commit_dataset(store: DatasetStore, frame: pd.DataFrame, name: str) -> DataVersion:
+    """Version ``frame`` with DVC under ``name``; its md5 is the lineage tag."""
     return store.commit(frame, name)
 
 
 @task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def restore_dataset(store: DatasetStore, md5: str, dest: Path) -> Path:
+    """The data set with DVC md5 ``md5``, restored to ``dest``."""
     return store.restore(md5, dest)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from prefect import task
 from prefect.artifacts import create_link_artifact
@@ -39,6 +39,10 @@ def run_retrain_deployment(
     returns the run it already has for that key instead of creating a second one."""
     from prefect.deployments import run_deployment
 
-    run = run_deployment(deployment, parameters=parameters, tags=tags, idempotency_key=idempotency_key, timeout=0)
+    # Called from sync code, run_deployment returns the run itself, never the coroutine.
+    run = cast(
+        FlowRun,
+        run_deployment(deployment, parameters=parameters, tags=tags, idempotency_key=idempotency_key, timeout=0),
+    )
     create_link_artifact(f"{ui_url}/runs/flow-run/{run.id}", link_text=f"retrain run {run.name}", key="retrain-run")
     return run

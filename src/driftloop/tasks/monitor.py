@@ -36,6 +36,7 @@ def load_window(log_root: Path, model_version: str, size: int) -> pd.DataFrame:
 
 @task(cache_policy=NO_CACHE)
 def predict_reference(model: TextClassifier, reference: pd.DataFrame) -> pd.DataFrame:
+    """The champion's answers on the reference texts: the frame drift is measured against."""
     preds = model.predict(list(reference[TEXT]))
     return pd.DataFrame(
         {
@@ -81,6 +82,8 @@ def detect_drift(
     report_path: Path,
     embed: drift.Embedder | None = None,
 ) -> DriftResult:
+    """The window against the reference with Evidently, under the calibrated thresholds; the
+    report is written to ``report_path``."""
     window_id = drift.window_id_for(current["request_id"].astype(str))
     return drift.detect_drift(
         reference, current, cfg, calibration=calibration, report_path=report_path, window_id=window_id, embed=embed
@@ -139,6 +142,7 @@ def publish_drift(registry: Registry, result: DriftResult, model: ModelRef, flow
 
 @task(cache_policy=NO_CACHE)
 def write_status(result: DriftResult, model: ModelRef, path: Path) -> None:
+    """The drift verdict for ``model`` as the status file that serving and the CLI read."""
     drift.write_status(result, model.version, path)
 
 
@@ -146,4 +150,5 @@ def write_status(result: DriftResult, model: ModelRef, path: Path) -> None:
 def should_retrain(
     result: DriftResult, monitor: MonitorSettings, retrain: RetrainPolicy, ledger: TriggerLedger
 ) -> RetrainDecision:
+    """Whether the drift result asks for a retrain, given the policy and the windows already triggered."""
     return policy.should_retrain(result, monitor, retrain, ledger.records(), datetime.now(UTC))

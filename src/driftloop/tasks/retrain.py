@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -25,19 +27,21 @@ def publish_retrain(
     drift_report: str,
     mlflow_ui: str,
 ) -> None:
+    """The retrain summary table and links to the candidate's MLflow run and the drift report."""
     run_id = next((v["run_id"] for v in registry.versions() if v["version"] == candidate.version), None)
+    rows: list[dict[str, Any]] = [
+        {"field": "requested by", "value": requested_by},
+        {"field": "reason", "value": reason},
+        {"field": "window", "value": window_id or "-"},
+        {"field": "candidate", "value": str(candidate)},
+        {"field": "accuracy", "value": round(report.accuracy, 4)},
+        {"field": "macro-F1", "value": round(report.macro_f1, 4)},
+        {"field": "decision", "value": ("promote: " if decision.promote else "keep champion: ") + decision.reason},
+        {"field": "champion now", "value": str(champion) if champion else "-"},
+        {"field": "MLflow run", "value": run_id or "-"},
+    ]
     create_table_artifact(
-        [
-            {"field": "requested by", "value": requested_by},
-            {"field": "reason", "value": reason},
-            {"field": "window", "value": window_id or "-"},
-            {"field": "candidate", "value": str(candidate)},
-            {"field": "accuracy", "value": round(report.accuracy, 4)},
-            {"field": "macro-F1", "value": round(report.macro_f1, 4)},
-            {"field": "decision", "value": ("promote: " if decision.promote else "keep champion: ") + decision.reason},
-            {"field": "champion now", "value": str(champion) if champion else "-"},
-            {"field": "MLflow run", "value": run_id or "-"},
-        ],
+        rows,
         key="retrain-summary",
         description=f"{requested_by}: {reason}"[:500],
     )

@@ -41,6 +41,7 @@ def enter_step(
     actor: str,
     reason: str,
 ) -> RolloutState:
+    """Publish ``step`` of the rollout (the challenger alias, the traffic split) and record it in the history."""
     return rollout.enter_step(registry, history, rollout_id, challenger, step, actor=actor, reason=reason)
 
 
@@ -89,7 +90,6 @@ def watch_step(
 ) -> StageDecision | None:
     """Re-read the live numbers every ``cfg.poll_s`` until the step's analysis decides; None when
     the registry no longer routes by this rollout (promoted or aborted by hand)."""
-    spec = None if step.kind == rollout.KIND_AB else rollout.stage_spec(step)
 
     def decide(elapsed: float) -> StageDecision | None:
         if not rollout.is_current(registry, rollout_id):
@@ -100,7 +100,7 @@ def watch_step(
         if step.kind == rollout.KIND_AB:
             baseline = rollout.FALLBACK_AB_BASELINE if baseline_accuracy is None else baseline_accuracy
             return analysis.decide_ab(champ, chal, cfg.ab, baseline, elapsed, cfg.guard)
-        return analysis.decide_stage(champ, chal, spec, cfg.guard, elapsed, is_last)
+        return analysis.decide_stage(champ, chal, rollout.stage_spec(step), cfg.guard, elapsed, is_last)
 
     return _poll(decide, cfg.poll_s, step.name)
 
@@ -146,6 +146,7 @@ def publish_analysis(decision: StageDecision, out_dir: Path, rollout_id: str) ->
 def promote(
     registry: Registry, history: ChampionHistory, challenger: ModelRef, *, reason: str, actor: str, report: str = ""
 ) -> HistoryEntry:
+    """Make ``challenger`` the champion and end the rollout's routing."""
     return rollout.promote(registry, history, challenger, reason=reason, actor=actor, report=report)
 
 
@@ -153,6 +154,7 @@ def promote(
 def withdraw(
     registry: Registry, history: ChampionHistory, *, reason: str, actor: str, action: str = "rollback", report: str = ""
 ) -> HistoryEntry | None:
+    """Take the challenger out of traffic and end the rollout (None when there was nothing to withdraw)."""
     return rollout.withdraw(registry, history, reason=reason, actor=actor, action=action, report=report)
 
 
@@ -166,6 +168,8 @@ def rollback_champion(
     report: str = "",
     expected: ModelRef | None = None,
 ) -> HistoryEntry | None:
+    """Give the champion alias back to the version before it (None when ``expected`` is no longer
+    champion or there is no earlier good version)."""
     return rollout.rollback_champion(registry, history, reason=reason, actor=actor, report=report, expected=expected)
 
 
@@ -177,7 +181,7 @@ def check_promotion(
     no promotion is under watch)."""
     now = datetime.now(UTC)
     entry = rollout.promotion_under_watch(history, current, now, cfg.bake.watch_s)
-    if entry is None:
+    if entry is None or entry.from_version is None:  # promotion_under_watch returns none without one
         return None
     promoted_at = datetime.fromisoformat(entry.time)
     baseline = rollout.baseline_arm(

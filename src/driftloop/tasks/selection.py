@@ -34,6 +34,7 @@ def score_candidate(
     validation_fraction: float = 0.2,
     keep_model: bool = False,
 ) -> CandidateScore:
+    """Score one candidate's settings on ``train`` (cross-validation or a holdout) and say where it ran."""
     score = selection.score_candidate(
         train,
         candidate,
