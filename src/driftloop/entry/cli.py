@@ -10,7 +10,8 @@ import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 import pydantic
 import typer
@@ -23,6 +24,12 @@ from typer.core import TyperGroup
 from driftloop.config.settings import Settings, config_files, load_settings
 from driftloop.core import errors
 from driftloop.core.errors import DriftloopError, InputError, RunFailed
+
+if TYPE_CHECKING:  # Prefect is imported inside the commands, after the environment is set
+    from prefect.client.schemas.objects import FlowRun
+
+    from driftloop.ops.prefect_server import PrefectServer
+    from driftloop.ops.stack import Stack
 
 # The help's epilog: single newlines are kept (the exit statuses' table); the last paragraph is
 # one line, wrapped to the terminal by the help formatter.
@@ -73,7 +80,7 @@ class _CommandErrors(TyperGroup):
     """Every command's errors end here: a project error (``driftloop.core.errors``) is one or two lines
     and its category's exit status; anything else is a bug and keeps its traceback."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # click's Context (typer's own copy of click types it)
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # click's own: --help, usage errors
@@ -194,7 +201,7 @@ def _setting_origin(loc: tuple, config: list[str] | None) -> str | None:
 _MISSING = object()
 
 
-def _orchestrator(settings: Settings):
+def _orchestrator(settings: Settings) -> PrefectServer:
     """Point Prefect at the configured server, or start/reuse the embedded local one."""
     from driftloop.ops import prefect_server
 
@@ -213,7 +220,7 @@ def _orchestrator(settings: Settings):
     return server
 
 
-def _flow_run_url(server, flow_run_id: Any) -> str:
+def _flow_run_url(server: PrefectServer, flow_run_id: Any) -> str:
     return f"{server.ui_url}/runs/flow-run/{flow_run_id}"
 
 
@@ -439,7 +446,10 @@ def retrain(
         from prefect.exceptions import ObjectNotFound
 
         try:
-            run = run_deployment(target, parameters=parameters, tags=run_tags, timeout=0, as_subflow=False)
+            # Called from synchronous code, Prefect runs the coroutine and returns the flow run.
+            run = cast(
+                "FlowRun", run_deployment(target, parameters=parameters, tags=run_tags, timeout=0, as_subflow=False)
+            )
         except ObjectNotFound:
             raise RunFailed(
                 f"no deployment {target!r} on {server.api_url}: run `prefect deploy --all` "
@@ -468,6 +478,7 @@ def serve(
     """Serve the champion over HTTP (reloads when the alias moves)."""
     from driftloop.adapters import wiring
     from driftloop.serving import app as serving
+    from driftloop.serving.auth import MissingApiToken
 
     # The options are settings like any other: validated (the loopback guard included) and named
     # in an error as the option that set them.
@@ -488,7 +499,7 @@ def serve(
             monitor_status=settings.monitor_status_path,
             trace_cfg=settings.tracing,
         )
-    except serving.MissingApiToken as exc:  # refuse to start, saying what to set
+    except MissingApiToken as exc:  # refuse to start, saying what to set
         raise InputError(f"not starting: {exc}") from exc
 
 
@@ -618,7 +629,7 @@ def rollout_status(config: list[str] | None = ConfigOpt) -> None:
         f"{state.weight:.0%} of callers to v{state.challenger}) since {state.since}, by {state.actor}"
     )
     step = rollout.step_of(settings.rollout, state)
-    if step is None or routing.champion is None or step.kind == rollout.KIND_STANDBY:
+    if step is None or routing.champion is None or state.challenger is None or step.kind == rollout.KIND_STANDBY:
         return
     since = rollout.parse_since(state)
     champ, chal = rollout.arms(
@@ -797,6 +808,8 @@ def ui_prefect(config: list[str] | None = ConfigOpt) -> None:
 def ui_mlflow(config: list[str] | None = ConfigOpt, port: int = typer.Option(5000)) -> None:
     """Start the MLflow UI on 127.0.0.1 over this project's tracking store (Ctrl-C stops)."""
     settings = _settings(config)
+    if settings.artifact_root is None:  # a tracking server is configured: its own UI is the one to open
+        raise InputError(f"registry.tracking_uri is {settings.tracking_uri}: open that server's UI instead")
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     console.print(f"MLflow UI: http://127.0.0.1:{port}")
     os.execvpe(
@@ -819,7 +832,7 @@ def ui_mlflow(config: list[str] | None = ConfigOpt, port: int = typer.Option(500
     )
 
 
-def _stack(config: list[str] | None):
+def _stack(config: list[str] | None) -> tuple[ModuleType, Stack]:
     from driftloop.ops import stack as stack_mod
 
     # configs/stack.yaml describes the stack; further overlays (-c) may move its ports or folder.
