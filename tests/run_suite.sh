@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The test suite (`make test`) as two pytest processes at once: the tests that start the real
-# stack, a Prefect server with its worker, the CLI as subprocesses and DVC in a fresh clone
-# (mostly waiting on servers and subprocesses) beside everything else. Extra arguments go to
-# both. Each prints its slowest tests. Exits non-zero if either failed.
+# stack or a PostgreSQL of their own, a Prefect server with its worker, the CLI as subprocesses
+# and DVC in a fresh clone (mostly waiting on servers and subprocesses) beside everything else.
+# Extra arguments go to both. Each prints its slowest tests. Exits non-zero if either failed.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 SERVERS=(tests/integration/test_stack.py tests/integration/test_prefect_deployments.py
-         tests/integration/test_cli_errors.py tests/integration/test_dvc_pipeline.py)
+         tests/integration/test_cli_errors.py tests/integration/test_dvc_pipeline.py
+         tests/integration/test_history_postgres.py)
 log=$(mktemp -t driftloop-server-tests.XXXXXX)
 "$PY" -m pytest -p no:cacheprovider --durations=10 "${SERVERS[@]}" "$@" >"$log" 2>&1 &
 servers=$!

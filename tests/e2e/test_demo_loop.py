@@ -42,9 +42,9 @@ def test_loop_closes(state, monkeypatch):
     steady = out["steady"]
     assert steady.drift is not None and steady.champion.version == "2"
     assert not steady.drift.drift_detected and not steady.decision.retrain, steady.drift.summary()
-    from driftloop.adapters.history import ChampionHistory
+    from driftloop.adapters.wiring import history_stores
 
-    entries = ChampionHistory(settings.history_path).entries()
+    entries = history_stores(settings)[0].entries()
     moves = [e for e in entries if e.alias == "champion"]
     assert [(e.action, e.to_version) for e in moves] == [("promote", "1"), ("promote", "2")]
     # v2 went through every stage of the rollout before its promotion

@@ -62,7 +62,12 @@ def test_drift_triggers_exactly_once(champion_parts, monkeypatch):
     known = parts.prepared().read("live_known")
     new = parts.prepared().read("live_new")
     serve_window(parts, simulator.mix(known, new, 400, 0.35, seed=5), "drift")
+    # a run that may not retrain only previews the decision: it claims nothing
+    preview = monitoring(trigger_retrain=False)
+    assert preview.decision.retrain and preview.retrain is None
+    assert parts.ledger.records() == [] and retrain_runs() == before
     first = monitoring()
+    assert first.drift.window_id == preview.drift.window_id
     assert first.drift.drift_detected and first.decision.retrain
     assert first.retrain is None  # failed for lack of labels
     assert retrain_runs() == before + 1

@@ -52,7 +52,8 @@ def stack():
 
 @pytest.fixture
 def on_stack(stack, tmp_path, monkeypatch):
-    """This test's flows use the stack: a config overlay, its S3 keys, its Prefect server."""
+    """This test's flows use the stack: a config overlay, its S3 keys and PostgreSQL password, its
+    Prefect server, the champion history and trigger ledger in a schema of this test's own."""
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_RETRY_EXTRA_CODES, temporary_settings
 
     overlay = tmp_path / "stack-test.yaml"
@@ -61,6 +62,8 @@ def on_stack(stack, tmp_path, monkeypatch):
         f"prefect:\n  api_url: {stack.prefect_api_url}\n"
         f"storage:\n  dvc_remote: s3://{stack.cfg.bucket}/dvc-{tmp_path.name[-12:]}\n"
         f"  s3_endpoint_url: {stack.s3_url}\n"
+        f"history:\n  backend: postgres\n  dsn: {stack.history_dsn}\n"
+        f"  db_schema: t_{re.sub(r'[^a-z0-9_]', '_', tmp_path.name[-12:].lower())}\n"
     )
     monkeypatch.setenv("DRIFTLOOP_CONFIG", str(overlay))
     monkeypatch.setenv("DRIFTLOOP__PROJECT__STATE_DIR", str(tmp_path / "state"))
@@ -195,6 +198,17 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
         stack, f"SELECT alias, version FROM registered_model_aliases WHERE name = '{settings.registry.model_name}'"
     )
     assert ("champion", 2) in aliases
+    # ... the champion history and the trigger ledger too, in the driftloop database (not on this disk) ...
+    schema = settings.history.db_schema
+    ledger = _pg(stack, f"SELECT window_id FROM {schema}.retrain_triggers ORDER BY seq", db="driftloop")
+    assert [r[0] for r in ledger] == [out.drift.window_id]
+    moves = _pg(
+        stack,
+        f"SELECT action, to_version FROM {schema}.champion_history WHERE alias = 'champion' ORDER BY seq",
+        "driftloop",
+    )
+    assert moves == [("promote", "1"), ("promote", "2")]
+    assert not settings.history_path.exists() and not settings.trigger_state_path.exists()
     # ... the model files in S3 (through the MLflow server's artifact proxy) ...
     assert len([k for k in _s3_keys(stack, "mlflow/") if k.endswith("classifier.joblib")]) >= 2
     # ... and every training set in the DVC remote on S3: a fresh DVC repo pulls v2's back.

@@ -1,10 +1,11 @@
 """Helpers that more than one test module uses, in one place (fixtures stay in the conftest files).
 
 Test modules import helpers only from here: ``tests.support`` (constants, ports), ``.servers``
-(apps under uvicorn, in a thread or a process), ``.data`` (tiny data, a served window),
-``.fakes`` (a fake model and registry for serving's unit tests) and ``.rollout_models`` (the
-deliberately bad challengers). This module stays light: a served app's child process imports it
-when it unpickles a model from ``.rollout_models``.
+(apps under uvicorn, in a thread or a process; a throw-away PostgreSQL), ``.data`` (tiny data, a
+served window), ``.fakes`` (a fake model and registry for serving's unit tests),
+``.rollout_models`` (the deliberately bad challengers) and ``.history`` (monitors racing to claim
+drift windows, for each ledger backend). This module stays light: a served app's child process
+imports it when it unpickles a model from ``.rollout_models``.
 """
 
 from __future__ import annotations

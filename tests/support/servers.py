@@ -1,22 +1,26 @@
 """Real servers for the tests: an app under uvicorn on a free loopback port, in a background
-thread or in its own process (``tests/integration/serve_app.py`` on a real registry)."""
+thread or in its own process (``tests/integration/serve_app.py`` on a real registry), and a
+throw-away PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from driftloop.ops.simulator import wait_ready
-from tests.support import ROOT, bound_socket
+from tests.support import ROOT, bound_socket, free_port
 
 SERVE_APP = ROOT / "tests" / "integration" / "serve_app.py"
 
@@ -98,3 +102,26 @@ def read_line(proc: subprocess.Popen, timeout_s: float) -> str:
     if not box:
         raise TimeoutError(f"serve_app.py printed nothing in {timeout_s}s (exit code {proc.poll()})")
     return box[0].strip()
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[Any]:
+    """A PostgreSQL of its own on a free loopback port, set up exactly as `driftloop stack up` sets
+    up the stack's (``initdb`` in a temporary folder, ``pg_ctl start``, the databases ``mlflow``,
+    ``prefect`` and ``driftloop``), stopped and deleted afterwards. Yields the
+    :class:`driftloop.ops.stack.Stack`: ``history_dsn`` and ``secrets.pg_password`` reach it."""
+    from driftloop.config.settings import StackSettings
+    from driftloop.ops import stack as stack_mod
+
+    # PostgreSQL runs as the 'postgres' user when the suite runs as root: its folder must be
+    # reachable by that user (pytest's tmp folders are private).
+    root = Path(tempfile.mkdtemp(prefix="driftloop-pg-"))
+    root.chmod(0o755)
+    cfg = StackSettings(dir=root, postgres_port=free_port(), services=["postgres"], deploy=False)
+    stack = stack_mod.Stack(cfg, ROOT)
+    try:
+        stack_mod.up(stack, services=["postgres"])
+        yield stack
+    finally:
+        stack_mod.down(stack)
+        shutil.rmtree(root, ignore_errors=True)

@@ -9,7 +9,9 @@ import sys
 import uuid
 from pathlib import Path
 
-from driftloop.adapters.history import ChampionHistory
+import pytest
+
+from driftloop.adapters.history import FileChampionHistory
 from driftloop.core.types import HistoryEntry
 from tests.support import ROOT
 
@@ -31,7 +33,7 @@ def test_a_table_row_comes_out_whole(tmp_path):
         "over window 0a1b2c3d4e5f of 400 requests; challenger v7 beat the champion on the eval set"
     )
     actor = f"monitor:flow-run-{uuid.uuid4()}"
-    ChampionHistory(tmp_path / "champion_history.jsonl").append(
+    FileChampionHistory(tmp_path / "champion_history.jsonl").append(
         HistoryEntry(
             time="2026-01-02T03:04:05.678+00:00",
             model="intent-router",
@@ -98,3 +100,19 @@ def test_a_bug_is_reported_with_its_traceback(capsys):
     assert err.rstrip().endswith(
         "unexpected error (KeyError: 'missing'); this is a bug, please report it with the traceback above"
     )
+
+
+def test_a_refused_history_dsn_is_named_but_never_echoed(monkeypatch):
+    """A DSN with a password is refused (the password belongs in the environment), and the error
+    line does not repeat the password to a terminal or a CI log."""
+    import pydantic
+
+    from driftloop.config.settings import load_settings
+    from driftloop.entry import cli
+
+    monkeypatch.setenv("DRIFTLOOP__HISTORY__DSN", "postgresql://driftloop:s3cr3t-value@db:5432/driftloop")
+    with pytest.raises(pydantic.ValidationError) as err:
+        load_settings()
+    line = cli._settings_problems(err.value, None, {})
+    assert line.startswith("configuration: history.dsn (from $DRIFTLOOP__HISTORY__DSN): holds a password"), line
+    assert "s3cr3t-value" not in line

@@ -1,8 +1,10 @@
 import pandas as pd
+import pytest
 
-from driftloop.adapters.history import ChampionHistory, TriggerLedger
+from driftloop.adapters.history import FileChampionHistory, FileTriggerLedger
 from driftloop.core.types import HistoryEntry
 from driftloop.data import curation
+from tests.support.history import RACES, slow_check
 
 
 def move(frm, to, action="promote", alias="champion"):
@@ -10,7 +12,7 @@ def move(frm, to, action="promote", alias="champion"):
 
 
 def test_history_is_append_only_and_skips_torn_line(tmp_path):
-    h = ChampionHistory(tmp_path / "h.jsonl")
+    h = FileChampionHistory(tmp_path / "h.jsonl")
     h.append(move(None, "1"))
     h.append(move("1", "2"))
     with open(h.path, "a") as f:
@@ -19,7 +21,7 @@ def test_history_is_append_only_and_skips_torn_line(tmp_path):
 
 
 def test_last_good_skips_current_and_rolled_back_versions(tmp_path):
-    h = ChampionHistory(tmp_path / "h.jsonl")
+    h = FileChampionHistory(tmp_path / "h.jsonl")
     for e in [
         move(None, "1"),
         move("1", "2"),
@@ -30,13 +32,45 @@ def test_last_good_skips_current_and_rolled_back_versions(tmp_path):
         h.append(e)
     assert h.last_good(exclude="3") == "1"  # 2 was rolled back from: never a target again
     assert h.last_good(exclude="1") == "3"
-    assert ChampionHistory(tmp_path / "none.jsonl").last_good() is None
+    assert FileChampionHistory(tmp_path / "none.jsonl").last_good() is None
 
 
-def test_ledger_round_trip(tmp_path):
-    ledger = TriggerLedger(tmp_path / "l.jsonl")
-    ledger.record("w1", "drift")
+def test_ledger_round_trip_records_a_window_once(tmp_path):
+    ledger = FileTriggerLedger(tmp_path / "l.jsonl")
+    assert ledger.record("w1", "drift")
+    assert not ledger.record("w1", "drift again"), "a window is recorded once"
     assert [r.window_id for r in ledger.records()] == ["w1"]
+    assert ledger.records()[0].time.tzinfo is not None
+
+
+def test_a_claim_records_the_window_only_when_the_check_says_retrain(tmp_path):
+    ledger = FileTriggerLedger(tmp_path / "l.jsonl")
+    first = ledger.claim_window("w1", slow_check("w1", pause_s=0), run="run-1")
+    assert first.retrain and "drift confirmed" in first.reason
+    again = ledger.claim_window("w1", slow_check("w1", pause_s=0), run="run-2")
+    assert not again.retrain and "already triggered" in again.reason
+    other = ledger.claim_window("w2", slow_check("w2", pause_s=0), run="run-3")
+    assert not other.retrain and "cooldown" in other.reason
+    assert [r.window_id for r in ledger.records()] == ["w1"]
+    # what was recorded: the decision's reason and the run that claimed it
+    assert '"run": "run-1"' in ledger.path.read_text() and "drift confirmed" in ledger.path.read_text()
+
+
+@pytest.mark.parametrize("race", RACES, ids=lambda r: r.__name__)
+def test_monitors_racing_on_one_window_retrain_once(tmp_path, race):
+    path = tmp_path / "l.jsonl"
+    decisions = race(lambda: FileTriggerLedger(path), ["w1"] * 6)
+    assert sum(d.retrain for d in decisions) == 1, decisions
+    assert all("already triggered" in d.reason for d in decisions if not d.retrain), decisions
+    assert [r.window_id for r in FileTriggerLedger(path).records()] == ["w1"]
+
+
+@pytest.mark.parametrize("race", RACES, ids=lambda r: r.__name__)
+def test_monitors_racing_on_two_windows_keep_the_cooldown(tmp_path, race):
+    path = tmp_path / "l.jsonl"
+    decisions = race(lambda: FileTriggerLedger(path), ["w1", "w2"] * 3)
+    assert sum(d.retrain for d in decisions) == 1, decisions
+    assert len(FileTriggerLedger(path).records()) == 1
 
 
 def preds(rows):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from driftloop.adapters.history import ChampionHistory
+from driftloop.adapters.history import FileChampionHistory
 from driftloop.config.settings import RolloutSettings, load_settings
 from driftloop.core.types import HistoryEntry, ModelRef
 from driftloop.rollout.stages import KIND_AB, KIND_STANDBY, plan, promotion_under_watch, stage_spec
@@ -76,7 +76,7 @@ def entry(time: datetime, action: str, from_version, to_version, alias="champion
 
 def test_only_a_recent_promotion_over_an_earlier_champion_is_under_watch(tmp_path):
     now = datetime(2026, 11, 28, 12, tzinfo=UTC)
-    history = ChampionHistory(tmp_path / "h.jsonl")
+    history = FileChampionHistory(tmp_path / "h.jsonl")
     history.append(entry(now - timedelta(hours=3), "promote", None, "1"))
     assert promotion_under_watch(history, ModelRef("m", "1"), now, 86400) is None, "the first model has no baseline"
     history.append(entry(now - timedelta(hours=2), "promote", "1", "2"))

@@ -67,3 +67,31 @@ def test_config_hash_changes_with_config(monkeypatch):
     a = load_settings().config_hash()
     monkeypatch.setenv("DRIFTLOOP__MODEL__FAMILY", "other")
     assert load_settings().config_hash() != a
+
+
+def test_history_defaults_to_files_and_the_stack_overlay_to_postgres():
+    assert load_settings().history.backend == "file"
+    stack = load_settings(["stack"]).history
+    assert stack.backend == "postgres" and stack.dsn and stack.dsn.endswith("/driftloop")
+    assert stack.password_env == "DRIFTLOOP_PG_PASSWORD"
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://driftloop:s3cr3t-value@db:5432/driftloop",
+        "postgresql://db:5432/driftloop?password=s3cr3t-value",
+    ],
+)
+def test_a_history_dsn_with_a_password_is_refused(monkeypatch, dsn):
+    """Secrets come from the environment's own variable, never inside a setting (the CLI's error
+    line does not echo it: tests/unit/test_cli_output.py)."""
+    monkeypatch.setenv("DRIFTLOOP__HISTORY__DSN", dsn)
+    with pytest.raises(ValidationError, match=r"history\.dsn: holds a password.*DRIFTLOOP_PG_PASSWORD"):
+        load_settings()
+
+
+def test_the_postgres_history_needs_a_dsn(monkeypatch):
+    monkeypatch.setenv("DRIFTLOOP__HISTORY__BACKEND", "postgres")
+    with pytest.raises(ValidationError, match=r"history\.dsn: required"):
+        load_settings()

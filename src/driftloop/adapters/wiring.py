@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftloop.adapters.history import ChampionHistory, TriggerLedger
+from driftloop.adapters.history import ChampionHistory, FileChampionHistory, FileTriggerLedger, TriggerLedger
 from driftloop.adapters.registry import Registry
 from driftloop.adapters.versioning import DatasetStore
 from driftloop.config.settings import DataSettings, Settings
+from driftloop.core.errors import InputError
 from driftloop.data.dataset import PreparedData, ensure_prepared
 
 
@@ -31,9 +33,29 @@ class Components:
         return ensure_prepared(self.data, self.prepared_dir)
 
 
+def history_stores(settings: Settings) -> tuple[ChampionHistory, TriggerLedger]:
+    """The champion history and the trigger ledger of ``history.backend``: JSON Lines files under
+    the state dir, or tables in PostgreSQL (the password from the variable
+    ``history.password_env`` names, never from the configuration)."""
+    cfg = settings.history
+    if cfg.backend == "file":
+        return FileChampionHistory(settings.history_path), FileTriggerLedger(settings.trigger_state_path)
+    try:
+        # Only this backend needs the PostgreSQL driver (the `stack` extra).
+        from driftloop.adapters import history_pg
+    except ImportError as exc:
+        raise InputError(
+            f"history.backend: postgres needs the PostgreSQL driver: pip install 'driftloop[stack]' ({exc})"
+        ) from exc
+    assert cfg.dsn is not None  # noqa: S101  narrows the type: HistorySettings requires it for postgres
+    db = history_pg.Database(cfg.dsn, os.environ.get(cfg.password_env) or None, cfg.db_schema)
+    return history_pg.PostgresChampionHistory(db), history_pg.PostgresTriggerLedger(db)
+
+
 def build(settings: Settings) -> Components:
     """The components for ``settings``."""
     state = settings.state_dir
+    history, ledger = history_stores(settings)
     return Components(
         registry=Registry(
             settings.tracking_uri,
@@ -41,8 +63,8 @@ def build(settings: Settings) -> Components:
             settings.registry.experiment,
             artifact_root=settings.artifact_root,
         ),
-        history=ChampionHistory(settings.history_path),
-        ledger=TriggerLedger(settings.trigger_state_path),
+        history=history,
+        ledger=ledger,
         datasets=DatasetStore(settings.datasets_dir, settings.storage.dvc_remote, settings.storage.s3_endpoint_url),
         log_root=settings.log_dir,
         prepared_dir=state / "prepared",

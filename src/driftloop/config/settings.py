@@ -331,6 +331,46 @@ class StorageSettings(_Section):
     s3_endpoint_url: str | None = None  # an S3-compatible server (SeaweedFS, MinIO); None: AWS
 
 
+class HistorySettings(_Section):
+    """Where the champion history and the retrain-trigger ledger live. ``file``: JSON Lines under
+    ``project.state_dir`` (the embedded default: one machine, or a volume every process mounts).
+    ``postgres``: two tables in a PostgreSQL database that every serving replica, worker and
+    flow-run Job reaches (configs/stack.yaml). The password never comes from a file in git: it is
+    read from the variable ``password_env`` names (else libpq's own ``PGPASSWORD`` / ``~/.pgpass``)."""
+
+    backend: Literal["file", "postgres"] = "file"
+    # postgres: a libpq URL without a password, e.g. postgresql://driftloop@127.0.0.1:5433/driftloop
+    dsn: str | None = None
+    password_env: str = Field("DRIFTLOOP_PG_PASSWORD", min_length=1)
+    # postgres: the schema that holds the two tables (created when missing), so that several
+    # projects (or test runs) can share one database without sharing a history.
+    db_schema: str = Field("driftloop", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("postgresql://", "postgres://")):
+            # Never echoes the value: a mistyped URL may still hold a password.
+            scheme = value.partition("://")[0] if "://" in value else "none"
+            raise ValueError(f"history.dsn: expected a postgresql:// URL, got scheme {scheme[:20]!r}")
+        # userinfo is everything between the scheme and the first '@' before the host.
+        userinfo = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
+        if ":" in userinfo or "password=" in value:
+            raise ValueError(
+                "history.dsn: holds a password; put it in the environment variable history.password_env "
+                "names (DRIFTLOOP_PG_PASSWORD), never in a configuration file"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> HistorySettings:
+        if self.backend == "postgres" and not self.dsn:
+            raise ValueError("history.dsn: required with history.backend: postgres")
+        return self
+
+
 class StackSettings(_Section):
     """The real stack started by `driftloop stack up`, every server on 127.0.0.1 (configs/stack.yaml
     points the loop at it). Secrets (the PostgreSQL password, the S3 keys) come from the
@@ -455,6 +495,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     prefect: PrefectSettings = PrefectSettings()
     storage: StorageSettings = StorageSettings()
+    history: HistorySettings = HistorySettings()
     stack: StackSettings = StackSettings()
     demo: DemoSettings = DemoSettings()
 
@@ -513,6 +554,7 @@ class Settings(BaseSettings):
 
     @property
     def history_path(self) -> Path:
+        """The champion history's file (``history.backend: file``)."""
         return self.state_dir / "champion_history.jsonl"
 
     @property
@@ -522,6 +564,7 @@ class Settings(BaseSettings):
 
     @property
     def trigger_state_path(self) -> Path:
+        """The retrain-trigger ledger's file (``history.backend: file``)."""
         return self.state_dir / "retrain_triggers.jsonl"
 
     def config_hash(self) -> str:

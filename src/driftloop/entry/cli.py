@@ -158,6 +158,10 @@ def _settings(config: list[str] | None, options: dict[str, str] | None = None, *
     return settings
 
 
+# Settings whose wrong value may hold a secret (a URL with a password): named, never echoed.
+_NOT_ECHOED = frozenset({"history.dsn"})
+
+
 def _settings_problems(exc: pydantic.ValidationError, config: list[str] | None, options: dict[str, str]) -> str:
     """One line per wrong setting: ``monitor.window_size = 'abc' (in o.yaml): Input should be …``."""
     lines = []
@@ -169,6 +173,8 @@ def _settings_problems(exc: pydantic.ValidationError, config: list[str] | None, 
         origin = options.get(key) or _setting_origin(problem["loc"], config)
         value = problem.get("input")
         shown = f" = {value!r}" if value is not None and not isinstance(value, dict) else ""
+        if key in _NOT_ECHOED:
+            shown = ""
         where = f" ({origin})" if origin else ""
         lines.append(f"{key}{shown}{where}: {message}" if key else message)
     head = "configuration: " if len(lines) == 1 else "configuration:\n  "
@@ -559,10 +565,10 @@ def history(
     """The champion history: every alias move, when, why, by whom."""
     from dataclasses import asdict
 
-    from driftloop.adapters.history import ChampionHistory
+    from driftloop.adapters.wiring import history_stores
 
     settings = _settings(config)
-    entries = ChampionHistory(settings.history_path).entries()
+    entries = history_stores(settings)[0].entries()
     if as_json:
         for e in entries:
             typer.echo(json.dumps(asdict(e)))

@@ -491,12 +491,14 @@ def _summary(run: DemoRun, server: PrefectServer) -> pd.DataFrame:
     console.print(table)
     console.print(f"failed requests: {run.failed}")
     console.rule("where everything is")
+    # history.dsn holds no password (the settings refuse one)
+    history_where = settings.history.dsn if settings.history.backend == "postgres" else settings.history_path
     console.print(
         f"Prefect UI      {server.ui_url}   (after the demo: [bold]make ui-prefect[/bold])\n"
         f"MLflow UI       [bold]make ui-mlflow[/bold] → http://127.0.0.1:5000  ({settings.tracking_uri})\n"
         f"drift reports   {parts.reports_dir}/drift-*.html (also MLflow artifacts of the 'monitor' runs)\n"
         f"prediction log  {parts.log_root}/predictions/   feedback {parts.log_root}/feedback/\n"
-        f"history         driftloop history   ({settings.history_path})\n"
+        f"history         driftloop history   ({history_where})\n"
         f"training sets   {parts.datasets.root} (DVC); driftloop data restore --version N"
     )
     run.tl.step("done")

@@ -84,7 +84,13 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
         get_run_logger().info(decision.reason)
         return MonitorOutcome(champion, None, decision)
     result, report = check_drift(settings, parts, champion, window, run_id)
-    decision = monitor.should_retrain(result, settings.monitor, settings.retrain, parts.ledger)
+    if trigger_retrain:
+        # Decided and recorded in one atomic step of the ledger, before the retrain starts: a
+        # monitor racing this one on the same window is told it already triggered, and a crash
+        # mid-retrain cannot let the window fire twice.
+        decision = monitor.claim_window(result, settings.monitor, settings.retrain, parts.ledger, run_id)
+    else:
+        decision = monitor.should_retrain(result, settings.monitor, settings.retrain, parts.ledger)
     get_run_logger().info(
         "%s -> %s: %s", result.summary(), "retrain" if decision.retrain else "no retrain", decision.reason
     )
@@ -139,11 +145,9 @@ def start_retrain(
     run_id: str,
     config: list[str] | None,
 ) -> MonitorOutcome:
-    """Record the drifted window, then retrain: here (``retrain.dispatch: inline``) or through a
-    drift event that a worker's trigger turns into a retrain run (``event``)."""
+    """Retrain on the drifted window this run claimed in the ledger: here (``retrain.dispatch:
+    inline``) or through a drift event that a worker's trigger turns into a retrain run (``event``)."""
     logger = get_run_logger()
-    # Recorded before the run starts: a crash mid-retrain must not let this window fire twice.
-    parts.ledger.record(result.window_id, decision.reason, run=run_id)
     if settings.retrain.dispatch == "event":
         # A worker runs the retrain: prefect.yaml's trigger on this event, one run per window.
         event_id = dispatch.emit_drift_event(

@@ -191,8 +191,11 @@ def retrain_after_regression(
     """Open a retrain run for a promotion that regressed and was undone: ``window_id`` is
     recorded first (so it fires once), the run retrains on what is labelled now and leaves its
     candidate registered instead of rolling it out. Returns the retrain's outcome, or None when
-    the run failed (it shows as failed in the UI; the rolled-back champion stays)."""
-    ledger.record(window_id, because, run=str(flow_run.id or "local"))
+    the window was already recorded (another watcher opened its retrain) or the run failed (it
+    shows as failed in the UI; the rolled-back champion stays)."""
+    if not ledger.record(window_id, because, run=str(flow_run.id or "local")):
+        get_run_logger().info("window %s already opened a retrain: not opening another", window_id)
+        return None
     state = retraining(
         reason=f"{regressed} regressed after promotion: {because}",
         requested_by=requested_by,

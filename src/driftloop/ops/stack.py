@@ -37,7 +37,9 @@ from driftloop.ops.prefect_server import CLIENT_RETRIES
 
 ORDER = ["postgres", "s3", "mlflow", "prefect", "worker", "prometheus"]
 WAVES = [["postgres", "s3"], ["mlflow", "prefect"], ["worker", "prometheus"]]
-DATABASES = ("mlflow", "prefect")
+# MLflow's and Prefect's, and driftloop's own (history.backend: postgres keeps the champion history
+# and the trigger ledger there; adapters.history_pg creates its tables on first use).
+DATABASES = ("mlflow", "prefect", "driftloop")
 SYSTEM_PACKAGES = {"postgres": "postgresql", "prometheus": "prometheus"}
 INSTALL_SCRIPT = Path(__file__).resolve().parents[3] / "infra" / "install-system-deps.sh"
 
@@ -99,6 +101,12 @@ class Stack:
         assert self.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
         return f"{driver}://{self.cfg.postgres_user}:{self.secrets.pg_password}@127.0.0.1:{self.cfg.postgres_port}/{db}"
 
+    @property
+    def history_dsn(self) -> str:
+        """The ``history.dsn`` of this stack's ``driftloop`` database: no password in it (that is
+        ``DRIFTLOOP_PG_PASSWORD``, in :meth:`client_env`)."""
+        return f"postgresql://{self.cfg.postgres_user}@127.0.0.1:{self.cfg.postgres_port}/driftloop"
+
     def urls(self) -> dict[str, str]:
         return {
             "postgres": f"postgresql://{self.cfg.postgres_user}@127.0.0.1:{self.cfg.postgres_port}",
@@ -110,9 +118,11 @@ class Stack:
         }
 
     def client_env(self) -> dict[str, str]:
-        """What a driftloop process needs in its environment to use this stack."""
+        """What a driftloop process needs in its environment to use this stack: the S3 keys and
+        the PostgreSQL password (the history's, with ``history.backend: postgres``)."""
         assert self.secrets is not None  # noqa: S101  narrows the type: load_secrets() ran first
         return {
+            "DRIFTLOOP_PG_PASSWORD": self.secrets.pg_password,
             "AWS_ACCESS_KEY_ID": self.secrets.s3_access_key,
             "AWS_SECRET_ACCESS_KEY": self.secrets.s3_secret_key,
             "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
@@ -161,16 +171,23 @@ def load_secrets(stack: Stack, create: bool = True) -> Secrets:
 
 
 def export_client_env(settings: Settings, project_root: Path | None = None) -> bool:
-    """Put the stack's S3 keys into this process's environment (the environment's own values win)
-    when the configuration uses S3 and they are not set. True when something was exported."""
+    """Put the local stack's secrets into this process's environment (the environment's own values
+    win) where the configuration needs them and they are not set: the S3 keys for an ``s3://`` DVC
+    remote, the PostgreSQL password for ``history.backend: postgres``. True when something was
+    exported."""
     uses_s3 = (settings.storage.dvc_remote or "").startswith("s3://")
-    if not uses_s3 or (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
+    needs_s3 = uses_s3 and not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    needs_pg = settings.history.backend == "postgres" and not os.environ.get(settings.history.password_env)
+    if not (needs_s3 or needs_pg):
         return False
     stack = from_settings(settings, project_root)
     if not stack.path("secrets.env").exists():
         return False
     load_secrets(stack, create=False)
-    for key, value in stack.client_env().items():
+    env = stack.client_env()
+    password = env.pop("DRIFTLOOP_PG_PASSWORD")
+    exported = (env if needs_s3 else {}) | ({settings.history.password_env: password} if needs_pg else {})
+    for key, value in exported.items():
         os.environ.setdefault(key, value)
     return True
 
@@ -587,6 +604,7 @@ def _worker_start(stack: Stack) -> None:
             "DRIFTLOOP__PREFECT__API_URL": stack.prefect_api_url,
             "DRIFTLOOP__STORAGE__DVC_REMOTE": f"s3://{stack.cfg.bucket}/dvc",
             "DRIFTLOOP__STORAGE__S3_ENDPOINT_URL": stack.s3_url,
+            "DRIFTLOOP__HISTORY__DSN": stack.history_dsn,
             "DRIFTLOOP_HOME": str(stack.project_root),
             "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "5"),
         }

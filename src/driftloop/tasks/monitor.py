@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
 
 from driftloop.adapters import predlog
 from driftloop.adapters.history import TriggerLedger
 from driftloop.adapters.registry import Registry
 from driftloop.config.settings import MonitorSettings, RetrainPolicy
 from driftloop.core import policy
+from driftloop.core.errors import ServerUnreachable
 from driftloop.core.types import DriftResult, ModelRef, RetrainDecision
 from driftloop.data import curation
 from driftloop.data.dataset import TEXT
@@ -150,5 +154,25 @@ def write_status(result: DriftResult, model: ModelRef, path: Path) -> None:
 def should_retrain(
     result: DriftResult, monitor: MonitorSettings, retrain: RetrainPolicy, ledger: TriggerLedger
 ) -> RetrainDecision:
-    """Whether the drift result asks for a retrain, given the policy and the windows already triggered."""
+    """Whether the drift result asks for a retrain, given the policy and the windows already
+    triggered: a preview that records nothing (:func:`claim_window` decides and records)."""
     return policy.should_retrain(result, monitor, retrain, ledger.records(), datetime.now(UTC))
+
+
+def _ledger_unreached(task: Any, task_run: TaskRun, state: State) -> bool:
+    """Retry a claim only when it never reached the ledger's database: one that committed and
+    then lost its answer must not claim again (it would read its own row and say no)."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, ServerUnreachable)
+
+
+@task(cache_policy=NO_CACHE, **(SERVER_RETRIES | {"retry_condition_fn": _ledger_unreached}))
+def claim_window(
+    result: DriftResult, monitor: MonitorSettings, retrain: RetrainPolicy, ledger: TriggerLedger, run: str
+) -> RetrainDecision:
+    """The retrain decision for the drift result, taken and recorded in one atomic step of the
+    ledger: of several monitors racing on one window, one gets the retrain; the cooldown holds
+    between them."""
+    return ledger.claim_window(
+        result.window_id, functools.partial(policy.should_retrain, result, monitor, retrain), run=run
+    )
