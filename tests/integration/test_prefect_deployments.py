@@ -199,9 +199,11 @@ def test_prefect_yaml_deploys_schedules_and_the_drift_trigger(stack):
 
     api = stack["server"].api_url
     deployments = {d.name: d for d in _query(api, lambda c: c.read_deployments(deployment_filter=DeploymentFilter()))}
-    assert {"hourly", "retrain", "on-drift"} <= set(deployments)
-    crons = {name: [s.schedule.cron for s in deployments[name].schedules] for name in ("hourly", "retrain")}
-    assert crons == {"hourly": ["0 * * * *"], "retrain": ["0 3 * * 1"]}
+    assert {"hourly", "retrain", "on-drift", "daily"} <= set(deployments)
+    crons = {name: [s.schedule.cron for s in deployments[name].schedules] for name in ("hourly", "retrain", "daily")}
+    assert crons == {"hourly": ["0 * * * *"], "retrain": ["0 3 * * 1"], "daily": ["30 0 * * *"]}
+    assert deployments["daily"].entrypoint == "flows/compaction.py:compaction"
+    assert deployments["daily"].parameters == {"retention": True, "config": []}
     for d in deployments.values():
         assert d.work_pool_name == "driftloop"
         assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]

@@ -1,13 +1,16 @@
-"""The append-only prediction log and feedback log, and their readers.
+"""The append-only prediction log and feedback log: the writers.
 
 Layout, one JSON object per line, partitioned by UTC date::
 
-    <root>/predictions/date=YYYY-MM-DD/part-<pid>-<start-ts>.jsonl
-    <root>/feedback/date=YYYY-MM-DD/part-<pid>-<start-ts>.jsonl
+    <root>/predictions/date=YYYY-MM-DD/part-<pid>-<opened>.jsonl
+    <root>/feedback/date=YYYY-MM-DD/part-<pid>-<opened>.jsonl
 
-Every writing process owns its own files (pid and start time are in the name), so replicas and
-restarts never interleave lines in one file, and a file is never rewritten. The monitor reads
-whole partitions; nothing here needs a database.
+Every writing process owns its own files (pid and the time it opened the file are in the name),
+so replicas and restarts never interleave lines in one file, and a file is never rewritten. A
+writer moves to a new file at midnight UTC and after :data:`IDLE_ROTATE_S` without a line, so a
+part that has not grown for longer is closed for good and may be compacted. Reading, compaction
+to Parquet and retention are :mod:`driftloop.adapters.logstore`'s; its readers are re-exported
+here for the callers that have always imported them from this module.
 """
 
 from __future__ import annotations
@@ -18,34 +21,51 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
-import pandas as pd
+from driftloop.adapters.logstore import (
+    FEEDBACK,
+    FEEDBACK_COLUMNS,
+    PREDICTION_COLUMNS,
+    PREDICTIONS,
+    SKIPPED_LINES,
+    LogCursor,
+    feedback_for,
+    join_feedback,
+    predictions_for,
+    read_feedback,
+    read_predictions,
+    read_since,
+    read_window,
+)
+from driftloop.core.types import SLOT_CHAMPION, Prediction
 
-from driftloop.core.types import SLOT_CHAMPION, SLOT_SHADOW, Prediction
+__all__ = [
+    "FEEDBACK",
+    "FEEDBACK_COLUMNS",
+    "IDLE_ROTATE_S",
+    "PREDICTIONS",
+    "PREDICTION_COLUMNS",
+    "SKIPPED_LINES",
+    "FeedbackLog",
+    "LogCursor",
+    "PredictionLog",
+    "feedback_for",
+    "join_feedback",
+    "predictions_for",
+    "read_feedback",
+    "read_predictions",
+    "read_since",
+    "read_window",
+]
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions"
-FEEDBACK = "feedback"
-PREDICTION_COLUMNS = (
-    "request_id",
-    "time",
-    "text",
-    "intent",
-    "confidence",
-    "model_version",
-    "latency_ms",
-    "tokens",
-    "slot",
-    "error",
-)
-FEEDBACK_COLUMNS = ("request_id", "time", "label")
-# Readers put the number of unreadable lines they skipped here, in ``frame.attrs``.
-SKIPPED_LINES = "skipped_lines"
-
+# A writer idle this long moves to a new part on its next line: compaction treats a part unchanged
+# for longer (logs.closed_after_s, at least twice this) as closed for good.
+IDLE_ROTATE_S = 300.0
 _DAY_S = 86400
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 # json.dumps of a str is a direct call into the C escaper; ensure_ascii keeps lone surrogates
@@ -66,13 +86,12 @@ class _PartitionedAppender:
             raise ValueError(f"fsync_interval_s must be positive, got {fsync_interval_s}")
         self.directory = Path(directory)
         self.fsync_interval_s = float(fsync_interval_s)
-        started = datetime.now(UTC)
-        self._file_name = f"part-{os.getpid()}-{started:%Y%m%dT%H%M%S%fZ}.jsonl"
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._fd = -1
         self._path: Path | None = None
         self._day_end = 0.0  # epoch second at which the open file's date ends
+        self._last = 0.0  # epoch second of the last line written
         self._dirty = False
         self._partial = False
         self._retired: list[int] = []
@@ -93,8 +112,9 @@ class _PartitionedAppender:
         with self._lock:
             if self._closed:
                 raise ValueError(f"log {self.directory} is closed")
-            if now >= self._day_end or now < self._day_end - _DAY_S:
+            if now >= self._day_end or now < self._day_end - _DAY_S or now - self._last >= IDLE_ROTATE_S:
                 self._open_for(now)
+            self._last = now
             if self._partial:
                 data = b"\n" + data  # end the partial line a failed write left, so it stays alone
             try:
@@ -114,8 +134,18 @@ class _PartitionedAppender:
         partition = self.directory / f"date={day.isoformat()}"
         new_dirs = [d for d in (self.directory.parent, self.directory, partition) if not d.exists()]
         partition.mkdir(parents=True, exist_ok=True)
-        self._path = partition / self._file_name
-        fd = os.open(self._path, _OPEN_FLAGS, 0o644)
+        # A new file each time, named by this process and the (real) time it is opened: a part
+        # that compaction took is never appended to again.
+        opened = time.time_ns() // 1000
+        while True:
+            stamp = f"{datetime.fromtimestamp(opened // 10**6, UTC):%Y%m%dT%H%M%S}{opened % 10**6:06d}Z"
+            path = partition / f"part-{os.getpid()}-{stamp}.jsonl"
+            try:
+                fd = os.open(path, _OPEN_FLAGS | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                opened += 1
+        self._path = path
         if self._fd >= 0:
             self._retired.append(self._fd)
         self._fd = fd
@@ -316,120 +346,3 @@ class FeedbackLog(_AppendOnlyLog):
         now, stamp = self._clock.now()
         line = f'{{"request_id":{_q(request_id)},"time":"{stamp}","label":{_q(label)}}}\n'
         self._out.append(line.encode("ascii"), now)
-
-
-# -- readers ------------------------------------------------------------------------------------
-
-
-def _partitions(directory: Path, since: datetime | None) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    first: date | None = None
-    if since is not None:
-        first = (since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)).date()
-    out = []
-    for part in sorted(directory.glob("date=*")):
-        try:
-            day = date.fromisoformat(part.name.removeprefix("date="))
-        except ValueError:
-            continue  # not one of ours
-        if first is None or day >= first:
-            out.append(part)
-    return out
-
-
-def _read_lines(files: list[Path]) -> tuple[list[dict], int]:
-    records: list[dict] = []
-    skipped = 0
-    for path in files:
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            # A line without its newline: the writer crashed mid-write (or is writing it now).
-            skipped += 1
-            log.warning("%s: skipped a truncated last line (%d bytes)", path, len(data) - end)
-        body = data[:end]
-        try:
-            # Writers escape every newline inside a value, so the lines joined by commas are one
-            # JSON array: one parse call, about twice as fast as a call per line.
-            parsed = json.loads(b"[" + body[:-1].replace(b"\n", b",") + b"]") if body else []
-        except ValueError:
-            parsed = None
-        if parsed is not None and all(isinstance(r, dict) for r in parsed):
-            records.extend(parsed)
-            continue
-        for number, line in enumerate(body.split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                skipped += 1
-                log.warning("%s:%d: skipped a line that is not a JSON object", path, number)
-    return records, skipped
-
-
-def _frame(directory: Path, columns: tuple[str, ...], since: datetime | None) -> pd.DataFrame:
-    files = [f for part in _partitions(directory, since) for f in sorted(part.glob("*.jsonl"))]
-    records, skipped = _read_lines(files)
-    frame = pd.DataFrame.from_records(records, columns=list(columns))
-    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
-    if since is not None:
-        cutoff = pd.Timestamp(since)
-        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
-        frame = frame[frame["time"] >= cutoff]
-    frame = frame.sort_values("time", kind="stable").reset_index(drop=True)
-    frame.attrs[SKIPPED_LINES] = skipped
-    return frame
-
-
-def read_predictions(
-    root: Path, since: datetime | None = None, *, include_shadow: bool = False, include_errors: bool = False
-) -> pd.DataFrame:
-    """Every logged prediction (at or after ``since``, if given; naive means UTC), oldest first.
-
-    By default only the answers users got: shadow predictions (a challenger's mirrored answers,
-    which share the request id of the champion's) and failed predictions are left out; the
-    rollout analysis asks for them. Columns are :data:`PREDICTION_COLUMNS`, ``time`` as UTC
-    timestamps, ``slot`` "champion" and ``error`` "" on lines written before those existed.
-    Lines that cannot be read (a truncated last line after a crash) are skipped; their number is
-    in ``frame.attrs["skipped_lines"]``.
-    """
-    frame = _frame(Path(root) / PREDICTIONS, PREDICTION_COLUMNS, since)
-    skipped = frame.attrs[SKIPPED_LINES]
-    frame["slot"] = frame["slot"].fillna(SLOT_CHAMPION).astype(str)
-    frame["error"] = frame["error"].fillna("").astype(str)
-    if not include_shadow:
-        frame = frame[frame["slot"] != SLOT_SHADOW]
-    if not include_errors:
-        frame = frame[frame["error"] == ""]
-    frame = frame.astype({"confidence": "float64", "latency_ms": "float64", "tokens": "int64"})
-    frame = frame.reset_index(drop=True)
-    frame.attrs[SKIPPED_LINES] = skipped
-    return frame
-
-
-def read_feedback(root: Path) -> pd.DataFrame:
-    """Every feedback label, oldest first; columns :data:`FEEDBACK_COLUMNS` (see
-    :func:`read_predictions` for skipped lines)."""
-    return _frame(Path(root) / FEEDBACK, FEEDBACK_COLUMNS, None)
-
-
-def join_feedback(preds: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
-    """``preds`` with a ``label`` column: the latest feedback label for each request_id, or None.
-
-    Rows and their order are those of ``preds``; a label for an unknown request_id is dropped.
-    """
-    latest = (
-        feedback.sort_values("time", kind="stable")
-        .drop_duplicates("request_id", keep="last")
-        .set_index("request_id")["label"]
-    )
-    out = preds.drop(columns=["label"], errors="ignore").copy()
-    labels = out["request_id"].map(latest)
-    out["label"] = labels.astype(object).where(labels.notna(), None)
-    return out

@@ -13,13 +13,14 @@ import hashlib
 import os
 import shutil
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from driftloop.core.types import DataVersion
-from driftloop.data.dataset import write_labelled
+from driftloop.data.dataset import LABEL, TEXT, read_labelled, write_labelled
 
 # DVC repos are not safe for concurrent writers in one process (its lock is per process).
 _LOCK = threading.Lock()
@@ -88,3 +89,13 @@ class DatasetStore:
                 dvcfile.unlink(missing_ok=True)
                 (self.root / name).unlink(missing_ok=True)
             return dest
+
+    def texts(self, md5s: Iterable[str], scratch: Path) -> list[str]:
+        """Every text of these versions, each restored by its md5 into ``scratch`` (from the cache,
+        else the remote). A version that cannot be restored raises: a caller that keeps what the
+        versions hold (log retention) must not go on as if it held nothing."""
+        out: list[str] = []
+        for md5 in sorted(set(md5s)):
+            path = self.restore(md5, Path(scratch) / f"{md5}.csv")
+            out.extend(read_labelled(path, TEXT, LABEL)[TEXT].tolist())
+        return out

@@ -181,6 +181,18 @@ class RetrainPolicy(_Section):
     via_deployment: str | None = None
 
 
+class LogSettings(_Section):
+    """The prediction and feedback logs after they are written: compaction of closed JSON Lines
+    parts to Parquet and retention (the `compaction/daily` deployment, docs/logs.md)."""
+
+    # Rows older than this many days are deleted, except those a versioned training or
+    # reference set (a model version's data.md5 / reference.md5 in DVC) holds.
+    retention_days: int = Field(30, ge=1)
+    # A part not written for this long is closed and may be compacted. Writers move to a new part
+    # after 300 s without a line (predlog.IDLE_ROTATE_S), so this must stay well above that.
+    closed_after_s: float = Field(900, ge=600)
+
+
 class StageSpec(_Section):
     """One step of a progressive rollout."""
 
@@ -490,6 +502,7 @@ class Settings(BaseSettings):
     promotion: PromotionPolicy = PromotionPolicy()
     monitor: MonitorSettings = MonitorSettings()
     retrain: RetrainPolicy = RetrainPolicy()
+    logs: LogSettings = LogSettings()
     rollout: RolloutSettings = RolloutSettings()
     serving: ServingSettings = ServingSettings()
     tracing: TracingSettings = TracingSettings()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from driftloop.adapters import predlog
+from driftloop.adapters import logstore
 from driftloop.adapters.history import ChampionHistory, now_iso
 from driftloop.adapters.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.config.settings import RolloutSettings, StageSpec
@@ -120,10 +120,17 @@ def challenger_slot(step: Step) -> str:
 # -- live numbers ---------------------------------------------------------------------------------
 
 
+def live_log(log_root: Path, since: datetime) -> logstore.LiveLog:
+    """The live numbers' source for a watch that polls: every prediction since ``since`` (shadow
+    and failed ones too) with its feedback label, each poll reading only what arrived since the
+    previous one (:class:`driftloop.adapters.logstore.LiveLog`)."""
+    return logstore.LiveLog(log_root, since)
+
+
 def live_frame(log_root: Path, since: datetime) -> pd.DataFrame:
-    """Every prediction since ``since`` (shadow and failed ones too) with its feedback label."""
-    preds = predlog.read_predictions(log_root, since=since, include_shadow=True, include_errors=True)
-    return predlog.join_feedback(preds, predlog.read_feedback(log_root))
+    """Every prediction since ``since`` (shadow and failed ones too) with its feedback label;
+    only the partitions from ``since`` on are read. A watch that polls keeps a :func:`live_log`."""
+    return live_log(log_root, since).frame()
 
 
 def arms(
@@ -148,7 +155,7 @@ def arms(
 
 
 def judge_promotion(
-    log_root: Path,
+    live: logstore.LiveLog,
     baseline: ArmStats,
     promoted: ModelRef,
     promoted_at: datetime,
@@ -156,18 +163,27 @@ def judge_promotion(
     low_confidence: float,
     elapsed_s: float,
 ) -> analysis.StageDecision:
-    """A promoted champion's live numbers since ``promoted_at`` against its predecessor's
-    ``baseline`` (:func:`baseline_arm`): the bake's and the monitor's one judgement."""
-    frame = live_frame(log_root, promoted_at)
+    """A promoted champion's live numbers since ``promoted_at`` (``live``, a :func:`live_log` from
+    then) against its predecessor's ``baseline`` (:func:`baseline_arm`): the bake's and the
+    monitor's one judgement."""
+    frame = live.frame()
     current = analysis.arm_stats(frame, promoted.version, SLOT_CHAMPION, low_confidence, since=promoted_at)
     return analysis.detect_regression(baseline, current, cfg.bake, cfg.guard, elapsed_s)
 
 
 def baseline_arm(log_root: Path, version: str, until: datetime, last: int, low_confidence: float) -> ArmStats:
     """A champion's own numbers over its newest ``last`` answers before ``until`` (the baseline a
-    successor is held to after a promotion)."""
-    preds = predlog.read_predictions(log_root, include_errors=True)
-    frame = predlog.join_feedback(preds, predlog.read_feedback(log_root))
+    successor is held to after a promotion). Reads the newest partitions before ``until`` only,
+    until ``last`` such answers are found."""
+    frame = logstore.read_window(
+        log_root,
+        last,
+        until=until,
+        distinct_texts=False,
+        model_version=version,
+        slot=SLOT_CHAMPION,
+        include_errors=True,
+    )
     return analysis.arm_stats(frame, version, SLOT_CHAMPION, low_confidence, until=until, last=last)
 
 

@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from driftloop.adapters import predlog
+from driftloop.adapters import logstore
 from driftloop.adapters.versioning import DatasetStore
 from driftloop.config.settings import DataSettings, RetrainPolicy
 from driftloop.core.errors import RunFailed
@@ -68,14 +68,16 @@ def wait_for_labels(
     min_new: int,
     policy: RetrainPolicy,
 ) -> curation.LabelledRows:
-    """Poll the feedback log until ``min_new`` labelled production rows would add to training."""
+    """Poll the feedback log until ``min_new`` labelled production rows would add to training.
+
+    Reads the labels, then only the predictions they label; each poll reads only the labels
+    posted since the previous one."""
     logger = get_run_logger()
     # A wait for people (annotators) with its own timeout, not a retry of a server call.
     deadline = time.monotonic() + policy.label_wait_timeout_s
+    feed = logstore.LabelFeed(log_root)
     while True:
-        labelled = curation.labelled_rows(
-            predlog.read_predictions(log_root), predlog.read_feedback(log_root), label_set
-        )
+        labelled = curation.labelled_rows(*feed.poll(), label_set)
         fresh = len(curation.new_rows(previous, labelled.rows, eval_texts))
         if fresh >= min_new:
             logger.info("%d new labelled rows (needed %d)", fresh, min_new)

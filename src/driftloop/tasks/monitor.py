@@ -14,14 +14,13 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from driftloop.adapters import predlog
+from driftloop.adapters import logstore
 from driftloop.adapters.history import TriggerLedger
 from driftloop.adapters.registry import Registry
 from driftloop.config.settings import MonitorSettings, RetrainPolicy
 from driftloop.core import policy
 from driftloop.core.errors import ServerUnreachable
 from driftloop.core.types import DriftResult, ModelRef, RetrainDecision
-from driftloop.data import curation
 from driftloop.data.dataset import TEXT
 from driftloop.models.families import TextClassifier
 from driftloop.monitoring import drift
@@ -31,11 +30,9 @@ from driftloop.tasks import SERVER_RETRIES
 # A read of the prediction log's folder, not a server call: its own short retry, not the server policy.
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def load_window(log_root: Path, model_version: str, size: int) -> pd.DataFrame:
-    """The newest distinct texts the champion answered, with annotators' labels where present."""
-    window = curation.select_window(predlog.read_predictions(log_root), model_version, size)
-    if window.empty:
-        return window
-    return predlog.join_feedback(window, predlog.read_feedback(log_root))
+    """The newest distinct texts the champion answered, with annotators' labels where present:
+    the newest partitions only, until the window is full, and the labels of those rows only."""
+    return logstore.read_window(log_root, size, model_version=model_version)
 
 
 @task(cache_policy=NO_CACHE)

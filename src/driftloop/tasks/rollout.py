@@ -89,13 +89,15 @@ def watch_step(
     baseline_accuracy: float | None = None,
 ) -> StageDecision | None:
     """Re-read the live numbers every ``cfg.poll_s`` until the step's analysis decides; None when
-    the registry no longer routes by this rollout (promoted or aborted by hand)."""
+    the registry no longer routes by this rollout (promoted or aborted by hand). Each poll reads
+    only the log lines written since the previous one."""
+    live = rollout.live_log(log_root, since)
 
     def decide(elapsed: float) -> StageDecision | None:
         if not rollout.is_current(registry, rollout_id):
             get_run_logger().info("rollout %s was ended outside this flow run (by hand); stopping", rollout_id)
             return None
-        frame = rollout.live_frame(log_root, since)
+        frame = live.frame()
         champ, chal = rollout.arms(frame, champion.version, challenger.version, step, low_confidence, since)
         if step.kind == rollout.KIND_AB:
             baseline = rollout.FALLBACK_AB_BASELINE if baseline_accuracy is None else baseline_accuracy
@@ -119,12 +121,13 @@ def watch_bake(
     baseline, until enough samples say it holds (or it regresses). None when the champion was
     moved by hand meanwhile."""
     baseline = rollout.baseline_arm(log_root, previous.version, promoted_at, cfg.bake.baseline_samples, low_confidence)
+    live = rollout.live_log(log_root, promoted_at)
 
     def decide(elapsed: float) -> StageDecision | None:
         if registry.champion() != promoted:
             get_run_logger().info("the champion moved away from %s outside this flow run; stopping the bake", promoted)
             return None
-        return rollout.judge_promotion(log_root, baseline, promoted, promoted_at, cfg, low_confidence, elapsed)
+        return rollout.judge_promotion(live, baseline, promoted, promoted_at, cfg, low_confidence, elapsed)
 
     return _poll(decide, cfg.poll_s, "bake")
 
@@ -188,7 +191,13 @@ def check_promotion(
         log_root, entry.from_version, promoted_at, cfg.bake.baseline_samples, low_confidence
     )
     return rollout.judge_promotion(
-        log_root, baseline, current, promoted_at, cfg, low_confidence, (now - promoted_at).total_seconds()
+        rollout.live_log(log_root, promoted_at),
+        baseline,
+        current,
+        promoted_at,
+        cfg,
+        low_confidence,
+        (now - promoted_at).total_seconds(),
     )
 
 
