@@ -389,7 +389,9 @@ def test_a_window_in_a_fresh_part_reads_its_newest_hour_only(tmp_path, monkeypat
     long_part(tmp_path)
     starts: list[int] = []
     real = logstore._read_part
-    monkeypatch.setattr(logstore, "_read_part", lambda p, start=0: starts.append(start) or real(p, start))
+    monkeypatch.setattr(
+        logstore, "_read_part", lambda p, start=0, stop=None: starts.append(start) or real(p, start, stop)
+    )
     until = DAY + timedelta(seconds=4500)
     window = read_window(tmp_path, 50, until=until, distinct_texts=False, with_feedback=False)
     assert window["request_id"].tolist() == [f"r{i}" for i in range(4450, 4500)]

@@ -42,7 +42,6 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from driftloop.core.types import SLOT_CHAMPION, SLOT_SHADOW
-from driftloop.data import curation
 from driftloop.data.dataset import TEXT, normalise
 
 log = logging.getLogger(__name__)
@@ -108,8 +107,9 @@ _DONE = 2**62
 _SEEK_MARGIN = pd.Timedelta(seconds=5)
 # The seek stops bisecting once the range is this small, and reads it.
 _SEEK_SPAN = 1 << 16
-# read_window reads a partition's newest hour first, then four, then sixteen, then all of it.
-_WINDOW_SPANS = (pd.Timedelta(hours=1), pd.Timedelta(hours=4), pd.Timedelta(hours=16), None)
+# read_window reads a partition's newest hour first, then as far back as the rows found say it
+# needs (_next_span), then all of it.
+_FIRST_SPAN = pd.Timedelta(hours=1)
 # A reader that keeps meeting a compaction mid-read tries this often before it gives up.
 _READ_ATTEMPTS = 20
 
@@ -196,12 +196,13 @@ class _PartRead:
     truncated: bool  # bytes after the last newline (a line being written, or torn by a crash)
 
 
-def _read_part(path: Path, start: int = 0) -> _PartRead:
-    """The complete lines of one part from byte ``start`` (a line start) on."""
+def _read_part(path: Path, start: int = 0, stop: int | None = None) -> _PartRead:
+    """The complete lines of one part from byte ``start`` (a line start) on, up to ``stop`` (a line
+    start) when given."""
     with open(path, "rb") as f:
         if start:
             f.seek(start)
-        data = f.read()
+        data = f.read() if stop is None else f.read(max(stop - start, 0))
     end = data.rfind(b"\n") + 1
     body = data[:end]
     # Where each line starts: one pass in C over the bytes.
@@ -380,24 +381,74 @@ class _Filter:
         return frame[keep]
 
 
-def _read_partition(partition: Path, kind: str, where: _Filter, *, count_truncated: bool = True) -> pd.DataFrame:
+@dataclass
+class _Parsed:
+    """What one bounded read has parsed of a partition so far, so that reading further back
+    parses only the older rows: per JSONL part, the offset read from and every row from there;
+    per Parquet file, the time read from and the rows that passed the filter. Rows carry their
+    normalised text (``_norm``), computed once."""
+
+    jsonl: dict[str, tuple[int, pd.DataFrame]] = field(default_factory=dict)
+    parquet: dict[str, tuple[pd.Timestamp | None, pd.DataFrame]] = field(default_factory=dict)
+
+
+_NORM = "_norm"
+
+
+def _with_norm(frame: pd.DataFrame) -> pd.DataFrame:
+    frame[_NORM] = normalise(frame[TEXT]) if len(frame) else pd.Series(dtype=object)
+    return frame
+
+
+def _parquet_rows(path: Path, kind: str, where: _Filter, parsed: _Parsed | None) -> pd.DataFrame:
+    if parsed is None:
+        return _read_parquet(path, kind, where.expression())
+    got = parsed.parquet.get(path.name)
+    if got is None or (got[0] is not None and (where.since is None or where.since < got[0])):
+        # Only the rows older than those read before (time ranges pushed down to pyarrow).
+        upper = got[0] if got is not None else None
+        bound = upper if where.until is None or (upper is not None and upper < where.until) else where.until
+        older = _with_norm(_read_parquet(path, kind, replace(where, until=bound).expression()))
+        parsed.parquet[path.name] = (where.since, older if got is None else pd.concat([older, got[1]]))
+    return where.apply(parsed.parquet[path.name][1])
+
+
+def _jsonl_rows(path: Path, kind: str, where: _Filter, parsed: _Parsed | None) -> tuple[pd.DataFrame, _PartRead]:
+    start = _seek(path, where.since) if where.since is not None else 0
+    got = parsed.jsonl.get(path.name) if parsed is not None else None
+    if got is not None and start >= got[0]:
+        return where.apply(got[1]), _PartRead([], [], got[0], 0, False)
+    read = _read_part(path, start, got[0] if got is not None else None)
+    frame = _part_frame(path, kind, read)
+    if parsed is not None:
+        frame = _with_norm(frame)
+        if got is not None:
+            frame = pd.concat([frame, got[1]], ignore_index=True)
+        parsed.jsonl[path.name] = (start, frame)
+    return where.apply(frame), read
+
+
+def _read_partition(
+    partition: Path, kind: str, where: _Filter, *, parsed: _Parsed | None = None, count_truncated: bool = True
+) -> pd.DataFrame:
     """Every row of one partition that passes ``where``: the manifest's Parquet file plus the JSONL
-    parts it does not name, as one snapshot (a compaction that lands mid-read makes it read again)."""
+    parts it does not name, as one snapshot (a compaction that lands mid-read makes it read again).
+    With ``parsed``, what an earlier call with a later ``where.since`` parsed is reused."""
     for _ in range(_READ_ATTEMPTS):
         manifest = Manifest.read(partition)
         frames: list[pd.DataFrame] = []
         skipped = 0
         try:
             if manifest.file is not None:
-                frames.append(_read_parquet(partition / manifest.file, kind, where.expression()))
+                frames.append(_parquet_rows(partition / manifest.file, kind, where, parsed))
             for path in _jsonl_parts(partition, manifest):
-                read = _read_part(path, _seek(path, where.since) if where.since is not None else 0)
+                frame, read = _jsonl_rows(path, kind, where, parsed)
                 skipped += read.skipped
                 if read.truncated and count_truncated:
                     # A line without its newline: the writer crashed mid-write (or is writing it now).
                     skipped += 1
                     log.warning("%s: skipped a truncated last line", path)
-                frames.append(where.apply(_part_frame(path, kind, read)))
+                frames.append(frame)
         except FileNotFoundError:
             continue  # a compaction deleted what the old manifest named: read the new state
         if Manifest.read(partition) == manifest:
@@ -516,14 +567,17 @@ def read_window(
         # The partition's newest hour first, then more: every row at or after the cutoff is read
         # (Parquet by a pushed-down filter, JSONL parts from the line the cutoff falls on), so a
         # window full of them is the window.
-        for span in _WINDOW_SPANS:
+        span: pd.Timedelta | None = _FIRST_SPAN
+        parsed = _Parsed()
+        while True:
             cutoff = end - span if span is not None else None
             if cutoff is not None and cutoff <= start:
                 cutoff = None
-            current = _read_partition(partition, PREDICTIONS, replace(where, since=cutoff))
+            current = _read_partition(partition, PREDICTIONS, replace(where, since=cutoff), parsed=parsed)
             window = _select(_concat([*newer, current], PREDICTIONS), rows, model_version, distinct_texts)
-            if len(window) >= rows or cutoff is None:
+            if len(window) >= rows or cutoff is None or span is None:
                 break
+            span = _next_span(span, len(window), rows)
         if len(window) >= rows:
             break
         newer.append(current)
@@ -534,12 +588,30 @@ def read_window(
     return out
 
 
+def _next_span(span: pd.Timedelta, have: int, rows: int) -> pd.Timedelta | None:
+    """How far back to read next: the span that the rows found so far say would fill the window,
+    with room to spare (at least twice, at most sixteen times the last); None: the whole day."""
+    growth = 16.0 if have == 0 else min(16.0, max(2.0, 1.5 * rows / have))
+    longer = span * growth
+    return None if longer >= pd.Timedelta(hours=20) else longer
+
+
 def _select(frame: pd.DataFrame, rows: int, model_version: str | None, distinct_texts: bool) -> pd.DataFrame:
-    if distinct_texts:
-        selected = curation.select_window(frame, model_version, rows)
-        selected.attrs[SKIPPED_LINES] = frame.attrs.get(SKIPPED_LINES, 0)
-        return selected
-    return frame.tail(max(rows, 0))
+    """:func:`driftloop.data.curation.select_window`'s selection (a unit test holds them equal),
+    on the normalised texts computed once per row."""
+    if not distinct_texts:
+        return frame.tail(max(rows, 0))
+    skipped = frame.attrs.get(SKIPPED_LINES, 0)
+    if model_version is not None:
+        frame = frame[frame["model_version"].astype(str) == str(model_version)]
+    frame = frame.sort_values("time", kind="stable")
+    norm = frame[_NORM] if _NORM in frame.columns else pd.Series(float("nan"), index=frame.index)
+    missing = norm.isna()
+    if missing.any():
+        norm = norm.where(~missing, normalise(frame[TEXT]))
+    selected = frame.loc[~norm.duplicated(keep="last")].tail(rows).reset_index(drop=True)
+    selected.attrs[SKIPPED_LINES] = skipped
+    return selected
 
 
 def feedback_for(
