@@ -64,6 +64,23 @@ def test_the_stack_set_up_makes_the_driftloop_database(postgres):
     assert {"mlflow", "prefect", "driftloop"} <= names
 
 
+def test_up_on_a_running_postgres_makes_a_missing_driftloop_database(postgres):
+    """A stack started before the history moved to PostgreSQL has no `driftloop` database: the
+    next `stack up` finds PostgreSQL healthy, leaves it running and makes the database."""
+    from driftloop.ops import stack as stack_mod
+
+    conn = psycopg2.connect(postgres.history_dsn, dbname="postgres", password=postgres.secrets.pg_password)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP DATABASE driftloop WITH (FORCE)")
+    finally:
+        conn.close()
+    (status,) = stack_mod.up(postgres, services=["postgres"])
+    assert status.started_s is None, "PostgreSQL was healthy: not restarted"
+    assert "driftloop" in {row[0] for row in _sql(postgres, "SELECT datname FROM pg_database")}
+
+
 def test_the_history_reads_back_what_the_file_backend_does_in_order(db, postgres, tmp_path):
     history, files = PostgresChampionHistory(db), FileChampionHistory(tmp_path / "h.jsonl")
     for move in MOVES:

@@ -119,8 +119,9 @@ class Database:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "authentication failed" in first or "does not exist" in first or "no password" in first:
                 raise InputError(
-                    f"history database {self.where}: {first} (history.dsn, and the password in the "
-                    f"variable history.password_env names)"
+                    f"history database {self.where}: {first} (check history.dsn and the password in the "
+                    f"variable history.password_env names; on the local stack, `driftloop stack up` makes "
+                    f"the database)"
                 ) from exc
             raise ServerUnreachable(f"cannot reach the history database {self.where}: {first}", url=self.where) from exc
 

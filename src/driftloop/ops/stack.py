@@ -735,6 +735,8 @@ def up(
 
     def bring_up(name: str) -> None:
         if healthy(stack, name):
+            if name == "postgres":
+                _ensure_databases(stack)  # a stack started by an older release lacks `driftloop`
             results[name] = ServiceStatus(name, stack.urls()[name], True, None)
             progress(f"{name}: already running at {stack.urls()[name]}")
             return
