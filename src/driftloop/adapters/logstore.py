@@ -409,7 +409,8 @@ def _parquet_rows(path: Path, kind: str, where: _Filter, parsed: _Parsed | None)
         upper = got[0] if got is not None else None
         bound = upper if where.until is None or (upper is not None and upper < where.until) else where.until
         older = _with_norm(_read_parquet(path, kind, replace(where, until=bound).expression()))
-        parsed.parquet[path.name] = (where.since, older if got is None else pd.concat([older, got[1]]))
+        rows = older if got is None else pd.concat([older, got[1]], ignore_index=True)
+        parsed.parquet[path.name] = (where.since, rows)
     return where.apply(parsed.parquet[path.name][1])
 
 
