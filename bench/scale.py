@@ -2,9 +2,11 @@
 
 Synthesises prediction and feedback logs in the project's own format (the exact lines
 ``PredictionLog`` and ``FeedbackLog`` write, checked against the real writer at start) at
-``--rate`` requests a day for ``--days`` days, ending now (one data set per history: 1 day,
-``--old-days`` and ``--days``), then measures at each history, each measurement in a fresh
-process (time of the call, and the process's peak resident set, VmHWM, imports included):
+``--rate`` requests a day for ``--days`` days, ending at ``--end-hour`` UTC of the newest day past
+that hour (default 23:45: the newest partition, still JSON Lines, then holds nearly a day, the
+readers' worst case), one data set per history (1 day, ``--old-days``, ``--days``), then
+measures at each history, each measurement in a fresh process (time of the call, and the
+process's peak resident set, VmHWM, imports included):
 
 - a monitoring run's data read: ``tasks.monitor.load_window`` as a plain function (no Prefect),
   window 400 (the default ``monitor.window_size``) and 10,000;
@@ -29,7 +31,8 @@ Closed partitions (every date before the newest) are compacted as the deployment
 the log store can; the newest date stays JSON Lines.
 
 Old vs new: the "old" columns run the same reads with the full-history reader
-(``predlog.read_predictions`` + pandas selection) on the uncompacted JSON Lines. It reads every
+(``predlog.read_predictions`` + pandas selection, as of commit ebe8d17, before the log store;
+taken from git) on the uncompacted JSON Lines. It reads every
 line into memory, so it only runs at 1 day and at ``--old-days`` days (default 3), and is
 skipped where its memory, extrapolated from the 1-day run, would not fit. Data goes under
 ``--dir``; ``--keep`` keeps it and reuses it on the next run with the same rate and days.
@@ -39,6 +42,7 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -47,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +65,8 @@ LABELLED = 0.05
 CANARY_SHARE = 0.1
 LINE_BYTES = 280  # about one prediction line; for the disk estimate
 POLL_SINCE_S = 600  # a rollout stage that began 10 minutes ago
+# The last commit before adapters.logstore: predlog's own full-history readers, the "old" columns.
+OLD_READER = "ebe8d17"
 POLL_S = 2.0  # rollout.poll_s: the next poll reads this long's lines
 WINDOWS = (400, 10_000)
 CHAMPION_NOW = "3"
@@ -333,6 +340,26 @@ def _fresh_part(root: Path, lines: int) -> Path:
     return path
 
 
+def _old_predlog():
+    """``adapters.predlog`` as it was before the log store (commit :data:`OLD_READER`): its readers
+    parse every line of every partition they touch. The module as it is now if git cannot say."""
+    try:
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{OLD_READER}:src/driftloop/adapters/predlog.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        from driftloop.adapters import predlog
+
+        return predlog
+    module = types.ModuleType("driftloop_predlog_old")
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"{OLD_READER}:predlog.py", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
 def _labels() -> list[str]:
     return _corpus()[2]
 
@@ -341,8 +368,9 @@ def child(spec: dict) -> dict:
     """One measurement; runs in its own process (``--child``)."""
     import pandas as pd  # noqa: F401  (imported before the baseline, as every caller has it)
 
-    from driftloop.adapters import predlog
     from driftloop.data import curation
+
+    predlog = _old_predlog()  # the "old" ops' reader; the "new" ones call the project's code
 
     root = Path(spec.get("root", "."))
     op = spec["op"]
@@ -457,9 +485,16 @@ def _mem_available_mb() -> float:
 
 def prepare(base: Path, days: int, args, end_s: int) -> tuple[dict, Path, Path]:
     """The history of ``days`` days: its JSON Lines root and the root the new readers read."""
-    home = base / f"h{days}"
+    home = base / f"{args.rate}-per-day-{days}d"  # a quick run and a full one keep their own data
     manifest_path = home / "manifest.json"
-    want = {"format": FORMAT, "days": days, "rate": args.rate, "seed": args.seed, "compacted": _logstore() is not None}
+    want = {
+        "format": FORMAT,
+        "days": days,
+        "rate": args.rate,
+        "seed": args.seed,
+        "end_hour": args.end_hour,
+        "compacted": _logstore() is not None,
+    }
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if {k: manifest.get(k) for k in want} == want:
@@ -519,6 +554,13 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the data for the next run (and reuse it)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--repeat", type=int, default=1, help="fresh-process runs per figure (fastest kept)")
+    parser.add_argument(
+        "--end-hour",
+        type=float,
+        default=23.75,
+        help="the history ends at this UTC hour of the newest day past it (default 23.75: the open, "
+        "uncompacted partition then holds nearly a full day, the readers' worst case)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--data-only", action="store_true", help="synthesise (and compact) the histories, keep them, measure nothing"
@@ -536,7 +578,8 @@ def main() -> None:
 
     base = args.dir
     base.mkdir(parents=True, exist_ok=True)
-    existing = sum(json.loads(m.read_text()).get("bytes", 0) for m in base.glob("h*/manifest.json") if args.keep)
+    kept = [base / f"{args.rate}-per-day-{h}d" / "manifest.json" for h in histories]
+    existing = sum(json.loads(m.read_text()).get("bytes", 0) for m in kept if args.keep and m.exists())
     need = int(sum(h * args.rate for h in histories) * LINE_BYTES * (1 + LABELLED) * 1.6) - existing
     free = shutil.disk_usage(base).free
     if need > free:
@@ -546,10 +589,14 @@ def main() -> None:
         )
 
     check_format()
-    end_s = int(time.time())
+    now = time.time()
+    end_s = int(now // DAY_S) * DAY_S + round(args.end_hour * 3600)
+    if end_s > now:
+        end_s -= DAY_S
     store = _logstore() is not None
     print(
-        f"driftloop log readers at scale: {args.rate:,} requests/day, histories {histories} days, "
+        f"driftloop log readers at scale: {args.rate:,} requests/day, histories {histories} days ending "
+        f"{datetime.fromtimestamp(end_s, UTC):%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, data in {base}",
         flush=True,
     )
@@ -620,7 +667,11 @@ def main() -> None:
         rows.append(("prediction-log line write", "in process", write, None, "us", TARGETS["write"]))
     finally:
         if not (args.keep or args.data_only):
-            shutil.rmtree(base, ignore_errors=True)
+            # Only what this run made or reused: a --keep run's other data sets stay.
+            for days in histories:
+                shutil.rmtree(base / f"{args.rate}-per-day-{days}d", ignore_errors=True)
+            with contextlib.suppress(OSError):
+                base.rmdir()
 
     header = ("measurement", "history", "new", "peak MB", "old (full-history reader)", "peak MB", "target", "new meets")
     table = [
@@ -631,7 +682,7 @@ def main() -> None:
     print(
         f"\n{args.rate:,} requests/day, {args.days} days; each figure one fresh process (fastest of {args.repeat}); "
         "peak MB: its VmHWM, imports included\n(in brackets: its resident set after the imports, before the call); "
-        "old: predlog.read_predictions + pandas selection on the uncompacted JSON Lines"
+        f"old: predlog.read_predictions + pandas selection as of {OLD_READER}, on the uncompacted JSON Lines"
     )
     for r in [header, tuple("-" * w for w in widths), *table]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
