@@ -54,7 +54,15 @@ def test_a_group_that_is_gone_is_left_alone():
     assert proc.returncode == 0
 
 
+# SIGINT back to its default first: a job started in the background by a non-interactive shell
+# (a CI runner's `cmd &`) inherits SIGINT ignored, and `sleep` would then outlive it.
+DEFAULT_INT = (
+    "import signal, time; signal.signal(signal.SIGINT, signal.SIG_DFL); print('ready', flush=True); time.sleep(60)"
+)
+
+
 def test_first_signal_is_the_callers_choice():
-    proc = _start(["sleep", "60"])
+    proc = _start([sys.executable, "-c", DEFAULT_INT])
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     stop_group(proc, timeout_s=10, first_signal=signal.SIGINT)
     assert proc.returncode == -signal.SIGINT
