@@ -350,6 +350,20 @@ def test_retention_keeps_rows_of_versioned_sets_and_their_labels(tmp_path):
     assert apply_retention(tmp_path, retention_days=30, keep_texts=["kept one"], today=today) == []
 
 
+def test_retention_keeps_old_labels_when_another_run_holds_the_predictions(tmp_path):
+    write_day(tmp_path, DAY - timedelta(days=40), 3, tag="old", labelled=3)
+    compact_all(tmp_path)
+    with logstore._exclusive(tmp_path / PREDICTIONS) as mine:
+        assert mine
+        assert apply_retention(tmp_path, retention_days=30, keep_texts=[], today=DAY.date()) == []
+    assert len(read_predictions(tmp_path)) == 3 and len(read_feedback(tmp_path)) == 3
+    # once the predictions can be read, both go (nothing was kept)
+    assert {r.kind for r in apply_retention(tmp_path, retention_days=30, keep_texts=[], today=DAY.date())} == {
+        PREDICTIONS,
+        FEEDBACK,
+    }
+
+
 def test_retention_waits_for_parts_not_compacted_yet(tmp_path):
     write_day(tmp_path, DAY - timedelta(days=40), 3, tag="old")
     assert apply_retention(tmp_path, retention_days=30, keep_texts=[], today=DAY.date()) == []

@@ -818,6 +818,21 @@ def _exclusive(directory: Path) -> Iterator[bool]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _locked_logs(log_root: Path, action: str, skipped: list[str]) -> Iterator[tuple[str, Path]]:
+    """Each log that exists (predictions, then feedback), under its compaction lock. A log whose
+    lock another run holds is skipped with a warning and its kind appended to ``skipped``."""
+    for kind in (PREDICTIONS, FEEDBACK):
+        directory = Path(log_root) / kind
+        if not directory.is_dir():
+            continue
+        with _exclusive(directory) as mine:
+            if not mine:
+                log.warning("another compaction holds %s; %s skipped it", directory, action)
+                skipped.append(kind)
+                continue
+            yield kind, directory
+
+
 def _clean(partition: Path, manifest: Manifest) -> None:
     """Finish what a crashed run left: parts the manifest holds, Parquet files it does not name,
     temp files. None of them is ever read."""
@@ -918,18 +933,11 @@ def compact(
     """Compact every partition of both logs that has closed parts (:func:`compact_partition`)."""
     now = now or datetime.now(UTC)
     results = []
-    for kind in (PREDICTIONS, FEEDBACK):
-        directory = Path(log_root) / kind
-        if not directory.is_dir():
-            continue
-        with _exclusive(directory) as mine:
-            if not mine:
-                log.warning("another compaction holds %s; skipped", directory)
-                continue
-            for _, partition in partitions(directory):
-                result = compact_partition(partition, kind, now=now, closed_after_s=closed_after_s, grace_s=grace_s)
-                if result.parts:
-                    results.append(result)
+    for kind, directory in _locked_logs(log_root, "compaction", []):
+        for _, partition in partitions(directory):
+            result = compact_partition(partition, kind, now=now, closed_after_s=closed_after_s, grace_s=grace_s)
+            if result.parts:
+                results.append(result)
     return results
 
 
@@ -967,31 +975,29 @@ def apply_retention(
     step = on_step or (lambda _: None)
     results: list[RetentionResult] = []
     kept_ids: set[str] = set()
-    for kind in (PREDICTIONS, FEEDBACK):
-        directory = Path(log_root) / kind
-        if not directory.is_dir():
+    skipped: list[str] = []
+    for kind, directory in _locked_logs(log_root, "retention", skipped):
+        if kind == FEEDBACK and PREDICTIONS in skipped:
+            # Which labels to keep follows from the predictions kept: without that pass, none is known.
+            log.warning("retention skipped the predictions; the labels in %s wait for the next pass", directory)
             continue
-        with _exclusive(directory) as mine:
-            if not mine:
-                log.warning("another compaction holds %s; retention skipped it", directory)
+        for _, partition in partitions(directory, None, cutoff - timedelta(days=1)):
+            manifest = Manifest.read(partition)
+            _clean(partition, manifest)
+            if _jsonl_parts(partition, manifest):
+                log.warning("%s has parts not compacted yet; retention waits for them", partition)
                 continue
-            for _, partition in partitions(directory, None, cutoff - timedelta(days=1)):
-                manifest = Manifest.read(partition)
-                _clean(partition, manifest)
-                if _jsonl_parts(partition, manifest):
-                    log.warning("%s has parts not compacted yet; retention waits for them", partition)
-                    continue
-                frame = _read_parquet(partition / manifest.file, kind) if manifest.file else _empty(kind)
-                if kind == PREDICTIONS:
-                    kept = frame[normalise(frame[TEXT]).isin(keep)] if len(frame) else frame
-                    kept_ids |= set(kept["request_id"])
-                else:
-                    kept = frame[frame["request_id"].isin(kept_ids)]
-                if len(kept) < len(frame):
-                    _replace(partition, kind, manifest, kept, manifest.parts, step)
-                    results.append(RetentionResult(kind, partition.name, len(frame), len(kept)))
-                if kept.empty:
-                    _remove_partition(partition)
+            frame = _read_parquet(partition / manifest.file, kind) if manifest.file else _empty(kind)
+            if kind == PREDICTIONS:
+                kept = frame[normalise(frame[TEXT]).isin(keep)] if len(frame) else frame
+                kept_ids |= set(kept["request_id"])
+            else:
+                kept = frame[frame["request_id"].isin(kept_ids)]
+            if len(kept) < len(frame):
+                _replace(partition, kind, manifest, kept, manifest.parts, step)
+                results.append(RetentionResult(kind, partition.name, len(frame), len(kept)))
+            if kept.empty:
+                _remove_partition(partition)
     return results
 
 
