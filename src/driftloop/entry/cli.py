@@ -28,6 +28,7 @@ from driftloop.core.errors import DriftloopError, InputError, RunFailed
 if TYPE_CHECKING:  # Prefect is imported inside the commands, after the environment is set
     from prefect.client.schemas.objects import FlowRun
 
+    from driftloop.flows.compaction import CompactionOutcome
     from driftloop.ops.prefect_server import PrefectServer
     from driftloop.ops.stack import Stack
 
@@ -900,6 +901,214 @@ def stack_env(config: list[str] | None = ConfigOpt) -> None:
         stack.client_env() | {"PREFECT_API_URL": stack.prefect_api_url, "DRIFTLOOP_CONFIG": "stack"}
     ).items():
         print(f"export {key}={shlex.quote(value)}")
+
+
+# -- logs: compaction, retention, and what the logs hold on disk (docs/logs.md) ----------------------
+
+logs_app = typer.Typer(
+    help="The prediction and feedback logs: compact closed parts to Parquet, apply retention, "
+    "show what each day holds.",
+    no_args_is_help=True,
+)
+app.add_typer(logs_app, name="logs")
+
+_LOGSTORE_LOGGER = "driftloop.adapters.logstore"
+
+
+class _Collect(logging.Handler):
+    """Keeps the messages of the records it sees (the log store's warnings during one run)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@logs_app.command("compact")
+def logs_compact(
+    config: list[str] | None = ConfigOpt,
+    retention: bool = typer.Option(
+        True,
+        "--retention/--no-retention",
+        help="After compacting, delete rows older than logs.retention_days, except those a registered "
+        "model version's DVC sets hold (reads the registry and restores those sets through DVC).",
+    ),
+) -> None:
+    """Run the compaction flow once, as the compaction/daily deployment does: closed JSON Lines parts →
+    one Parquet file per day and log, then retention. Prints what it compacted, skipped and deleted."""
+    settings = _settings(config)
+    server = _orchestrator(settings)
+    from driftloop.flows.compaction import compaction
+
+    # The log store warns when it leaves something for a later run (another run holds a log's lock,
+    # a torn last line, a day past retention with parts not compacted yet): those are listed too.
+    collect = _Collect()
+    store_log = logging.getLogger(_LOGSTORE_LOGGER)
+    store_log.addHandler(collect)
+    try:
+        state = compaction(retention=retention, config=config, return_state=True)
+        url = _flow_run_url(server, state.state_details.flow_run_id)
+        outcome = state.result()
+    finally:
+        store_log.removeHandler(collect)
+    _print_compaction(outcome, settings.logs.retention_days if retention else None, collect.messages)
+    console.print(f"flow run: {url}")
+
+
+def _print_compaction(outcome: CompactionOutcome, retention_days: int | None, warnings: list[str]) -> None:
+    """The flow's :class:`~driftloop.flows.compaction.CompactionOutcome`, as tables and a line each."""
+    compacted, retired = outcome.compacted, outcome.retired
+    if compacted:
+        table = Table(title="compacted")
+        for col in ("log", "day", "parts", "rows now", "torn lines left out", "file"):
+            table.add_column(col, overflow="fold")
+        for r in compacted:
+            table.add_row(r.kind, _day(r.partition), str(r.parts), str(r.rows), str(r.skipped), r.file or "-")
+        console.print(table)
+        parts, rows = sum(r.parts for r in compacted), sum(r.rows for r in compacted)
+        console.print(f"compaction: {parts} JSON Lines parts into {len(compacted)} Parquet files ({rows} rows)")
+    else:
+        console.print("compaction: no closed JSON Lines part to compact")
+    if retention_days is None:
+        console.print("retention: not run (--no-retention)")
+    elif retired:
+        table = Table(title=f"retention ({retention_days} days)")
+        for col in ("log", "day", "rows before", "kept", "deleted"):
+            table.add_column(col)
+        for t in retired:
+            kept = str(t.rows_kept) if t.rows_kept else "0 (day removed)"
+            table.add_row(t.kind, _day(t.partition), str(t.rows_before), kept, str(t.rows_before - t.rows_kept))
+        console.print(table)
+        deleted = sum(t.rows_before - t.rows_kept for t in retired)
+        console.print(f"retention: {deleted} rows deleted from {len(retired)} days older than {retention_days} days")
+    else:
+        console.print(f"retention: no row older than {retention_days} days to delete")
+    for message in warnings:
+        console.print(Text(f"skipped: {message}"))
+
+
+def _day(partition: str) -> str:
+    return partition.removeprefix("date=")
+
+
+@dataclass(frozen=True)
+class _DayOnDisk:
+    """One day of one log as its manifest and file sizes describe it (no row is read)."""
+
+    log: str
+    day: str
+    jsonl_parts: int  # parts the manifest does not hold: fresh lines, read as JSON Lines
+    jsonl_bytes: int
+    parquet_rows: int
+    parquet_bytes: int
+    past_retention: bool
+    jsonl_lines: int | None = None  # counted only with --lines (reads the parts)
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def _days_on_disk(log_root: Path, retention_days: int, newest: int | None, lines: bool) -> list[_DayOnDisk]:
+    """Each day of both logs, newest ``newest`` days of each (all when None), oldest first: the
+    manifest, and one listing of the day's folder for the sizes. A day's Parquet rows are the
+    manifest's count; its JSON Lines rows are counted only when ``lines`` asks (that reads them)."""
+    from driftloop.adapters import logstore
+
+    cutoff = datetime.now(UTC).date().toordinal() - retention_days
+    out = []
+    for kind in (logstore.PREDICTIONS, logstore.FEEDBACK):
+        days = logstore.partitions(log_root / kind)
+        for day, partition in days[-newest:] if newest else days:
+            try:
+                manifest = logstore.Manifest.read(partition)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise RunFailed(f"{partition / logstore.MANIFEST}: unreadable manifest ({exc})") from exc
+            parts = []
+            parquet_bytes = 0
+            with os.scandir(partition) as entries:
+                for entry in entries:
+                    if entry.name == manifest.file:
+                        parquet_bytes = entry.stat().st_size
+                    elif (
+                        entry.name.startswith("part-")
+                        and entry.name.endswith(".jsonl")
+                        and entry.name not in manifest.parts  # else compacted, about to be deleted
+                    ):
+                        parts.append((Path(entry.path), entry.stat().st_size))
+            out.append(
+                _DayOnDisk(
+                    log=kind,
+                    day=day.isoformat(),
+                    jsonl_parts=len(parts),
+                    jsonl_bytes=sum(size for _, size in parts),
+                    parquet_rows=manifest.rows,
+                    parquet_bytes=parquet_bytes,
+                    past_retention=day.toordinal() < cutoff,
+                    jsonl_lines=sum(_count_lines(p) for p, _ in parts) if lines else None,
+                )
+            )
+    return out
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+@logs_app.command("status")
+def logs_status(
+    config: list[str] | None = ConfigOpt,
+    days: int | None = typer.Option(None, "--days", min=1, help="Only the newest N days of each log."),
+    lines: bool = typer.Option(
+        False, "--lines", help="Also count the JSON Lines parts' lines (reads them; otherwise only sizes)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per day and log."),
+) -> None:
+    """Per day and log: JSON Lines parts not compacted yet and their size, the compacted Parquet
+    file's rows and size. Reads the manifests and lists the days' folders, never a row (unless --lines)."""
+    from dataclasses import asdict
+
+    settings = _settings(config)
+    log_root = settings.log_dir
+    rows = _days_on_disk(log_root, settings.logs.retention_days, days, lines)
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(asdict(r)))
+        return
+    if not rows:
+        console.print(f"no prediction or feedback log under {log_root}")
+        return
+    table = Table(title=f"logs under {log_root}")
+    columns = ["log", "day", "JSONL parts", "JSONL size", *(["JSONL lines"] if lines else [])]
+    for col in (*columns, "Parquet rows", "Parquet size", "note"):
+        table.add_column(col, justify="left" if col in ("log", "day", "note") else "right")
+    for r in rows:
+        note = f"past retention ({settings.logs.retention_days} d)" if r.past_retention else ""
+        counted = [str(r.jsonl_lines)] if lines else []
+        table.add_row(
+            r.log,
+            r.day,
+            str(r.jsonl_parts),
+            _size(r.jsonl_bytes),
+            *counted,
+            str(r.parquet_rows),
+            _size(r.parquet_bytes),
+            note,
+        )
+    console.print(table)
+    jsonl, parquet = sum(r.jsonl_bytes for r in rows), sum(r.parquet_bytes for r in rows)
+    days_shown = {r.day for r in rows}
+    console.print(
+        f"{len(days_shown)} day{'' if len(days_shown) == 1 else 's'}, {len(rows)} partitions: "
+        f"{sum(r.jsonl_parts for r in rows)} JSON Lines parts ({_size(jsonl)}), "
+        f"{sum(r.parquet_rows for r in rows)} Parquet rows ({_size(parquet)})"
+    )
 
 
 def main() -> None:  # pragma: no cover
