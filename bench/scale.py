@@ -14,7 +14,9 @@ process's peak resident set, VmHWM, imports included):
   watch's first poll), and the next poll of the same ``live_log`` after 2 s of new lines;
 - a retrain's labelled-row join: the first poll of ``logstore.LabelFeed`` (the labels, then only
   the predictions they label) and ``curation.labelled_rows``, as the retrain's
-  ``wait_for_labels`` does (before the log store: ``read_predictions`` + ``read_feedback``);
+  ``wait_for_labels`` does (before the log store: ``read_predictions`` + ``read_feedback``):
+  every label the log holds (a first retrain, or a champion without ``data.labels_until``), and
+  only the labels of the last day (the champion's training set built a day ago);
 - compacting one closed day, when the log store has a compaction function;
 - one prediction-log line written in process with the real ``PredictionLog``.
 
@@ -408,12 +410,16 @@ def child(spec: dict) -> dict:
         def call():
             preds = predlog.read_predictions(root, since=since, include_shadow=True, include_errors=True)
             return predlog.join_feedback(preds, predlog.read_feedback(root))
-    elif op == "retrain-new" and _logstore() is not None:
+    elif op in ("retrain-new", "retrain1d-new") and _logstore() is not None:
         labels = _labels()
+        # retrain1d: the champion's training set was built a day ago (its data.labels_until)
+        cut_off = datetime.fromtimestamp(spec["end_s"] - DAY_S, UTC) if op == "retrain1d-new" else None
+        store = _logstore()
+        feed = store.LabelFeed(root, cut_off) if "since" in _params(store.LabelFeed) else store.LabelFeed(root)
 
         def call():
-            return curation.labelled_rows(*_logstore().LabelFeed(root).poll(), labels).rows
-    elif op in ("retrain-new", "retrain-old"):
+            return curation.labelled_rows(*feed.poll(), labels).rows
+    elif op in ("retrain-new", "retrain-old", "retrain1d-new", "retrain1d-old"):
         labels = _labels()
 
         def call():
@@ -449,6 +455,12 @@ def child(spec: dict) -> dict:
     elif out is not None and hasattr(out, "__len__"):
         result["rows"] = len(out)
     return result
+
+
+def _params(fn) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(fn).parameters)
 
 
 def measure(spec: dict, repeat: int) -> dict:
@@ -632,7 +644,8 @@ def main() -> None:
             reads.append((f"rollout poll, stage began {POLL_SINCE_S // 60} min ago", "poll", {}, TARGETS["poll"]))
             if store:
                 reads.append((f"rollout poll, next ({POLL_S:.0f} s of lines)", "poll-next", {}, TARGETS["poll"]))
-            reads.append(("retrain labelled-row join", "retrain", {}, ""))
+            reads.append(("retrain labelled-row join, every label (no cut-off)", "retrain", {}, ""))
+            reads.append(("retrain labelled-row join, labels of the last day", "retrain1d", {}, ""))
             for what, op, extra, target in reads:
                 spec = common | extra
                 if op == "poll-next":

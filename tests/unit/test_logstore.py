@@ -313,6 +313,58 @@ def test_label_feed_reads_labels_then_only_their_predictions(tmp_path):
     assert rows["text"].tolist() == ["x text 0", "x text 1", "x text 2", "y text 0", "y text 1"]
 
 
+def test_label_feed_since_reads_only_later_labels_and_not_the_older_partitions(tmp_path, monkeypatch):
+    """A retrain after the champion's cut-off: the labels before it (in the champion's training
+    set already) and their days are not read, whatever the history holds."""
+    write_day(tmp_path, DAY - timedelta(days=20), 20, tag="old", labelled=10)
+    write_day(tmp_path, DAY - timedelta(days=10), 20, tag="mid", labelled=10)
+    compact_all(tmp_path)
+    write_day(tmp_path, DAY, 20, tag="new", labelled=4)
+    read: list[str] = []
+    real = logstore._read_partition
+    monkeypatch.setattr(
+        logstore, "_read_partition", lambda p, kind, where, **kw: read.append(p.name) or real(p, kind, where, **kw)
+    )
+    cut_off = DAY.replace(tzinfo=UTC) - timedelta(days=1)
+    feed = LabelFeed(tmp_path, since=cut_off)
+    preds, feedback = feed.poll()
+    assert feedback["request_id"].tolist() == [f"new-{i}" for i in range(4)]
+    assert preds["request_id"].tolist() == [f"new-{i}" for i in range(4)]
+    assert not any(name.startswith(f"date={(DAY - timedelta(days=10)).date()}") for name in read)
+    assert not any(name.startswith(f"date={(DAY - timedelta(days=20)).date()}") for name in read)
+    assert feed.newest == logstore.utc(feedback["time"].max())
+    # the same labels as a full read that keeps only those after the cut-off
+    everything = LabelFeed(tmp_path).poll()[1]
+    assert everything[everything["time"] >= cut_off]["request_id"].tolist() == feedback["request_id"].tolist()
+
+
+def test_label_feed_gives_up_on_an_unknown_id_after_the_longest_label_lag(tmp_path, monkeypatch):
+    for back in (30, 20, 10):
+        write_day(tmp_path, DAY - timedelta(days=back), 5, tag=f"d{back}")
+    compact_all(tmp_path)
+    ids = write_day(tmp_path, DAY, 5, tag="today")
+    with FeedbackLog(tmp_path, clock=clock(DAY.replace(hour=13))) as fb:
+        fb.write(ids[0], "intent_b")
+        fb.write("no-such-request", "intent_b")
+    read: list[str] = []
+    real = logstore._read_partition
+    monkeypatch.setattr(
+        logstore, "_read_partition", lambda p, kind, where, **kw: read.append(p.name) or real(p, kind, where, **kw)
+    )
+    preds, feedback = LabelFeed(tmp_path, since=DAY, max_lag=timedelta(days=12)).poll()
+    assert preds["request_id"].tolist() == [ids[0]] and len(feedback) == 2
+    looked_up = set(read)
+    assert f"date={(DAY - timedelta(days=10)).date()}" in looked_up
+    assert f"date={(DAY - timedelta(days=20)).date()}" not in looked_up
+    assert f"date={(DAY - timedelta(days=30)).date()}" not in looked_up
+    # a label that came later than the lag after its prediction is not joined
+    late = LabelFeed(tmp_path, max_lag=timedelta(days=1))
+    with FeedbackLog(tmp_path, clock=clock(DAY.replace(hour=14))) as fb:
+        fb.write("d10-0", "intent_b")
+    preds, _ = late.poll()
+    assert "d10-0" not in set(preds["request_id"])
+
+
 # -- the writer: a part idle for long is never appended to again ---------------------------------------
 
 
@@ -412,3 +464,23 @@ def test_a_window_in_a_fresh_part_reads_its_newest_hour_only(tmp_path, monkeypat
     assert starts and min(starts) > 0  # read from the newest hour's first line, not the start
     everything = read_window(tmp_path, 10**6, until=until, distinct_texts=False, with_feedback=False)
     assert len(everything) == 4500
+
+
+def test_a_window_that_cannot_fill_stops_at_since(tmp_path, monkeypatch):
+    write_day(tmp_path, DAY - timedelta(days=9), 5, tag="before", version="2")  # an older registry's "2"
+    compact_all(tmp_path)
+    write_day(tmp_path, DAY - timedelta(days=1), 5, tag="mine", version="2")
+    write_day(tmp_path, DAY, 5, tag="now", version="2")
+    read: list[str] = []
+    real = logstore._read_partition
+    monkeypatch.setattr(
+        logstore, "_read_partition", lambda p, kind, where, **kw: read.append(p.name) or real(p, kind, where, **kw)
+    )
+    registered = DAY.replace(tzinfo=UTC) - timedelta(hours=30)
+    window = read_window(
+        tmp_path, 400, model_version="2", since=registered, until=DAY.replace(hour=23), with_feedback=False
+    )
+    assert window["request_id"].tolist() == [*(f"mine-{i}" for i in range(5)), *(f"now-{i}" for i in range(5))]
+    assert f"date={(DAY - timedelta(days=9)).date()}" not in read
+    unbounded = read_window(tmp_path, 400, model_version="2", until=DAY.replace(hour=23), with_feedback=False)
+    assert len(unbounded) == 15

@@ -534,6 +534,7 @@ def read_window(
     rows: int,
     *,
     until: datetime | None = None,
+    since: datetime | None = None,
     distinct_texts: bool = True,
     model_version: str | None = None,
     slot: str | None = None,
@@ -549,7 +550,8 @@ def read_window(
     ``slot`` keep only that model's answers in that slot (pushed down to Parquet as filters).
     With ``with_feedback`` the rows carry a ``label`` column (:func:`feedback_for`, only their
     request ids). The frame is the one :func:`read_predictions` followed by the same selection
-    would give.
+    would give. ``since`` (e.g. when ``model_version`` was registered) bounds a window that
+    cannot fill: partitions more than a day older (writers' clocks) are not read.
     """
     where = _Filter(
         until=utc(until) if until is not None else None,
@@ -559,10 +561,11 @@ def read_window(
         include_errors=include_errors,
     )
     last = where.until.date() if where.until is not None else None
+    first = utc(since).date() - timedelta(days=1) if since is not None else None
     newest = where.until if where.until is not None else utc(datetime.now(UTC))
     newer: list[pd.DataFrame] = []  # partitions read whole
     window = _empty(PREDICTIONS)
-    for day, partition in reversed(partitions(Path(log_root) / PREDICTIONS, None, last)):
+    for day, partition in reversed(partitions(Path(log_root) / PREDICTIONS, first, last)):
         start = pd.Timestamp(day, tz="UTC")
         end = min(newest, start + pd.Timedelta(days=1))
         # The partition's newest hour first, then more: every row at or after the cutoff is read
@@ -634,19 +637,27 @@ def feedback_for(
 
 
 def predictions_for(
-    log_root: Path, request_ids: Iterable[str], *, until: datetime | pd.Timestamp | None = None
+    log_root: Path,
+    request_ids: Iterable[str],
+    *,
+    until: datetime | pd.Timestamp | None = None,
+    since: datetime | pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """The answered predictions of these requests (no shadow, no failed ones), oldest first.
 
     A prediction comes before its label, so partitions are read newest first from ``until`` (the
-    newest label's time) and the read stops once every id is found."""
+    newest label's time) and the read stops once every id is found; ``since`` (the oldest label's
+    time less the longest wait for a label, ``logs.label_max_lag_days``) is where it gives up on
+    ids it has not found, so an unknown id costs that span, not the whole history."""
     wanted = {str(i) for i in request_ids}
     if not wanted:
         return _public(_empty(PREDICTIONS), PREDICTIONS)
+    # A day either side: the writers' clocks may disagree a little across midnight.
     last = utc(until).date() + timedelta(days=1) if until is not None and not pd.isna(until) else None
+    first = utc(since).date() - timedelta(days=1) if since is not None and not pd.isna(since) else None
     frames: list[pd.DataFrame] = []
     missing = set(wanted)
-    for _, partition in reversed(partitions(Path(log_root) / PREDICTIONS, None, last)):
+    for _, partition in reversed(partitions(Path(log_root) / PREDICTIONS, first, last)):
         where = _Filter(include_shadow=False, include_errors=False, request_ids=frozenset(missing))
         frame = _read_partition(partition, PREDICTIONS, where)
         frames.append(frame)
@@ -751,16 +762,34 @@ class LiveLog:
         return join_feedback(self._preds, self._labels)
 
 
+# How long after its prediction a label may arrive and still be joined to it, by default
+# (``logs.label_max_lag_days``): a label older than its prediction by more is kept in the log but
+# not trained on.
+LABEL_MAX_LAG = timedelta(days=7)
+
+
 class LabelFeed:
     """Feedback labels and the predictions they label, kept up to date by polls: each
     :meth:`poll` reads only the labels posted since the previous one, then only the predictions
-    of request ids not seen yet (newest partitions first, :func:`predictions_for`)."""
+    of request ids not seen yet (newest partitions first, :func:`predictions_for`, at most
+    ``max_lag`` before the label).
 
-    def __init__(self, log_root: Path):
+    ``since``: the first poll reads labels posted from then on only (a retrain passes the
+    champion's ``data.labels_until``, less a few minutes for clocks that disagree: the labels
+    before it are in the champion's training set already); None reads every label the log still
+    holds (``logs.retention_days``)."""
+
+    def __init__(self, log_root: Path, since: datetime | None = None, max_lag: timedelta = LABEL_MAX_LAG):
         self.log_root = Path(log_root)
-        self._cursor = LogCursor(self.log_root, FEEDBACK)
+        self.max_lag = max_lag
+        self._cursor = LogCursor(self.log_root, FEEDBACK, utc(since) - _CLOCK_SKEW if since is not None else None)
         self.feedback = _public(_empty(FEEDBACK), FEEDBACK)
         self.predictions = _public(_empty(PREDICTIONS), PREDICTIONS)
+
+    @property
+    def newest(self) -> pd.Timestamp | None:
+        """The newest label's time read so far (None before the first label)."""
+        return None if self.feedback.empty else utc(self.feedback["time"].max())
 
     def poll(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The predictions that have labels, and every label so far (oldest first)."""
@@ -768,7 +797,9 @@ class LabelFeed:
         if len(new):
             self.feedback = _append(self.feedback, new)
             missing = set(new["request_id"]) - set(self.predictions["request_id"])
-            found = predictions_for(self.log_root, missing, until=new["time"].max())
+            found = predictions_for(
+                self.log_root, missing, until=new["time"].max(), since=new["time"].min() - self.max_lag
+            )
             self.predictions = _append(self.predictions, found)
         return self.predictions, self.feedback
 

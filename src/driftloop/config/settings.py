@@ -191,6 +191,10 @@ class LogSettings(_Section):
     # A part not written for this long is closed and may be compacted. Writers move to a new part
     # after 300 s without a line (predlog.IDLE_ROTATE_S), so this must stay well above that.
     closed_after_s: float = Field(900, ge=600)
+    # A label is joined to its prediction when it arrives at most this many days after it; a
+    # later one stays in the log but is not trained on. Bounds a retrain's search for the
+    # predictions its labels name (an unknown request id costs this many days of reads).
+    label_max_lag_days: float = Field(7, gt=0)
 
 
 class StageSpec(_Section):
@@ -301,6 +305,8 @@ class RolloutSettings(_Section):
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    # Serving processes on host:port (`driftloop serve --workers N`): one per core the model may use.
+    workers: int = Field(1, ge=1)
     reload_interval_s: float = Field(1.0, gt=0)
     max_text_chars: int = Field(2000, gt=0)
     max_batch: int = Field(256, gt=0)

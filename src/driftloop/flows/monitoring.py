@@ -74,7 +74,11 @@ def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) ->
     )
     if regression is not None and regression.action == ACTION_ROLLBACK:
         return undo_promotion(regression, champion, parts, settings, run_id, trigger_retrain, config)
-    window: pd.DataFrame = monitor.load_window(parts.log_root, champion.version, settings.monitor.window_size)
+    # A window that cannot fill stops at the champion's registration, not at the log's start.
+    registered = model.version_created(parts.registry, champion)
+    window: pd.DataFrame = monitor.load_window(
+        parts.log_root, champion.version, settings.monitor.window_size, since=registered
+    )
     if len(window) < settings.monitor.min_window:
         decision = RetrainDecision(
             False,

@@ -7,6 +7,7 @@ rollout flow's bake and the monitoring flow's promotion check open after undoing
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -23,6 +24,7 @@ from driftloop.flows import source_version
 from driftloop.flows.rollout import rollout
 from driftloop.flows.training import TrainingOutcome, span_attributes, training
 from driftloop.monitoring import drift
+from driftloop.rollout import candidate as describe
 from driftloop.tasks import data, model, monitor, retrain as retrain_steps
 
 
@@ -35,6 +37,7 @@ class TrainingSet:
     added_rows: int
     quarantined_rows: int
     merged: pd.DataFrame
+    labels_until: str  # the newest label read (ISO), the candidate's data.labels_until ("" when none)
 
 
 @flow(
@@ -87,6 +90,7 @@ def retraining(
         report=report,
         reference_set=reference_set,
         config=config,
+        labels_until=new_set.labels_until,
     )
     retrain_steps.publish_retrain(
         parts.registry,
@@ -128,11 +132,29 @@ def training_set(
     else:
         previous = splits.read("train")
     needed = settings.retrain.min_new_labels if min_new_labels is None else min_new_labels
-    labelled = data.wait_for_labels(parts.log_root, previous, eval_texts, label_set, needed, settings.retrain)
+    # The labels before the champion's cut-off are in the set just restored: read only the later ones.
+    cut_off = champion_tags.get(describe.LABELS_UNTIL_TAG) if md5 else None
+    labelled, newest = data.wait_for_labels(
+        parts.log_root,
+        previous,
+        eval_texts,
+        label_set,
+        needed,
+        settings.retrain,
+        since=datetime.fromisoformat(cut_off) if cut_off else None,
+        max_lag=timedelta(days=settings.logs.label_max_lag_days),
+    )
     merged = curation.merge_training_set(previous, labelled.rows, eval_texts)
     out = parts.retrain_dir / f"training-{run_id}.csv"
     dataset.write_labelled(merged, out)
-    return TrainingSet(str(out), len(previous), len(merged) - len(previous), len(labelled.quarantined), merged)
+    return TrainingSet(
+        str(out),
+        len(previous),
+        len(merged) - len(previous),
+        len(labelled.quarantined),
+        merged,
+        newest.isoformat() if newest is not None else "",
+    )
 
 
 def refreshed_reference(

@@ -92,12 +92,15 @@ def training(
     report: str = "",
     reference_set: str | None = None,
     config: list[str] | None = None,
+    labels_until: str = "",
 ) -> TrainingOutcome:
     """Train a candidate on ``training_set`` (a CSV/JSON with text and label columns; default: the
     prepared first training set) and promote it if it beats the champion on the shared eval set.
     ``report`` is the evidence that asked for this run (a drift report), kept in the history.
     ``reference_set`` (texts) becomes this model's monitoring reference; without it the model
-    inherits the champion's."""
+    inherits the champion's. ``labels_until`` (ISO time): the newest production label the
+    training set was built from, kept as the version's ``data.labels_until`` (the next retrain
+    reads only the labels posted after it)."""
     settings = load_settings(config)
     parts = wiring.build(settings)
     run_id = str(flow_run.id or "local")
@@ -133,6 +136,8 @@ def training(
         selection=fitted.selection.tags() if fitted.selection else {},
         fit_info=getattr(fitted.model, "info", {}),
     )
+    if labels_until:
+        tags[describe.LABELS_UNTIL_TAG] = labels_until
     ref = model.register_model(
         parts.registry,
         fitted.model,

@@ -27,6 +27,11 @@ class Lineage:
     flow_run_id: str
 
 
+# The newest production label (ISO time, UTC) a version's training set was built from: the next
+# retrain reads only the labels posted after it (older ones are in the set it restores by md5).
+LABELS_UNTIL_TAG = "data.labels_until"
+
+
 def version_tags(
     lineage: Lineage,
     *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -67,27 +68,39 @@ def wait_for_labels(
     label_set: list[str],
     min_new: int,
     policy: RetrainPolicy,
-) -> curation.LabelledRows:
-    """Poll the feedback log until ``min_new`` labelled production rows would add to training.
+    *,
+    since: datetime | None = None,
+    max_lag: timedelta = logstore.LABEL_MAX_LAG,
+) -> tuple[curation.LabelledRows, datetime | None]:
+    """Poll the feedback log until ``min_new`` labelled production rows would add to training;
+    the rows, and the newest label's time read (``since`` when no label came).
 
-    Reads the labels, then only the predictions they label; each poll reads only the labels
-    posted since the previous one."""
+    Reads the labels posted from ``since`` on (the champion's ``data.labels_until``: the earlier
+    ones are in its training set; None: every label the log holds), then only the predictions
+    they label, at most ``max_lag`` before each; each poll reads only the labels posted since
+    the previous one."""
     logger = get_run_logger()
     # A wait for people (annotators) with its own timeout, not a retry of a server call.
     deadline = time.monotonic() + policy.label_wait_timeout_s
-    feed = logstore.LabelFeed(log_root)
+    feed = logstore.LabelFeed(log_root, since, max_lag)
     while True:
         labelled = curation.labelled_rows(*feed.poll(), label_set)
         fresh = len(curation.new_rows(previous, labelled.rows, eval_texts))
         if fresh >= min_new:
-            logger.info("%d new labelled rows (needed %d)", fresh, min_new)
+            logger.info(
+                "%d new labelled rows (needed %d) from %d labels posted since %s",
+                fresh,
+                min_new,
+                len(feed.feedback),
+                since.isoformat() if since else "the log's start",
+            )
             if len(labelled.quarantined):
                 logger.warning(
                     "%d feedback rows carry labels outside the label set; kept in the log, not trained on: %s",
                     len(labelled.quarantined),
                     sorted(set(labelled.quarantined["label"]))[:5],
                 )
-            return labelled
+            return labelled, feed.newest.to_pydatetime() if feed.newest is not None else since
         if time.monotonic() >= deadline:
             raise LabelWaitTimeout(
                 f"only {fresh} new labelled rows after {policy.label_wait_timeout_s:.0f}s "

@@ -29,10 +29,11 @@ from driftloop.tasks import SERVER_RETRIES
 
 # A read of the prediction log's folder, not a server call: its own short retry, not the server policy.
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def load_window(log_root: Path, model_version: str, size: int) -> pd.DataFrame:
+def load_window(log_root: Path, model_version: str, size: int, since: datetime | None = None) -> pd.DataFrame:
     """The newest distinct texts the champion answered, with annotators' labels where present:
-    the newest partitions only, until the window is full, and the labels of those rows only."""
-    return logstore.read_window(log_root, size, model_version=model_version)
+    the newest partitions only, until the window is full or back at ``since`` (when the version
+    was registered: it answered nothing before), and the labels of those rows only."""
+    return logstore.read_window(log_root, size, model_version=model_version, since=since)
 
 
 @task(cache_policy=NO_CACHE)
