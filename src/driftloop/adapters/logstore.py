@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import pandas as pd
@@ -138,6 +138,59 @@ def partitions(directory: Path, first: date | None = None, last: date | None = N
     return sorted(out)
 
 
+class LogSource(Protocol):
+    """Where a reader's partitions come from. A local folder is read where it is; a remote store
+    (:class:`driftloop.adapters.logremote.RemoteLog`) mirrors into a local cache folder only the
+    partitions a read touches, and only the objects the read needs, right before it reads them."""
+
+    @property
+    def immutable_parts(self) -> bool:
+        """Every JSONL part is complete once seen (shipped objects): a cursor that read one to its
+        end never opens it again."""
+        ...
+
+    def partitions(self, kind: str, first: date | None, last: date | None) -> list[tuple[date, Path]]:
+        """The ``date=`` partitions of one log (their local folders), oldest first."""
+        ...
+
+    def sync(self, partition: Path, since: pd.Timestamp | None) -> None:
+        """Make the local folder a consistent copy of the partition (every row at or after
+        ``since`` at least)."""
+        ...
+
+
+class LogStore(LogSource, Protocol):
+    """A log store that compacts and retires its own partitions (a remote one)."""
+
+    def compact(self, *, now: datetime, closed_after_s: float, grace_s: float) -> list[CompactionResult]: ...
+
+    def apply_retention(
+        self, *, cutoff: date, keep: set[str], on_step: Callable[[str], None]
+    ) -> list[RetentionResult]: ...
+
+
+# What the readers, compaction and retention take: a local folder (the embedded default) or a store.
+LogRoot = Path | LogStore
+
+
+@dataclass(frozen=True)
+class _LocalSource:
+    root: Path
+    immutable_parts: bool = False
+
+    def partitions(self, kind: str, first: date | None, last: date | None) -> list[tuple[date, Path]]:
+        return partitions(self.root / kind, first, last)
+
+    def sync(self, partition: Path, since: pd.Timestamp | None) -> None:
+        return None
+
+
+def _source(log_root: LogRoot | str) -> LogSource:
+    if isinstance(log_root, (str, os.PathLike)):
+        return _LocalSource(Path(log_root))
+    return log_root
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What compaction made of one partition: the current Parquet file (None: no rows) and every
@@ -151,15 +204,22 @@ class Manifest:
     @classmethod
     def read(cls, partition: Path) -> Manifest:
         try:
-            raw = json.loads((partition / MANIFEST).read_bytes())
+            return cls.from_bytes((partition / MANIFEST).read_bytes())
         except FileNotFoundError:
             return cls()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        raw = json.loads(data)
         return cls(int(raw["generation"]), raw["file"], frozenset(raw["parts"]), int(raw["rows"]))
+
+    def to_bytes(self) -> bytes:
+        body = {"generation": self.generation, "file": self.file, "parts": sorted(self.parts), "rows": self.rows}
+        return json.dumps(body, indent=1).encode()
 
     def write(self, partition: Path) -> None:
         """Replace the partition's manifest atomically (temp file, fsync, rename, fsync the folder)."""
-        body = {"generation": self.generation, "file": self.file, "parts": sorted(self.parts), "rows": self.rows}
-        _write_durably(partition / MANIFEST, json.dumps(body, indent=1).encode())
+        _write_durably(partition / MANIFEST, self.to_bytes())
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -430,12 +490,20 @@ def _jsonl_rows(path: Path, kind: str, where: _Filter, parsed: _Parsed | None) -
 
 
 def _read_partition(
-    partition: Path, kind: str, where: _Filter, *, parsed: _Parsed | None = None, count_truncated: bool = True
+    partition: Path,
+    kind: str,
+    where: _Filter,
+    *,
+    parsed: _Parsed | None = None,
+    count_truncated: bool = True,
+    source: LogSource | None = None,
 ) -> pd.DataFrame:
     """Every row of one partition that passes ``where``: the manifest's Parquet file plus the JSONL
     parts it does not name, as one snapshot (a compaction that lands mid-read makes it read again).
     With ``parsed``, what an earlier call with a later ``where.since`` parsed is reused."""
     for _ in range(_READ_ATTEMPTS):
+        if source is not None:
+            source.sync(partition, where.since)
         manifest = Manifest.read(partition)
         frames: list[pd.DataFrame] = []
         skipped = 0
@@ -476,17 +544,18 @@ def _public(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     return out
 
 
-def _read_all(root: Path, kind: str, where: _Filter) -> pd.DataFrame:
+def _read_all(root: LogRoot, kind: str, where: _Filter) -> pd.DataFrame:
     first = where.since.date() if where.since is not None else None
     last = where.until.date() if where.until is not None else None
-    return _concat([_read_partition(p, kind, where) for _, p in partitions(Path(root) / kind, first, last)], kind)
+    src = _source(root)
+    return _concat([_read_partition(p, kind, where, source=src) for _, p in src.partitions(kind, first, last)], kind)
 
 
 # -- readers: everything -----------------------------------------------------------------------------
 
 
 def read_predictions(
-    root: Path, since: datetime | None = None, *, include_shadow: bool = False, include_errors: bool = False
+    root: LogRoot, since: datetime | None = None, *, include_shadow: bool = False, include_errors: bool = False
 ) -> pd.DataFrame:
     """Every logged prediction (at or after ``since``, if given; naive means UTC), oldest first.
 
@@ -504,7 +573,7 @@ def read_predictions(
     return _public(_read_all(root, PREDICTIONS, where), PREDICTIONS)
 
 
-def read_feedback(root: Path) -> pd.DataFrame:
+def read_feedback(root: LogRoot) -> pd.DataFrame:
     """Every feedback label, oldest first; columns :data:`FEEDBACK_COLUMNS` (see
     :func:`read_predictions` for skipped lines)."""
     return _public(_read_all(root, FEEDBACK, _Filter()), FEEDBACK)
@@ -530,7 +599,7 @@ def join_feedback(preds: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_window(
-    log_root: Path,
+    log_root: LogRoot,
     rows: int,
     *,
     until: datetime | None = None,
@@ -565,7 +634,8 @@ def read_window(
     newest = where.until if where.until is not None else utc(datetime.now(UTC))
     newer: list[pd.DataFrame] = []  # partitions read whole
     window = _empty(PREDICTIONS)
-    for day, partition in reversed(partitions(Path(log_root) / PREDICTIONS, first, last)):
+    src = _source(log_root)
+    for day, partition in reversed(src.partitions(PREDICTIONS, first, last)):
         start = pd.Timestamp(day, tz="UTC")
         end = min(newest, start + pd.Timedelta(days=1))
         # The partition's newest hour first, then more: every row at or after the cutoff is read
@@ -577,7 +647,7 @@ def read_window(
             cutoff = end - span if span is not None else None
             if cutoff is not None and cutoff <= start:
                 cutoff = None
-            current = _read_partition(partition, PREDICTIONS, replace(where, since=cutoff), parsed=parsed)
+            current = _read_partition(partition, PREDICTIONS, replace(where, since=cutoff), parsed=parsed, source=src)
             window = _select(_concat([*newer, current], PREDICTIONS), rows, model_version, distinct_texts)
             if len(window) >= rows or cutoff is None or span is None:
                 break
@@ -619,7 +689,7 @@ def _select(frame: pd.DataFrame, rows: int, model_version: str | None, distinct_
 
 
 def feedback_for(
-    log_root: Path, request_ids: Iterable[str], *, since: datetime | pd.Timestamp | None = None
+    log_root: LogRoot, request_ids: Iterable[str], *, since: datetime | pd.Timestamp | None = None
 ) -> pd.DataFrame:
     """The feedback rows of these requests only, oldest first (:data:`FEEDBACK_COLUMNS`).
 
@@ -632,12 +702,13 @@ def feedback_for(
     # A day earlier: the writers' clocks may disagree a little across midnight.
     first = utc(since).date() - timedelta(days=1) if since is not None and not pd.isna(since) else None
     where = _Filter(request_ids=ids)
-    frames = [_read_partition(p, FEEDBACK, where) for _, p in partitions(Path(log_root) / FEEDBACK, first)]
+    src = _source(log_root)
+    frames = [_read_partition(p, FEEDBACK, where, source=src) for _, p in src.partitions(FEEDBACK, first, None)]
     return _public(_concat(frames, FEEDBACK), FEEDBACK)
 
 
 def predictions_for(
-    log_root: Path,
+    log_root: LogRoot,
     request_ids: Iterable[str],
     *,
     until: datetime | pd.Timestamp | None = None,
@@ -657,9 +728,10 @@ def predictions_for(
     first = utc(since).date() - timedelta(days=1) if since is not None and not pd.isna(since) else None
     frames: list[pd.DataFrame] = []
     missing = set(wanted)
-    for _, partition in reversed(partitions(Path(log_root) / PREDICTIONS, first, last)):
+    src = _source(log_root)
+    for _, partition in reversed(src.partitions(PREDICTIONS, first, last)):
         where = _Filter(include_shadow=False, include_errors=False, request_ids=frozenset(missing))
-        frame = _read_partition(partition, PREDICTIONS, where)
+        frame = _read_partition(partition, PREDICTIONS, where, source=src)
         frames.append(frame)
         missing -= set(frame["request_id"])
         if not missing:
@@ -679,7 +751,7 @@ class LogCursor:
     ``since`` are left out.
     """
 
-    log_root: Path
+    log_root: LogRoot
     kind: str = PREDICTIONS
     since: datetime | None = None
     offsets: dict[str, int] = field(default_factory=dict)  # part -> byte offset read up to
@@ -691,12 +763,14 @@ class LogCursor:
         since = utc(self.since) if self.since is not None else None
         where = _Filter(since=since)
         frames: list[pd.DataFrame] = []
-        for _, partition in partitions(Path(self.log_root) / self.kind, since.date() if since is not None else None):
-            frames.append(self._poll_partition(partition, where))
+        src = _source(self.log_root)
+        for _, partition in src.partitions(self.kind, since.date() if since is not None else None, None):
+            frames.append(self._poll_partition(partition, where, src))
         return _public(_concat(frames, self.kind), self.kind)
 
-    def _poll_partition(self, partition: Path, where: _Filter) -> pd.DataFrame:
+    def _poll_partition(self, partition: Path, where: _Filter, src: LogSource) -> pd.DataFrame:
         for _ in range(_READ_ATTEMPTS):
+            src.sync(partition, where.since)
             manifest = Manifest.read(partition)
             offsets = dict(self.offsets)
             frames: list[pd.DataFrame] = []
@@ -716,7 +790,9 @@ class LogCursor:
                     elif start == _DONE:
                         continue
                     read = _read_part(path, start)
-                    offsets[path.name] = read.end
+                    # A shipped object never grows: once read to its end it is never opened again
+                    # (at the end of a busy day a partition holds thousands of them).
+                    offsets[path.name] = _DONE if src.immutable_parts else read.end
                     frames.append(where.apply(_part_frame(path, self.kind, read)))
             except FileNotFoundError:
                 continue
@@ -734,10 +810,10 @@ class LogCursor:
         return frame[frame[OFFSET] >= taken]
 
 
-def read_since(log_root: Path, since_time: datetime, *, kind: str = PREDICTIONS) -> pd.DataFrame:
+def read_since(log_root: LogRoot, since_time: datetime, *, kind: str = PREDICTIONS) -> pd.DataFrame:
     """Every row of one log at or after ``since_time`` (only its partitions are read), oldest first;
     for polls, keep a :class:`LogCursor` instead."""
-    return LogCursor(Path(log_root), kind, since_time).poll()
+    return LogCursor(log_root, kind, since_time).poll()
 
 
 # Labels may be stamped a little before the prediction they label when two machines' clocks disagree.
@@ -749,9 +825,9 @@ class LiveLog:
     kept up to date by polls: each :meth:`frame` reads only the lines written since the previous
     one, from both logs, and joins the labels in memory."""
 
-    def __init__(self, log_root: Path, since: datetime):
-        self._predictions = LogCursor(Path(log_root), PREDICTIONS, since)
-        self._feedback = LogCursor(Path(log_root), FEEDBACK, utc(since) - _CLOCK_SKEW)
+    def __init__(self, log_root: LogRoot, since: datetime):
+        self._predictions = LogCursor(log_root, PREDICTIONS, since)
+        self._feedback = LogCursor(log_root, FEEDBACK, utc(since) - _CLOCK_SKEW)
         self._preds = _public(_empty(PREDICTIONS), PREDICTIONS)
         self._labels = _public(_empty(FEEDBACK), FEEDBACK)
 
@@ -779,8 +855,8 @@ class LabelFeed:
     before it are in the champion's training set already); None reads every label the log still
     holds (``logs.retention_days``)."""
 
-    def __init__(self, log_root: Path, since: datetime | None = None, max_lag: timedelta = LABEL_MAX_LAG):
-        self.log_root = Path(log_root)
+    def __init__(self, log_root: LogRoot, since: datetime | None = None, max_lag: timedelta = LABEL_MAX_LAG):
+        self.log_root: LogRoot = Path(log_root) if isinstance(log_root, (str, os.PathLike)) else log_root
         self.max_lag = max_lag
         self._cursor = LogCursor(self.log_root, FEEDBACK, utc(since) - _CLOCK_SKEW if since is not None else None)
         self.feedback = _public(_empty(FEEDBACK), FEEDBACK)
@@ -882,6 +958,34 @@ def _clean(partition: Path, manifest: Manifest) -> None:
         _fsync_dir(partition)
 
 
+def write_parquet(frame: pd.DataFrame, kind: str, path: Path) -> None:
+    """``frame`` as one compacted Parquet file (sorted by time, zstd, row groups of 64k rows), fsynced."""
+    frame = frame.sort_values(["time", PART, OFFSET], kind="stable")
+    table = _to_arrow(frame, kind)
+    with open(path, "wb") as f:
+        pq.write_table(table, f, row_group_size=_ROW_GROUP, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_parts(paths: Iterable[Path], kind: str) -> tuple[list[pd.DataFrame], int]:
+    """Every complete line of these JSONL parts, one frame per part, and the lines left out (a torn
+    last line, lines that are not JSON objects)."""
+    frames, skipped = [], 0
+    for path in paths:
+        read = _read_part(path)
+        skipped += read.skipped + int(read.truncated)
+        if read.truncated:
+            log.warning("%s: a torn last line is left out of the compacted file", path)
+        frames.append(_part_frame(path, kind, read))
+    return frames, skipped
+
+
+def read_parquet(path: Path, kind: str) -> pd.DataFrame:
+    """Every row of one compacted Parquet file (with ``_part`` and ``_offset``)."""
+    return _read_parquet(path, kind)
+
+
 def _replace(
     partition: Path,
     kind: str,
@@ -895,13 +999,8 @@ def _replace(
     generation = manifest.generation + 1
     name: str | None = None
     if len(frame):
-        frame = frame.sort_values(["time", PART, OFFSET], kind="stable")
-        table = _to_arrow(frame, kind)
         tmp = partition / f"{_TMP_PREFIX}{generation:06d}-{uuid.uuid4().hex}.parquet"
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, row_group_size=_ROW_GROUP, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
+        write_parquet(frame, kind, tmp)
         on_step(STEP_TEMP_WRITTEN)
         name = f"{_PARQUET_PREFIX}{generation:06d}.parquet"
         os.replace(tmp, partition / name)
@@ -945,24 +1044,20 @@ def compact_partition(
     if not closed:
         return CompactionResult(kind, partition.name, 0, manifest.rows, 0, manifest.file)
     frames = [_read_parquet(partition / manifest.file, kind)] if manifest.file else []
-    skipped = 0
-    for path in closed:
-        read = _read_part(path)
-        skipped += read.skipped + int(read.truncated)
-        if read.truncated:
-            log.warning("%s: a torn last line is left out of the compacted file", path)
-        frames.append(_part_frame(path, kind, read))
-    frame = pd.concat(frames, ignore_index=True)
+    part_frames, skipped = read_parts(closed, kind)
+    frame = pd.concat([*frames, *part_frames], ignore_index=True)
     new = _replace(partition, kind, manifest, frame, manifest.parts | {p.name for p in closed}, step)
     log.info("compacted %d parts of %s/%s into %s (%d rows)", len(closed), kind, partition.name, new.file, new.rows)
     return CompactionResult(kind, partition.name, len(closed), new.rows, skipped, new.file)
 
 
 def compact(
-    log_root: Path, *, now: datetime | None = None, closed_after_s: float = 900.0, grace_s: float = 60.0
+    log_root: LogRoot, *, now: datetime | None = None, closed_after_s: float = 900.0, grace_s: float = 60.0
 ) -> list[CompactionResult]:
     """Compact every partition of both logs that has closed parts (:func:`compact_partition`)."""
     now = now or datetime.now(UTC)
+    if not isinstance(log_root, (str, os.PathLike)):
+        return log_root.compact(now=now, closed_after_s=closed_after_s, grace_s=grace_s)
     results = []
     for kind, directory in _locked_logs(log_root, "compaction", []):
         for _, partition in partitions(directory):
@@ -986,7 +1081,7 @@ class RetentionResult:
 
 
 def apply_retention(
-    log_root: Path,
+    log_root: LogRoot,
     *,
     retention_days: int,
     keep_texts: Iterable[str],
@@ -1004,6 +1099,8 @@ def apply_retention(
     cutoff = today - timedelta(days=retention_days)
     keep = set(normalise(pd.Series(list(keep_texts), dtype=str)))
     step = on_step or (lambda _: None)
+    if not isinstance(log_root, (str, os.PathLike)):
+        return log_root.apply_retention(cutoff=cutoff, keep=keep, on_step=step)
     results: list[RetentionResult] = []
     kept_ids: set[str] = set()
     skipped: list[str] = []
@@ -1019,17 +1116,23 @@ def apply_retention(
                 log.warning("%s has parts not compacted yet; retention waits for them", partition)
                 continue
             frame = _read_parquet(partition / manifest.file, kind) if manifest.file else _empty(kind)
-            if kind == PREDICTIONS:
-                kept = frame[normalise(frame[TEXT]).isin(keep)] if len(frame) else frame
-                kept_ids |= set(kept["request_id"])
-            else:
-                kept = frame[frame["request_id"].isin(kept_ids)]
+            kept = retained_rows(frame, kind, keep, kept_ids)
             if len(kept) < len(frame):
                 _replace(partition, kind, manifest, kept, manifest.parts, step)
                 results.append(RetentionResult(kind, partition.name, len(frame), len(kept)))
             if kept.empty:
                 _remove_partition(partition)
     return results
+
+
+def retained_rows(frame: pd.DataFrame, kind: str, keep: set[str], kept_ids: set[str]) -> pd.DataFrame:
+    """The rows retention keeps: predictions whose normalised text is in ``keep`` (their request ids
+    are added to ``kept_ids``), labels of the request ids in ``kept_ids``."""
+    if kind == PREDICTIONS:
+        kept = frame[normalise(frame[TEXT]).isin(keep)] if len(frame) else frame
+        kept_ids |= set(kept["request_id"])
+        return kept
+    return frame[frame["request_id"].isin(kept_ids)]
 
 
 def _remove_partition(partition: Path) -> None:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
+from driftloop.adapters.logremote import RemoteLog, Shipper
 from driftloop.adapters.logstore import (
     FEEDBACK,
     FEEDBACK_COLUMNS,
@@ -32,6 +33,7 @@ from driftloop.adapters.logstore import (
     PREDICTIONS,
     SKIPPED_LINES,
     LogCursor,
+    LogRoot,
     feedback_for,
     join_feedback,
     predictions_for,
@@ -127,6 +129,17 @@ class _PartitionedAppender:
             self._partial = False
             # After the write, so the sync thread cannot clear the flag between the two.
             self._dirty = True
+
+    def retire(self) -> Path | None:
+        """Rotate the open part out (the next line opens a new one); the part's path, or None when
+        none is open. For a shipper, off the request path: the part is complete when this returns."""
+        with self._lock:
+            if self._fd < 0 or self._path is None:
+                return None
+            self._retired.append(self._fd)
+            self._fd = -1
+            self._day_end = 0.0  # the next append opens a new part
+            return self._path
 
     def _open_for(self, now: float) -> None:
         day_start = int(now // _DAY_S) * _DAY_S
@@ -231,10 +244,18 @@ class _AppendOnlyLog:
 
     _kind = ""
 
-    def __init__(self, root: Path, fsync_interval_s: float = 1.0, *, clock: Callable[[], int] = time.time_ns):
-        """``clock`` gives epoch nanoseconds; another clock is for tests and replays."""
-        self.root = Path(root)
-        self._out = _PartitionedAppender(self.root / self._kind, fsync_interval_s)
+    def __init__(self, root: LogRoot, fsync_interval_s: float = 1.0, *, clock: Callable[[], int] = time.time_ns):
+        """``root``: the log folder, or a :class:`~driftloop.adapters.logremote.RemoteLog` (the lines
+        go to its local spool folder, and a shipper thread uploads the parts). ``clock`` gives
+        epoch nanoseconds; another clock is for tests and replays."""
+        self._shipper: Shipper | None = None
+        if isinstance(root, RemoteLog):
+            self.root = root.spool
+            self._out = _PartitionedAppender(self.root / self._kind, fsync_interval_s)
+            self._shipper = root.shipper(self._kind, self._out.retire, lambda: self._out.path)
+        else:
+            self.root = Path(root)  # type: ignore[arg-type]  # a str is fine too
+            self._out = _PartitionedAppender(self.root / self._kind, fsync_interval_s)
         self._clock = _Clock(clock)
 
     @property
@@ -245,7 +266,11 @@ class _AppendOnlyLog:
         self._out.flush()
 
     def close(self) -> None:
+        last = self._out.path
         self._out.close()
+        if self._shipper is not None:
+            # No line comes after close: the last part goes now (a pod's spool may not outlive it).
+            self._shipper.close(also=last)
 
     def __enter__(self) -> Self:
         return self

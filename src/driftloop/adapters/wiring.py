@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from driftloop.adapters.history import ChampionHistory, FileChampionHistory, FileTriggerLedger, TriggerLedger
+from driftloop.adapters.logremote import RemoteLog
+from driftloop.adapters.logstore import LogRoot
 from driftloop.adapters.registry import Registry
+from driftloop.adapters.s3 import ObjectStore
 from driftloop.adapters.versioning import DatasetStore
 from driftloop.config.settings import DataSettings, Settings
 from driftloop.core.errors import InputError
@@ -22,7 +25,7 @@ class Components:
     history: ChampionHistory
     ledger: TriggerLedger
     datasets: DatasetStore
-    log_root: Path
+    log_root: LogRoot  # a folder, or the bucket (logs.backend: s3): what every logstore reader takes
     prepared_dir: Path  # one folder per data key below it (dataset.ensure_prepared)
     reports_dir: Path
     retrain_dir: Path
@@ -52,6 +55,24 @@ def history_stores(settings: Settings) -> tuple[ChampionHistory, TriggerLedger]:
     return history_pg.PostgresChampionHistory(db), history_pg.PostgresTriggerLedger(db)
 
 
+def log_root(settings: Settings) -> LogRoot:
+    """Where the prediction and feedback logs are (``logs.backend``): the local folder, or the
+    bucket's prefix with this process's spool and cache folders (adapters.logremote)."""
+    cfg = settings.logs
+    if cfg.backend == "local":
+        return settings.log_dir
+    assert cfg.s3_url is not None  # noqa: S101  narrows the type: LogSettings requires it for s3
+    bucket, _, prefix = cfg.s3_url.removeprefix("s3://").partition("/")
+    return RemoteLog(
+        ObjectStore(settings.storage.s3_endpoint_url, bucket),
+        prefix or "logs",
+        cache=settings.log_cache_dir,
+        spool=settings.log_dir,
+        ship_every_s=cfg.ship_every_s,
+        closed_after_s=cfg.closed_after_s,
+    )
+
+
 def build(settings: Settings) -> Components:
     """The components for ``settings``."""
     state = settings.state_dir
@@ -66,7 +87,7 @@ def build(settings: Settings) -> Components:
         history=history,
         ledger=ledger,
         datasets=DatasetStore(settings.datasets_dir, settings.storage.dvc_remote, settings.storage.s3_endpoint_url),
-        log_root=settings.log_dir,
+        log_root=log_root(settings),
         prepared_dir=state / "prepared",
         reports_dir=settings.reports_dir,
         retrain_dir=state / "retrain",

@@ -195,6 +195,22 @@ class LogSettings(_Section):
     # later one stays in the log but is not trained on. Bounds a retrain's search for the
     # predictions its labels name (an unknown request id costs this many days of reads).
     label_max_lag_days: float = Field(7, gt=0)
+    # Where the logs live. local: <state_dir>/logs (the embedded default). s3: the bucket and
+    # prefix of s3_url on the server storage.s3_endpoint_url, keys from AWS_ACCESS_KEY_ID and
+    # AWS_SECRET_ACCESS_KEY; each writing process spools to <state_dir>/logs and ships its parts
+    # every ship_every_s, readers mirror what they read into <state_dir>/log-cache (docs/logs.md).
+    backend: Literal["local", "s3"] = "local"
+    s3_url: str | None = None
+    ship_every_s: float = Field(10, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _s3_needs_url(self) -> LogSettings:
+        if self.backend == "s3":
+            url = self.s3_url or ""
+            bucket = url.removeprefix("s3://").split("/", 1)[0]
+            if not url.startswith("s3://") or not bucket:
+                raise ValueError(f"logs.s3_url: backend s3 needs s3://bucket/prefix, got {self.s3_url!r}")
+        return self
 
 
 class StageSpec(_Section):
@@ -556,7 +572,13 @@ class Settings(BaseSettings):
 
     @property
     def log_dir(self) -> Path:
+        """The logs (local backend), or each writing process's spool of them (s3)."""
         return self.state_dir / "logs"
+
+    @property
+    def log_cache_dir(self) -> Path:
+        """The s3 backend's local copy of the partitions a reader touched."""
+        return self.state_dir / "log-cache"
 
     @property
     def datasets_dir(self) -> Path:
