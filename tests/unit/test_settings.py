@@ -95,3 +95,24 @@ def test_the_postgres_history_needs_a_dsn(monkeypatch):
     monkeypatch.setenv("DRIFTLOOP__HISTORY__BACKEND", "postgres")
     with pytest.raises(ValidationError, match=r"history\.dsn: required"):
         load_settings()
+
+
+def test_logs_on_s3_need_a_bucket_url_and_wire_a_remote_log(tmp_path, monkeypatch):
+    from driftloop.adapters import wiring
+    from driftloop.adapters.logremote import RemoteLog
+
+    monkeypatch.setenv("DRIFTLOOP__LOGS__BACKEND", "s3")
+    with pytest.raises(ValidationError, match="logs.s3_url"):
+        load_settings()
+    monkeypatch.setenv("DRIFTLOOP__LOGS__S3_URL", "s3://bucket/some/logs")
+    monkeypatch.setenv("DRIFTLOOP__PROJECT__STATE_DIR", str(tmp_path))
+    root = wiring.log_root(load_settings())
+    assert isinstance(root, RemoteLog)
+    assert (root.store.bucket, root.prefix, root.spool, root.cache) == (
+        "bucket",
+        "some/logs",
+        tmp_path / "logs",
+        tmp_path / "log-cache",
+    )
+    monkeypatch.delenv("DRIFTLOOP__LOGS__BACKEND")
+    assert wiring.log_root(load_settings()) == tmp_path / "logs"

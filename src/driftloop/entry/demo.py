@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from driftloop.adapters import predlog, wiring
+from driftloop.adapters.logstore import LogRoot
 from driftloop.config.settings import Settings
 from driftloop.data import dataset
 from driftloop.data.dataset import LABEL, TEXT
@@ -154,7 +155,7 @@ class ServingProcess:
         self._log.close()
 
 
-def live_accuracy(log_root: Path) -> pd.DataFrame:
+def live_accuracy(log_root: LogRoot) -> pd.DataFrame:
     """Accuracy per model version over labelled requests, from the prediction and feedback logs."""
     joined = predlog.join_feedback(predlog.read_predictions(log_root), predlog.read_feedback(log_root))
     labelled = joined[joined[LABEL].notna()]

@@ -13,12 +13,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 
 from driftloop.adapters import logstore
 from driftloop.adapters.history import ChampionHistory, now_iso
+from driftloop.adapters.logstore import LogRoot
 from driftloop.adapters.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.config.settings import RolloutSettings, StageSpec
 from driftloop.core import analysis
@@ -120,14 +120,14 @@ def challenger_slot(step: Step) -> str:
 # -- live numbers ---------------------------------------------------------------------------------
 
 
-def live_log(log_root: Path, since: datetime) -> logstore.LiveLog:
+def live_log(log_root: LogRoot, since: datetime) -> logstore.LiveLog:
     """The live numbers' source for a watch that polls: every prediction since ``since`` (shadow
     and failed ones too) with its feedback label, each poll reading only what arrived since the
     previous one (:class:`driftloop.adapters.logstore.LiveLog`)."""
     return logstore.LiveLog(log_root, since)
 
 
-def live_frame(log_root: Path, since: datetime) -> pd.DataFrame:
+def live_frame(log_root: LogRoot, since: datetime) -> pd.DataFrame:
     """Every prediction since ``since`` (shadow and failed ones too) with its feedback label;
     only the partitions from ``since`` on are read. A watch that polls keeps a :func:`live_log`."""
     return live_log(log_root, since).frame()
@@ -171,7 +171,7 @@ def judge_promotion(
     return analysis.detect_regression(baseline, current, cfg.bake, cfg.guard, elapsed_s)
 
 
-def baseline_arm(log_root: Path, version: str, until: datetime, last: int, low_confidence: float) -> ArmStats:
+def baseline_arm(log_root: LogRoot, version: str, until: datetime, last: int, low_confidence: float) -> ArmStats:
     """A champion's own numbers over its newest ``last`` answers before ``until`` (the baseline a
     successor is held to after a promotion). Reads the newest partitions before ``until`` only,
     until ``last`` such answers are found."""

@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
 from driftloop.adapters import tracing
+from driftloop.adapters.logstore import LogRoot
 from driftloop.config.settings import ServingSettings, TracingSettings
 from driftloop.serving.auth import TokenCheck, read_api_token
 from driftloop.serving.cache import ModelSource
@@ -94,7 +95,7 @@ class ServingApp(FastAPI):
 def create_app(
     cfg: ServingSettings,
     source: ModelSource,
-    log_root: Path,
+    log_root: LogRoot,
     *,
     low_confidence: float = 0.5,
     monitor_status: Path | None = None,
@@ -224,7 +225,7 @@ def _document(app: FastAPI, cfg: ServingSettings, token_required: bool) -> None:
 def run_server(
     cfg: ServingSettings,
     source: ModelSource,
-    log_root: Path,
+    log_root: LogRoot,
     *,
     low_confidence: float = 0.5,
     monitor_status: Path | None = None,

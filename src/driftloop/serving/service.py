@@ -12,12 +12,12 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 from anyio.to_thread import run_sync
 
 from driftloop.adapters import tracing
+from driftloop.adapters.logstore import LogRoot
 from driftloop.adapters.predlog import FeedbackLog, PredictionLog
 from driftloop.config.settings import ServingSettings
 from driftloop.core.types import Prediction
@@ -145,7 +145,7 @@ class PredictionService:
     predictions_log: PredictionLog
     feedback_log: FeedbackLog
 
-    def __init__(self, cfg: ServingSettings, poller: RoutingPoller, metrics: ServingMetrics, log_root: Path):
+    def __init__(self, cfg: ServingSettings, poller: RoutingPoller, metrics: ServingMetrics, log_root: LogRoot):
         self.cfg = cfg
         self.poller = poller
         self.metrics = metrics

@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from driftloop.adapters import logstore
+from driftloop.adapters.logstore import LogRoot
 from driftloop.adapters.versioning import DatasetStore
 from driftloop.config.settings import DataSettings, RetrainPolicy
 from driftloop.core.errors import RunFailed
@@ -62,7 +63,7 @@ def restore_dataset(store: DatasetStore, md5: str, dest: Path) -> Path:
 
 @task(cache_policy=NO_CACHE)
 def wait_for_labels(
-    log_root: Path,
+    log_root: LogRoot,
     previous: pd.DataFrame,
     eval_texts: list[str],
     label_set: list[str],

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from driftloop.adapters import logstore
+from driftloop.adapters.logstore import LogRoot
 from driftloop.adapters.registry import Registry
 from driftloop.adapters.versioning import DatasetStore
 from driftloop.config.settings import LogSettings
@@ -19,7 +20,7 @@ VERSIONED_SET_TAGS = ("data.md5", "reference.md5")
 
 
 @task(cache_policy=NO_CACHE)
-def compact(log_root: Path, cfg: LogSettings) -> list[logstore.CompactionResult]:
+def compact(log_root: LogRoot, cfg: LogSettings) -> list[logstore.CompactionResult]:
     """Compact the closed JSONL parts of both logs into one Parquet file per partition."""
     results = logstore.compact(log_root, closed_after_s=cfg.closed_after_s)
     for r in results:
@@ -41,7 +42,7 @@ def versioned_texts(datasets: DatasetStore, md5s: list[str], scratch: Path) -> l
 
 
 @task(cache_policy=NO_CACHE)
-def apply_retention(log_root: Path, cfg: LogSettings, keep_texts: list[str]) -> list[logstore.RetentionResult]:
+def apply_retention(log_root: LogRoot, cfg: LogSettings, keep_texts: list[str]) -> list[logstore.RetentionResult]:
     """Delete rows older than ``cfg.retention_days``, except predictions of ``keep_texts`` and their labels."""
     results = logstore.apply_retention(log_root, retention_days=cfg.retention_days, keep_texts=keep_texts)
     for r in results:

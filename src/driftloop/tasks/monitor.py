@@ -16,6 +16,7 @@ from prefect.client.schemas.objects import State, TaskRun
 
 from driftloop.adapters import logstore
 from driftloop.adapters.history import TriggerLedger
+from driftloop.adapters.logstore import LogRoot
 from driftloop.adapters.registry import Registry
 from driftloop.config.settings import MonitorSettings, RetrainPolicy
 from driftloop.core import policy
@@ -29,7 +30,7 @@ from driftloop.tasks import SERVER_RETRIES
 
 # A read of the prediction log's folder, not a server call: its own short retry, not the server policy.
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def load_window(log_root: Path, model_version: str, size: int, since: datetime | None = None) -> pd.DataFrame:
+def load_window(log_root: LogRoot, model_version: str, size: int, since: datetime | None = None) -> pd.DataFrame:
     """The newest distinct texts the champion answered, with annotators' labels where present:
     the newest partitions only, until the window is full or back at ``since`` (when the version
     was registered: it answered nothing before), and the labels of those rows only."""

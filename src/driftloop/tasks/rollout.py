@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from driftloop.adapters.history import ChampionHistory
+from driftloop.adapters.logstore import LogRoot
 from driftloop.adapters.registry import Registry
 from driftloop.config.settings import RolloutSettings
 from driftloop.core import analysis
@@ -77,7 +78,7 @@ def _poll(decide: Callable[[float], StageDecision | None], poll_s: float, label:
 @task(cache_policy=NO_CACHE)
 def watch_step(
     registry: Registry,
-    log_root: Path,
+    log_root: LogRoot,
     rollout_id: str,
     champion: ModelRef,
     challenger: ModelRef,
@@ -110,7 +111,7 @@ def watch_step(
 @task(cache_policy=NO_CACHE)
 def watch_bake(
     registry: Registry,
-    log_root: Path,
+    log_root: LogRoot,
     previous: ModelRef,
     promoted: ModelRef,
     promoted_at: datetime,
@@ -178,7 +179,7 @@ def rollback_champion(
 
 @task(cache_policy=NO_CACHE)
 def check_promotion(
-    history: ChampionHistory, log_root: Path, current: ModelRef, cfg: RolloutSettings, low_confidence: float
+    history: ChampionHistory, log_root: LogRoot, current: ModelRef, cfg: RolloutSettings, low_confidence: float
 ) -> StageDecision | None:
     """A recently promoted champion's live numbers against its predecessor's baseline (None when
     no promotion is under watch)."""
