@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 SERVERS=(tests/integration/test_stack.py tests/integration/test_prefect_deployments.py
          tests/integration/test_cli_errors.py tests/integration/test_dvc_pipeline.py
-         tests/integration/test_history_postgres.py)
+         tests/integration/test_history_postgres.py tests/integration/test_logs_s3.py)
 log=$(mktemp -t driftloop-server-tests.XXXXXX)
 "$PY" -m pytest -p no:cacheprovider --durations=10 "${SERVERS[@]}" "$@" >"$log" 2>&1 &
 servers=$!
