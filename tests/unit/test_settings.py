@@ -102,7 +102,7 @@ def test_logs_on_s3_need_a_bucket_url_and_wire_a_remote_log(tmp_path, monkeypatc
     from driftloop.adapters.logremote import RemoteLog
 
     monkeypatch.setenv("DRIFTLOOP__LOGS__BACKEND", "s3")
-    with pytest.raises(ValidationError, match="logs.s3_url"):
+    with pytest.raises(ValidationError, match=r"logs\.s3_url"):
         load_settings()
     monkeypatch.setenv("DRIFTLOOP__LOGS__S3_URL", "s3://bucket/some/logs")
     monkeypatch.setenv("DRIFTLOOP__PROJECT__STATE_DIR", str(tmp_path))
