@@ -936,8 +936,10 @@ def logs_compact(
         "model version's DVC sets hold (reads the registry and restores those sets through DVC).",
     ),
 ) -> None:
-    """Run the compaction flow once, as the compaction/daily deployment does: closed JSON Lines parts →
-    one Parquet file per day and log, then retention. Prints what it compacted, skipped and deleted."""
+    """Run the compaction flow once (what compaction/daily runs): compaction, then retention.
+
+    Closed JSON Lines parts become one Parquet file per day and log; then rows past
+    logs.retention_days go. Prints what it compacted, skipped and deleted, and the flow run."""
     settings = _settings(config)
     server = _orchestrator(settings)
     from driftloop.flows.compaction import compaction
@@ -1070,8 +1072,10 @@ def logs_status(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per day and log."),
 ) -> None:
-    """Per day and log: JSON Lines parts not compacted yet and their size, the compacted Parquet
-    file's rows and size. Reads the manifests and lists the days' folders, never a row (unless --lines)."""
+    """Per day and log: fresh JSON Lines parts and their size, compacted Parquet rows and size.
+
+    Reads each day's manifest and lists its folder, never a row (unless --lines), so its cost
+    follows the number of days, not their size."""
     from dataclasses import asdict
 
     settings = _settings(config)
