@@ -1,16 +1,21 @@
 """Serving throughput and latency: driftloop's app against ``mlflow models serve``.
 
-Trains a model (TF-IDF by default) on the full BANKING77 training split, registers it in a throw-away
-MLflow SQLite registry, then for each server (one uvicorn worker, in its own process) sends
-POST requests with one text each at concurrency 1 and 16 and reports requests/s and p50/p99
-latency, next to the in-process cost of ``predict`` and of one prediction-log write.
+Trains a model (TF-IDF by default) on the full BANKING77 training split, registers it on a
+throw-away ``mlflow server`` (SQLite, artifacts proxied: how a deployment serves), then serves it
+with ``driftloop serve`` (``--workers N`` processes, reading the registry over REST) and with
+``mlflow models serve`` (one worker), and sends POST requests with one text each at every
+``--concurrency`` for ``--rounds`` rounds, the two servers taking turns. Every round's requests/s,
+p50/p99 and driftloop/mlflow ratio are printed in one table, with the peak RSS of every server
+process (driftloop's supervisor and each worker, mlflow's CLI and its scoring server), next to the
+in-process cost of ``predict`` and of one prediction-log write.
 
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio (uvloop when installed),
 running in this process while the server runs in another: an httpx client costs more CPU per
 request than the server does, and on two cores it would measure itself. Its own CPU use is
 printed, so a saturated generator shows.
 
-    .venv/bin/python bench/serving.py [--duration 10] [--skip-mlflow] [--families tfidf,transformer]
+    .venv/bin/python bench/serving.py [--duration 10] [--rounds 3] [--workers 2] [--skip-mlflow]
+        [--concurrency 16 64] [--families tfidf,transformer]
 
 ``--families`` serves each family in turn from the same registry (a new champion each), so the
 transformer model's throughput and p99 stand next to TF-IDF's under the same load.
@@ -49,7 +54,7 @@ class LoadResult:
     p99_ms: float
     max_ms: float
     client_cpu: float  # share of one core the load generator used
-    server_cpu: float | None  # share of one core the server process used
+    server_cpu: float | None  # share of one core the server processes used
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -67,13 +72,39 @@ def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0)
     raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
-def _process_cpu_s(pid: int) -> float | None:
+def _process_cpu_s(pids: list[int]) -> float | None:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            out += process_tree(int(child))
+    return out
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set (VmHWM), in MB."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     except OSError:
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        pass
+    return None
 
 
 async def _one_client(
@@ -117,7 +148,7 @@ async def _load(
     concurrency: int,
     duration_s: float,
     warmup_s: float,
-    server_pid: int | None,
+    server_pids: list[int],
 ) -> LoadResult:
     stop, measuring = [False], [False]
     latencies: list[float] = []
@@ -129,12 +160,12 @@ async def _load(
     await asyncio.sleep(warmup_s)
     measuring[0] = True
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    server0 = _process_cpu_s(server_pid) if server_pid else None
+    server0 = _process_cpu_s(server_pids) if server_pids else None
     await asyncio.sleep(duration_s)
     measuring[0] = False
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
-    server1 = _process_cpu_s(server_pid) if server_pid else None
+    server1 = _process_cpu_s(server_pids) if server_pids else None
     stop[0] = True
     await asyncio.gather(*clients)
     ordered = sorted(latencies)
@@ -160,7 +191,7 @@ def run_load(
     concurrency: int,
     duration_s: float,
     warmup_s: float,
-    server_pid: int | None,
+    server_pids: list[int],
 ) -> LoadResult:
     requests = [
         (
@@ -176,7 +207,7 @@ def run_load(
         runner = uvloop.run
     except ImportError:  # pragma: no cover - plain asyncio is slower but fine
         runner = asyncio.run
-    return runner(_load(host, port, requests, concurrency, duration_s, warmup_s, server_pid))
+    return runner(_load(host, port, requests, concurrency, duration_s, warmup_s, server_pids))
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -189,10 +220,11 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _print(server: str, result: LoadResult) -> None:
+def _print(server: str, result: LoadResult, round_no: int) -> None:
     server_cpu = f"{result.server_cpu:4.0%}" if result.server_cpu is not None else "  ? "
     print(
-        f"  {server:<14} c={result.concurrency:<3} {result.rps:8.0f} req/s   p50 {result.p50_ms:6.2f} ms"
+        f"  round {round_no} {server:<10} c={result.concurrency:<3} {result.rps:8.0f} req/s"
+        f"   p50 {result.p50_ms:6.2f} ms"
         f"   p99 {result.p99_ms:6.2f} ms   max {result.max_ms:6.1f} ms   failed {result.failed}/{result.requests}"
         f"   cpu: server {server_cpu} client {result.client_cpu:4.0%}",
         flush=True,
@@ -205,18 +237,21 @@ def serve_main(argv: list[str]) -> None:
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log-root", required=True)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from driftloop.adapters.registry import Registry
-    from driftloop.config.settings import ServingSettings
+    from driftloop.adapters.wiring import serving_source
+    from driftloop.config.settings import load_settings
     from driftloop.serving.app import run_server
 
-    # The bench posts no feedback (the only endpoint behind the token); /predict costs the same.
-    run_server(
-        ServingSettings(port=args.port, require_token=False),
-        Registry(args.tracking_uri, MODEL_NAME),
-        Path(args.log_root),
+    # As `driftloop serve` builds it: the REST source for a tracking server, N workers. The bench
+    # posts no feedback (the only endpoint behind the token); /predict costs the same.
+    settings = load_settings(
+        config_dir=ROOT / "configs",
+        registry={"tracking_uri": args.tracking_uri, "model_name": MODEL_NAME},
+        serving={"port": args.port, "require_token": False, "workers": args.workers},
     )
+    run_server(settings.serving, lambda: serving_source(settings), Path(args.log_root))
 
 
 def _family_settings(name: str, base_params: dict) -> tuple[str, dict]:
@@ -237,7 +272,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every concurrency, the servers taking turns")
+    parser.add_argument("--workers", type=int, default=1, help="driftloop serve --workers N")
     parser.add_argument(
         "--families", default="tfidf", help="comma-separated: tfidf, transformer, ensemble (each served in turn)"
     )
@@ -267,20 +304,32 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="driftloop-bench-"))
     procs: list[subprocess.Popen] = []
-    mlflow_group: int | None = None
-    tracking_uri = f"sqlite:///{work}/mlflow.db"
-    registry = Registry(tracking_uri, MODEL_NAME, artifact_root=work / "art")
+    groups: list[int] = []
     # mlflow exports its current URIs into os.environ (for its own subprocesses); start the
     # servers from a clean slate and name the store explicitly.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    # MLflow's job runner (a second process) is off, as on the stack (ops.stack).
     env.update(
         PYTHONUNBUFFERED="1",
-        MLFLOW_TRACKING_URI=tracking_uri,
-        MLFLOW_REGISTRY_URI=tracking_uri,
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
-    results: dict[tuple[str, str], dict[int, LoadResult]] = {}
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    tracking_port = free_port()
+    tracking_uri = f"http://127.0.0.1:{tracking_port}"
+    tracking = subprocess.Popen(
+        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{work}/mlflow.db", "--artifacts-destination",
+         str(work / "art"), "--host", "127.0.0.1", "--port", str(tracking_port), "--workers", "1"],
+        env=env, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    procs.append(tracking)
+    groups.append(tracking.pid)
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
+    rows: list[tuple[str, int, int, str, LoadResult]] = []  # family, round, c, server, result
+    rss: dict[tuple[str, str], float | None] = {}
     try:
+        wait_until_ready(f"{tracking_uri}/health", tracking, timeout_s=300)
+        registry = Registry(tracking_uri, MODEL_NAME)
         for name in [f.strip() for f in args.families.split(",") if f.strip()]:
             family, params = _family_settings(name, dict(settings.model.params))
             print(f"== {name}", flush=True)
@@ -314,107 +363,104 @@ def main() -> None:
             started = time.perf_counter()
             ref = registry.register_model(model, input_example=texts[:3])
             registry.set_alias(CHAMPION, ref)
-            print(f"registered {ref} in {time.perf_counter() - started:.1f}s", flush=True)
+            print(f"registered {ref} on {tracking_uri} in {time.perf_counter() - started:.1f}s", flush=True)
+            servers: dict[str, tuple[int, str, list[bytes], subprocess.Popen]] = {}
 
             port = free_port()
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "serve",
-                    "--tracking-uri",
-                    tracking_uri,
-                    "--port",
-                    str(port),
-                    "--log-root",
-                    str(work / f"logs-{name}"),
-                ],
-                env=env,
-                cwd=work,
-            )
+                [sys.executable, __file__, "serve", "--tracking-uri", tracking_uri, "--port", str(port),
+                 "--log-root", str(work / f"logs-{name}"), "--workers", str(args.workers)],
+                env=env, cwd=work,
+            )  # fmt: skip
             procs.append(proc)
             wait_until_ready(f"http://127.0.0.1:{port}/ready", proc, timeout_s=300)
-            print("driftloop (uvicorn, 1 worker, prediction log + metrics on):", flush=True)
-            results[(name, "driftloop")] = {}
-            for c in args.concurrency:
-                results[(name, "driftloop")][c] = run_load(
-                    "127.0.0.1", port, "/predict", bodies, c, args.duration, args.warmup, proc.pid
-                )
-                _print("driftloop", results[(name, "driftloop")][c])
-            _stop(proc)
+            while len(process_tree(proc.pid)) < 1 + (args.workers if args.workers > 1 else 0):
+                time.sleep(0.1)
+            servers["driftloop"] = (port, "/predict", bodies, proc)
 
-            if args.skip_mlflow:
-                continue
-            port = free_port()
-            mlflow_bin = Path(sys.executable).parent / "mlflow"
-            mlflow_log = open(work / f"mlflow-serve-{name}.log", "wb")  # noqa: SIM115  closed once the server stops
-            proc = subprocess.Popen(
-                [
-                    str(mlflow_bin),
-                    "models",
-                    "serve",
-                    "-m",
-                    f"models:/{ref.name}/{ref.version}",
-                    "--env-manager",
-                    "local",
-                    "--host",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "--workers",
-                    "1",
-                ],
-                env=env,
-                cwd=work,
-                start_new_session=True,
-                # its access log (one line a request, part of its cost) goes to a file
-                stdout=mlflow_log,
-                stderr=subprocess.STDOUT,
-            )
-            procs.append(proc)
-            mlflow_group = proc.pid
-            try:
-                wait_until_ready(f"http://127.0.0.1:{port}/ping", proc, timeout_s=300)
-            except (RuntimeError, TimeoutError):
-                print((work / f"mlflow-serve-{name}.log").read_text()[-3000:], file=sys.stderr)
-                raise
-            probe = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations",
-                method="POST",
-                data=json.dumps({"dataframe_records": [{"text": texts[0]}]}).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(probe, timeout=30) as resp:
-                print(f"mlflow answers: {resp.read().decode()[:200]}", flush=True)
-            # The scoring server runs in a child of the `mlflow` CLI; measure that process.
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-            kids = children.read_text().split() if children.exists() else []
-            server_pid = int(kids[0]) if kids else None
-            print("mlflow models serve (uvicorn, 1 worker):", flush=True)
-            results[(name, "mlflow")] = {}
-            for c in args.concurrency:
-                results[(name, "mlflow")][c] = run_load(
-                    "127.0.0.1", port, "/invocations", mlflow_bodies, c, args.duration, args.warmup, server_pid
+            if not args.skip_mlflow:
+                port = free_port()
+                mlflow_log = work / f"mlflow-serve-{name}.log"
+                with open(mlflow_log, "wb") as out:  # its access log (one line a request, part of its cost)
+                    proc = subprocess.Popen(
+                        [str(mlflow_bin), "models", "serve", "-m", f"models:/{ref.name}/{ref.version}",
+                         "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "--workers", "1"],
+                        env=env, cwd=work, start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
+                    )  # fmt: skip
+                procs.append(proc)
+                groups.append(proc.pid)
+                try:
+                    wait_until_ready(f"http://127.0.0.1:{port}/ping", proc, timeout_s=300)
+                except (RuntimeError, TimeoutError):
+                    print(mlflow_log.read_text()[-3000:], file=sys.stderr)
+                    raise
+                probe = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    method="POST",
+                    data=json.dumps({"dataframe_records": [{"text": texts[0]}]}).encode(),
+                    headers={"Content-Type": "application/json"},
                 )
-                _print("mlflow", results[(name, "mlflow")][c])
-            os.killpg(proc.pid, signal.SIGINT)
-            _stop(proc)
-            mlflow_group = None
-            mlflow_log.close()
+                with urllib.request.urlopen(probe, timeout=30) as resp:
+                    print(f"mlflow answers: {resp.read().decode()[:200]}", flush=True)
+                servers["mlflow"] = (port, "/invocations", mlflow_bodies, proc)
 
-        print("\nsummary (one text per request):")
-        print(f"  {'family':<12} {'server':<10} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-        for (name, server), by_c in results.items():
-            for c, r in by_c.items():
-                print(f"  {name:<12} {server:<10} {c:>3} {r.rps:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}")
+            label = f"driftloop ({args.workers} worker{'s' if args.workers > 1 else ''})"
+            print(f"{label} vs mlflow models serve (1 worker), {args.rounds} rounds:", flush=True)
+            for round_no in range(1, args.rounds + 1):
+                for c in args.concurrency:
+                    for server, (port, path, server_bodies, proc) in servers.items():
+                        pids = process_tree(proc.pid)
+                        result = run_load("127.0.0.1", port, path, server_bodies, c, args.duration, args.warmup, pids)
+                        rows.append((name, round_no, c, server, result))
+                        _print(server, result, round_no)
+            for server, (_, _, _, proc) in servers.items():
+                for k, pid in enumerate(process_tree(proc.pid)):
+                    role = ("supervisor" if args.workers > 1 else "server") if server == "driftloop" else "cli"
+                    if k:
+                        role = f"worker {k}" if server == "driftloop" else "scoring server"
+                    rss[(f"{name} {server}", role)] = peak_rss_mb(pid)
+                if server == "mlflow":
+                    os.killpg(proc.pid, signal.SIGINT)
+                _stop(proc)
+
+        _summary(rows, rss, args.workers)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-        if mlflow_group is not None:
+        for group in groups:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(mlflow_group, signal.SIGKILL)  # the scoring server under the CLI
+                os.killpg(group, signal.SIGKILL)  # the scoring server under the CLI, the tracking server
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _summary(
+    rows: list[tuple[str, int, int, str, LoadResult]], rss: dict[tuple[str, str], float | None], workers: int
+) -> None:
+    """Every round in one table: each server's figures, and driftloop's throughput over mlflow's."""
+    by = {(name, rnd, c, server): r for name, rnd, c, server, r in rows}
+    print(f"\nsummary (one text per request; driftloop with {workers} worker{'s' if workers > 1 else ''}):")
+    print(
+        f"  {'family':<8} {'round':>5} {'c':>3} | {'driftloop req/s':>15} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+        f"{'srv cpu':>7} {'gen cpu':>7} | {'mlflow req/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'gen cpu':>7} "
+        f"| {'ratio':>5}"
+    )
+    for (name, rnd, c, server), r in by.items():
+        if server != "driftloop":
+            continue
+        m = by.get((name, rnd, c, "mlflow"))
+        srv = f"{r.server_cpu:.0%}" if r.server_cpu is not None else "?"
+        line = (
+            f"  {name:<8} {rnd:>5} {c:>3} | {r.rps:15.0f} {r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.max_ms:7.1f} "
+            f"{srv:>7} {r.client_cpu:7.0%} |"
+        )
+        if m is not None:
+            line += f" {m.rps:12.0f} {m.p50_ms:7.2f} {m.p99_ms:7.2f} {m.client_cpu:7.0%} | {r.rps / m.rps:4.1f}x"
+        print(line)
+    print("  srv cpu: the server processes' CPU in cores; gen cpu: the load generator's (one core at most)")
+    print("\npeak RSS (VmHWM) of every server process:")
+    for (server, role), mb in rss.items():
+        print(f"  {server:<22} {role:<16} {mb:7.1f} MB" if mb is not None else f"  {server:<22} {role:<16}       ?")
 
 
 if __name__ == "__main__":

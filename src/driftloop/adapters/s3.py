@@ -8,6 +8,7 @@ stack's set-up, and the object store the prediction and feedback logs live in on
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -87,26 +88,41 @@ class ObjectStore:
         *,
         timeout_s: float = 10.0,
     ):
-        import boto3
-        from botocore.config import Config
-
         self.endpoint_url = endpoint_url
         self.bucket = bucket
-        # boto3's own retries (3 tries, with backoff) on throttling and 5xx; a refused connection
-        # fails within connect_timeout so that a writer's shipper simply tries again later.
-        self._s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            region_name="us-east-1",
-            config=Config(
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=min(timeout_s, 3.0),
-                read_timeout=timeout_s,
-                max_pool_connections=16,
-            ),
-        )
+        self._credentials = (access_key, secret_key)
+        self._timeout_s = timeout_s
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def _s3(self) -> Any:
+        """The boto3 client, made on first use: a serving process that forks its workers first
+        imports boto3 in each worker, after the fork, and only once it ships a part."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    import boto3
+                    from botocore.config import Config
+
+                    access_key, secret_key = self._credentials
+                    # boto3's own retries (3 tries, with backoff) on throttling and 5xx; a refused
+                    # connection fails within connect_timeout so that a writer's shipper simply
+                    # tries again later.
+                    self._client = boto3.client(
+                        "s3",
+                        endpoint_url=self.endpoint_url,
+                        aws_access_key_id=access_key,
+                        aws_secret_access_key=secret_key,
+                        region_name="us-east-1",
+                        config=Config(
+                            retries={"max_attempts": 3, "mode": "standard"},
+                            connect_timeout=min(self._timeout_s, 3.0),
+                            read_timeout=self._timeout_s,
+                            max_pool_connections=16,
+                        ),
+                    )
+        return self._client
 
     @property
     def url(self) -> str:

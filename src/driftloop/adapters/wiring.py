@@ -5,16 +5,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driftloop.adapters.history import ChampionHistory, FileChampionHistory, FileTriggerLedger, TriggerLedger
 from driftloop.adapters.logremote import RemoteLog
 from driftloop.adapters.logstore import LogRoot
-from driftloop.adapters.registry import Registry
+from driftloop.adapters.registry.rest import RestModelSource, is_http
 from driftloop.adapters.s3 import ObjectStore
 from driftloop.adapters.versioning import DatasetStore
 from driftloop.config.settings import DataSettings, Settings
 from driftloop.core.errors import InputError
 from driftloop.data.dataset import PreparedData, ensure_prepared
+
+if TYPE_CHECKING:  # imported where it is built: importing it imports MLflow
+    from driftloop.adapters.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -73,17 +77,33 @@ def log_root(settings: Settings) -> LogRoot:
     )
 
 
+def registry(settings: Settings) -> Registry:
+    """The MLflow registry of ``settings`` (imports MLflow)."""
+    from driftloop.adapters.registry import Registry
+
+    return Registry(
+        settings.tracking_uri,
+        settings.registry.model_name,
+        settings.registry.experiment,
+        artifact_root=settings.artifact_root,
+    )
+
+
+def serving_source(settings: Settings) -> RestModelSource | Registry:
+    """Where a serving process reads the routing and loads models from: a tracking server over
+    its REST API (no MLflow in the process), or the MLflow client for a store it opens itself
+    (SQLite, a folder: the embedded default)."""
+    if is_http(settings.tracking_uri):
+        return RestModelSource(settings.tracking_uri, settings.registry.model_name)
+    return registry(settings)
+
+
 def build(settings: Settings) -> Components:
     """The components for ``settings``."""
     state = settings.state_dir
     history, ledger = history_stores(settings)
     return Components(
-        registry=Registry(
-            settings.tracking_uri,
-            settings.registry.model_name,
-            settings.registry.experiment,
-            artifact_root=settings.artifact_root,
-        ),
+        registry=registry(settings),
         history=history,
         ledger=ledger,
         datasets=DatasetStore(settings.datasets_dir, settings.storage.dvc_remote, settings.storage.s3_endpoint_url),

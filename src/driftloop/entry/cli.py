@@ -481,6 +481,9 @@ def serve(
         None, help="Bind this address (default: serving.host, 127.0.0.1; 0.0.0.0 needs DRIFTLOOP_ALLOW_PUBLIC_BIND=1)."
     ),
     port: int | None = typer.Option(None, help="Bind this port (default: serving.port)."),
+    workers: int | None = typer.Option(
+        None, help="Serving processes on the port (default: serving.workers, 1); up to one per core."
+    ),
 ) -> None:
     """Serve the champion over HTTP (reloads when the alias moves)."""
     from driftloop.adapters import wiring
@@ -489,19 +492,20 @@ def serve(
 
     # The options are settings like any other: validated (the loopback guard included) and named
     # in an error as the option that set them.
-    chosen = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    chosen = {k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v is not None}
     settings = _settings(
         config, options={f"serving.{k}": f"from --{k}" for k in chosen}, **({"serving": chosen} if chosen else {})
     )
-    parts = wiring.build(settings)
-    console.print(
-        f"serving {settings.registry.model_name}@champion on http://{settings.serving.host}:{settings.serving.port}"
-    )
+    cfg = settings.serving
+    processes = f" ({cfg.workers} worker processes)" if cfg.workers > 1 else ""
+    console.print(f"serving {settings.registry.model_name}@champion on http://{cfg.host}:{cfg.port}{processes}")
     try:
+        # Only the model source: a tracking server is read over REST, so MLflow stays out of the
+        # serving processes (wiring.serving_source); each worker builds its own.
         serving.run_server(
-            settings.serving,
-            parts.registry,
-            parts.log_root,
+            cfg,
+            lambda: wiring.serving_source(settings),
+            wiring.log_root(settings),  # the local folder, or the bucket with this host's spool
             low_confidence=settings.monitor.low_confidence,
             monitor_status=settings.monitor_status_path,
             trace_cfg=settings.tracing,
@@ -936,8 +940,10 @@ def logs_compact(
         "model version's DVC sets hold (reads the registry and restores those sets through DVC).",
     ),
 ) -> None:
-    """Run the compaction flow once, as the compaction/daily deployment does: closed JSON Lines parts →
-    one Parquet file per day and log, then retention. Prints what it compacted, skipped and deleted."""
+    """Run the compaction flow once (what compaction/daily runs): compaction, then retention.
+
+    Closed JSON Lines parts become one Parquet file per day and log; then rows past
+    logs.retention_days go. Prints what it compacted, skipped and deleted, and the flow run."""
     settings = _settings(config)
     server = _orchestrator(settings)
     from driftloop.flows.compaction import compaction
@@ -1070,8 +1076,10 @@ def logs_status(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per day and log."),
 ) -> None:
-    """Per day and log: JSON Lines parts not compacted yet and their size, the compacted Parquet
-    file's rows and size. Reads the manifests and lists the days' folders, never a row (unless --lines)."""
+    """Per day and log: fresh JSON Lines parts and their size, compacted Parquet rows and size.
+
+    Reads each day's manifest and lists its folder, never a row (unless --lines), so its cost
+    follows the number of days, not their size."""
     from dataclasses import asdict
 
     settings = _settings(config)

@@ -22,9 +22,14 @@ the server to it with schemathesis and hostile bodies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,7 @@ from starlette.types import Receive, Scope, Send
 from driftloop.adapters import tracing
 from driftloop.adapters.logstore import LogRoot
 from driftloop.config.settings import ServingSettings, TracingSettings
+from driftloop.core.errors import RunFailed
 from driftloop.serving.auth import TokenCheck, read_api_token
 from driftloop.serving.cache import ModelSource
 from driftloop.serving.contract import (
@@ -60,6 +66,8 @@ from driftloop.serving.handlers import HttpHandlers
 from driftloop.serving.metrics import ServingMetrics
 from driftloop.serving.poller import RoutingPoller
 from driftloop.serving.service import PredictionService
+from driftloop.serving.shared_metrics import SnapshotWriter, mark_dead
+from driftloop.serving.workers import Supervisor, bind
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,8 @@ def create_app(
     low_confidence: float = 0.5,
     monitor_status: Path | None = None,
     api_token: str | None = None,
+    metrics_dir: Path | None = None,
+    freeze_gc: bool = False,
 ) -> ServingApp:
     """The serving app. Nothing happens until it starts: the logs are opened, the champion (and
     a rollout's challenger) loaded and the poller started in its lifespan (a missing or failing
@@ -110,13 +120,21 @@ def create_app(
     :func:`~driftloop.serving.auth.read_api_token`, which raises
     :class:`~driftloop.serving.auth.MissingApiToken` when it is required and unset (the app is
     not built at all). Spans go to whatever :func:`driftloop.adapters.tracing.configure`
-    installed (nothing when tracing is off)."""
+    installed (nothing when tracing is off).
+
+    ``metrics_dir``: the folder the workers of one server share, so that /metrics answers for
+    all of them (:mod:`driftloop.serving.shared_metrics`). ``freeze_gc``: once the champion is
+    loaded, move everything allocated so far out of the garbage collector's sight
+    (``gc.freeze``): a full collection otherwise walks the whole imported world (MLflow, pandas,
+    scikit-learn: hundreds of thousands of objects, 100 to 300 ms) while requests wait. A server
+    process's choice (:func:`run_server`), not a test's."""
     token = TokenCheck(api_token if api_token is not None else read_api_token(cfg))
     if not token.required:
         log.warning(
             "no API token ($%s unset, serving.require_token false): /feedback accepts anyone", cfg.api_token_env
         )
-    metrics = ServingMetrics()
+    metrics = ServingMetrics(metrics_dir)
+    snapshots = SnapshotWriter(metrics.registry, metrics_dir) if metrics_dir is not None else None
     poller = RoutingPoller(source, metrics, cfg.reload_interval_s, low_confidence, cfg.micro_batch_texts)
     service = PredictionService(cfg, poller, metrics, log_root)
     handlers = HttpHandlers(cfg, poller, service, metrics, token, monitor_status)
@@ -125,12 +143,20 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.open()
         await asyncio.to_thread(poller.poll_safely)
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
+            _trim_heap()
         poller.start()
+        if snapshots is not None:
+            snapshots.start()
         try:
             yield
         finally:
             poller.stop()
             service.close()
+            if snapshots is not None:
+                snapshots.stop()
 
     app = ServingApp(
         title="driftloop serving",
@@ -145,6 +171,13 @@ def create_app(
     app.fast_predict = handlers.fast_predict
     _document(app, cfg, token.required)
     return app
+
+
+def _trim_heap() -> None:
+    # Start-up (imports, unpickling the model) frees far more than it keeps; glibc holds the freed
+    # pages until asked to hand them back. Elsewhere (musl, macOS) there is nothing to ask.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _add_routes(app: FastAPI, handlers: HttpHandlers, token_required: bool) -> None:
@@ -224,24 +257,62 @@ def _document(app: FastAPI, cfg: ServingSettings, token_required: bool) -> None:
 
 def run_server(
     cfg: ServingSettings,
-    source: ModelSource,
+    make_source: Callable[[], ModelSource],
     log_root: LogRoot,
     *,
     low_confidence: float = 0.5,
     monitor_status: Path | None = None,
     trace_cfg: TracingSettings | None = None,
 ) -> None:
-    """Serve until interrupted: one uvicorn worker on ``cfg.host:cfg.port`` (the CLI's entry).
+    """Serve until interrupted on ``cfg.host:cfg.port`` (the CLI's entry): one process, or with
+    ``cfg.workers`` > 1 a supervisor and that many worker processes on the same socket
+    (:mod:`driftloop.serving.workers`), each with its own source from ``make_source``, its own
+    routing poller and prediction-log part, and one /metrics for all.
+
     Raises :class:`~driftloop.serving.auth.MissingApiToken` before binding anything when the
-    token is required and unset. ``trace_cfg``: tracing is configured from it here, the
-    process's entry (None: left as is)."""
+    token is required and unset, and :class:`~driftloop.core.errors.RunFailed` when workers keep
+    dying at start. ``trace_cfg``: tracing is configured from it in each serving process (None:
+    left as is)."""
     import uvicorn
 
-    app = create_app(cfg, source, log_root, low_confidence=low_confidence, monitor_status=monitor_status)
+    token = read_api_token(cfg)
+    options: dict[str, Any] = {
+        "low_confidence": low_confidence,
+        "monitor_status": monitor_status,
+        "api_token": token,
+        "freeze_gc": True,
+    }
+    if cfg.workers == 1:
+        app = create_app(cfg, make_source(), log_root, **options)
+        with _traced(trace_cfg):
+            uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1, log_level="warning", access_log=False)
+        return
+
+    sock = bind(cfg.host, cfg.port)
+    shared = Path(tempfile.mkdtemp(prefix="driftloop-serve-metrics-"))
+
+    def work(index: int) -> None:
+        app = create_app(cfg, make_source(), log_root, metrics_dir=shared, **options)
+        with _traced(trace_cfg):  # after the fork: the span exporter's thread lives in the worker
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+            uvicorn.Server(config).run(sockets=[sock])
+
+    supervisor = Supervisor(cfg.workers, work, on_exit=lambda pid: mark_dead(shared, pid))
+    try:
+        status = supervisor.run()
+    finally:
+        sock.close()
+        shutil.rmtree(shared, ignore_errors=True)
+    if status != 0:
+        raise RunFailed(f"serving workers kept failing at start ({supervisor.restarts} restarts); see the log above")
+
+
+@contextmanager
+def _traced(trace_cfg: TracingSettings | None) -> Iterator[None]:
     if trace_cfg is not None:
         tracing.configure(trace_cfg, component="serving")
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, workers=1, log_level="warning", access_log=False)
+        yield
     finally:
         if trace_cfg is not None:
             tracing.shutdown()  # the spans still in the batch leave before the process does

@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from driftloop.core.types import Prediction
+from driftloop.serving import shared_metrics
 
 # json.dumps of a str is one call into the C escaper (ensure_ascii: lone surrogates stay safe).
 _q = json.dumps
@@ -18,9 +19,13 @@ _q = json.dumps
 class ServingMetrics:
     """The app's Prometheus series, in a registry of its own (two apps in one process, as in the
     tests, never share counts). Everything a model answers is labelled by its version and slot
-    (champion, canary, shadow), so a rollout can be watched per slot."""
+    (champion, canary, shadow), so a rollout can be watched per slot.
 
-    def __init__(self) -> None:
+    ``shared_dir``: the folder the workers of one ``driftloop serve --workers N`` share; the
+    rendered text is then all workers' (:mod:`driftloop.serving.shared_metrics`)."""
+
+    def __init__(self, shared_dir: Path | None = None) -> None:
+        self.shared_dir = shared_dir
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         vs = ["model_version", "slot"]
@@ -125,7 +130,9 @@ class ServingMetrics:
         self.errors.labels(kind).inc()
 
     def render(self) -> bytes:
-        """Every series in the Prometheus text format."""
+        """Every series in the Prometheus text format (of every worker, with a shared folder)."""
+        if self.shared_dir is not None:
+            return shared_metrics.render(self.registry, self.shared_dir)
         return generate_latest(self.registry)
 
 

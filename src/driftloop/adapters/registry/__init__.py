@@ -11,9 +11,13 @@ module          responsibility
 ``store``       the pyfunc; registering, loading and tagging versions
 ``aliases``     ``champion`` / ``challenger`` and the rollout tag: the routing replicas poll
 ``listing``     what ``driftloop status`` shows: versions with aliases and tags, recent runs
+``facade``      :class:`Registry`, composing them behind the methods the rest of driftloop calls
+``names``       the alias names, the rollout tag and its parser: no MLflow
+``rest``        the routing and the classifier over a tracking server's REST API: no MLflow
 ==============  ==========================================================================
 
-:class:`Registry` composes them behind the methods the rest of driftloop calls.
+Importing this package imports no MLflow: :class:`Registry` and :class:`IntentPyfunc` are loaded
+on first use, so a serving process that reads the routing over HTTP (:mod:`.rest`) stays lean.
 
 Error policy, the same for every method: "not found" (no such model, version, alias or run) is
 a normal answer for a read (None, an empty dict or list, the default rollout state) and a no-op
@@ -27,18 +31,14 @@ MLflow's (a bug, a local file that cannot be read) propagates unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from driftloop.adapters.registry.aliases import CHALLENGER, CHAMPION, ROLLOUT_TAG, Aliases
-from driftloop.adapters.registry.connection import TRACKING_SERVER, Connection
-from driftloop.adapters.registry.listing import Listing
-from driftloop.adapters.registry.store import IntentPyfunc, ModelStore
-from driftloop.adapters.registry.tracking import Tracking
+from driftloop.adapters.registry.names import CHALLENGER, CHAMPION, ROLLOUT_TAG, TRACKING_SERVER
 from driftloop.core.errors import RegistryError
-from driftloop.core.types import ModelRef, RolloutState, Routing
-from driftloop.models.families import TextClassifier
+
+if TYPE_CHECKING:
+    from driftloop.adapters.registry.facade import Registry
+    from driftloop.adapters.registry.store import IntentPyfunc
 
 __all__ = [
     "CHALLENGER",
@@ -51,143 +51,15 @@ __all__ = [
 ]
 
 
-class Registry:
-    """One registered model name in one MLflow tracking store: the facade over :attr:`tracking`,
-    :attr:`store`, :attr:`aliases` and :attr:`listing`."""
+def __getattr__(name: str) -> Any:
+    # The MLflow-backed names load on first use (PEP 562); a pickled IntentPyfunc, saved under this
+    # package's name, resolves through here too.
+    if name == "Registry":
+        from driftloop.adapters.registry.facade import Registry
 
-    def __init__(
-        self, tracking_uri: str, model_name: str, experiment: str = "driftloop", artifact_root: Path | None = None
-    ):
-        self.conn = Connection(tracking_uri, model_name, experiment, artifact_root)
-        self.tracking = Tracking(self.conn)
-        self.store = ModelStore(self.conn, self.tracking)
-        self.aliases = Aliases(self.conn)
-        self.listing = Listing(self.conn, self.tracking)
+        return Registry
+    if name == "IntentPyfunc":
+        from driftloop.adapters.registry.store import IntentPyfunc
 
-    @property
-    def tracking_uri(self) -> str:
-        """The MLflow tracking (and registry) URI."""
-        return self.conn.tracking_uri
-
-    @property
-    def model_name(self) -> str:
-        """The registered model's name."""
-        return self.conn.model_name
-
-    @property
-    def experiment(self) -> str:
-        """The experiment the runs go to."""
-        return self.conn.experiment
-
-    @property
-    def client(self) -> Any:
-        """The underlying ``MlflowClient``, for tests and one-off inspection."""
-        return self.conn.client
-
-    # -- tracking ---------------------------------------------------------------------------
-    def experiment_id(self) -> str:
-        """The experiment's id (created on first use)."""
-        return self.tracking.experiment_id()
-
-    def log_run(
-        self,
-        run_name: str,
-        *,
-        params: dict[str, Any] | None = None,
-        metrics: dict[str, float] | None = None,
-        tags: dict[str, str] | None = None,
-        artifacts: dict[str, Path] | None = None,
-    ) -> str:
-        """One finished MLflow run (e.g. a monitor run with its report); returns the run id."""
-        return self.tracking.log_run(run_name, params=params, metrics=metrics, tags=tags, artifacts=artifacts)
-
-    def artifact_uri(self, run_id: str, path: str = "") -> str:
-        """Where run ``run_id`` keeps its artifacts (``path`` below them, when given)."""
-        return self.tracking.artifact_uri(run_id, path)
-
-    def run_url(self, run_id: str, ui_base: str) -> str:
-        """Run ``run_id`` in the MLflow UI at ``ui_base``."""
-        return self.tracking.run_url(run_id, ui_base)
-
-    # -- model store ------------------------------------------------------------------------
-    def register_model(
-        self,
-        model: TextClassifier,
-        *,
-        tags: dict[str, str] | None = None,
-        metrics: dict[str, float] | None = None,
-        params: dict[str, Any] | None = None,
-        run_name: str = "train",
-        input_example: Sequence[str] | None = None,
-        artifacts: dict[str, Path] | None = None,
-    ) -> ModelRef:
-        """Log ``model`` in one run and create its version with all its tags (see
-        :meth:`ModelStore.register_model`)."""
-        return self.store.register_model(
-            model,
-            tags=tags,
-            metrics=metrics,
-            params=params,
-            run_name=run_name,
-            input_example=input_example,
-            artifacts=artifacts,
-        )
-
-    def load(self, ref: ModelRef) -> TextClassifier:
-        """The classifier registered as ``ref``."""
-        return self.store.load(ref)
-
-    def version_tags(self, ref: ModelRef) -> dict[str, str]:
-        """The tags of version ``ref`` (empty when there is no such version)."""
-        return self.store.version_tags(ref)
-
-    def set_version_tag(self, ref: ModelRef, key: str, value: str) -> None:
-        """Set tag ``key`` of version ``ref``."""
-        self.store.set_version_tag(ref, key, value)
-
-    @staticmethod
-    def version_url(ref: ModelRef, ui_base: str) -> str:
-        """Version ``ref`` in the MLflow UI at ``ui_base``."""
-        return ModelStore.version_url(ref, ui_base)
-
-    # -- aliases and routing ----------------------------------------------------------------
-    def alias(self, name: str) -> ModelRef | None:
-        """The version alias ``name`` points at; None when the model or the alias does not exist."""
-        return self.aliases.alias(name)
-
-    def champion(self) -> ModelRef | None:
-        """The version the ``champion`` alias points at, if any."""
-        return self.aliases.champion()
-
-    def challenger(self) -> ModelRef | None:
-        """The version the ``challenger`` alias points at, if any."""
-        return self.aliases.challenger()
-
-    def set_alias(self, name: str, ref: ModelRef) -> None:
-        """Point alias ``name`` at version ``ref``."""
-        self.aliases.set_alias(name, ref)
-
-    def delete_alias(self, name: str) -> None:
-        """Remove alias ``name`` (nothing to do when it does not exist)."""
-        self.aliases.delete_alias(name)
-
-    def routing(self) -> Routing:
-        """The champion and the rollout state in one registry call (what replicas poll)."""
-        return self.aliases.routing()
-
-    def rollout_state(self) -> RolloutState:
-        """The desired traffic split."""
-        return self.aliases.rollout_state()
-
-    def set_rollout_state(self, state: RolloutState) -> None:
-        """Publish the desired traffic split; replicas pick it up on their next poll."""
-        self.aliases.set_rollout_state(state)
-
-    # -- listings ---------------------------------------------------------------------------
-    def versions(self) -> list[dict[str, Any]]:
-        """Every version, newest first, with its aliases and tags (for ``driftloop status``)."""
-        return self.listing.versions()
-
-    def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
-        """The newest tracking runs (training and monitoring), for ``driftloop status``."""
-        return self.listing.recent_runs(limit)
+        return IntentPyfunc
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,28 +9,10 @@ from dataclasses import asdict
 from mlflow.exceptions import MlflowException
 
 from driftloop.adapters.registry.connection import Connection, is_not_found
-from driftloop.core.errors import RegistryError
+from driftloop.adapters.registry.names import CHALLENGER, CHAMPION, ROLLOUT_TAG, parse_rollout_state
 from driftloop.core.types import ModelRef, RolloutState, Routing
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-# The registered model's tag holding the desired traffic split (a RolloutState as JSON): kept
-# with the aliases, so every replica reads both in one call and converges to the same routing.
-ROLLOUT_TAG = "driftloop.rollout"
-
-
-def parse_rollout_state(tags: dict[str, str], url: str | None = None) -> RolloutState:
-    """The rollout state in a registered model's tags (the default state when there is none)."""
-    raw = tags.get(ROLLOUT_TAG)
-    if not raw:
-        return RolloutState()
-    try:
-        return RolloutState(**json.loads(raw))
-    except (ValueError, TypeError) as exc:
-        # A hand-edited or foreign tag: refuse loudly rather than route on a guess.
-        raise RegistryError(
-            f"registered model tag {ROLLOUT_TAG!r} is not a valid rollout state: {exc}", url=url
-        ) from None
+__all__ = ["CHALLENGER", "CHAMPION", "ROLLOUT_TAG", "Aliases", "parse_rollout_state"]
 
 
 class Aliases:

@@ -14,10 +14,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2
 from mlflow.tracking import MlflowClient
 
+from driftloop.adapters.registry.names import TRACKING_SERVER
 from driftloop.core.errors import DriftloopError, RegistryError, ServerUnreachable, as_unreachable
-
-# How an unreachable tracking server is named in messages: as the CLI names it, after its setting.
-TRACKING_SERVER = "the MLflow tracking server (registry.tracking_uri)"
 
 # mlflow keeps the tracking URI in a process global; calls that rely on it (start_run,
 # log_model, load_model) are serialised so two registries in one process cannot cross.
