@@ -38,7 +38,10 @@ COPY requirements.lock ./
 # torch is pinned to its CPU build (+cpu), which lives on PyTorch's CPU index: `--torch-backend
 # cpu` consults that index for the PyTorch packages only, PyPI for everything else. The lock
 # holds the hash of the linux x86_64 / CPython 3.11 wheel (docs/security.md: other platforms).
-RUN uv pip sync --system --require-hashes --torch-backend cpu requirements.lock
+# What has no wheel (antlr4-python3-runtime) is built with setuptools from the hashed build lock.
+RUN uv pip sync --system --require-hashes --torch-backend cpu \
+      --build-constraints requirements-build.lock --require-build-hashes --preview-features build-dependency-hashes \
+      requirements.lock
 
 # Then the project itself, without re-resolving anything; its build backend (hatchling) from the
 # hashed build lock.
@@ -47,7 +50,8 @@ COPY src ./src
 # flows/ and tasks/ are links into the package (prefect.yaml's entrypoints name flows/*.py); the
 # wheel installs them as driftloop.flows and driftloop.tasks only.
 RUN ln -s src/driftloop/flows flows && ln -s src/driftloop/tasks tasks \
- && uv pip install --system --no-deps --build-constraints requirements-build.lock --require-build-hashes . \
+ && uv pip install --system --no-deps --build-constraints requirements-build.lock --require-build-hashes \
+      --preview-features build-dependency-hashes . \
  && python -c "import driftloop.flows, driftloop.tasks"
 
 # Settings are read from configs/ relative to the working directory (and DRIFTLOOP__* env vars).

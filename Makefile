@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Supply chain (docs/security.md): every file installed is checked against a sha256 in a lock.
 #   requirements.lock            the project's dependencies (make lock)
-#   requirements-build.lock      the build backend that builds driftloop itself (hatchling)
+#   requirements-build.lock      the build backends of what is built from source (hatchling, setuptools)
 #   requirements-bootstrap.lock  uv, the installer that installs the other two (pip, --require-hashes)
 #   requirements-audit.lock      pip-audit, for `make audit` only (its own venv)
 # uv is exactly the version in requirements-bootstrap.lock; pip installs it from a wheel only.
@@ -29,12 +29,14 @@ $(BIN)/uv: requirements-bootstrap.lock | $(BIN)/python
 # `--torch-backend cpu` consults for the PyTorch packages only (everything else: PyPI only). No
 # index is ever mixed by best match: the hash in the lock decides which file is acceptable.
 TORCH_SOURCE = $(if $(PIP_FIND_LINKS),--find-links "$(PIP_FIND_LINKS)",--torch-backend cpu)
-# driftloop itself is built by hatchling (plus `editables` for the editable install): from the
-# hashed build lock, never an unpinned one.
-BUILD_PINS = --build-constraints requirements-build.lock --require-build-hashes
+# Whatever is built from source takes its build backend from the hashed build lock, never an
+# unpinned one: driftloop itself (hatchling, plus `editables` for the editable install) and the
+# one locked dependency with no wheel, antlr4-python3-runtime (setuptools). uv calls hash-checked
+# build dependencies a preview feature; the uv version is pinned, so its behaviour is too.
+BUILD_PINS = --build-constraints requirements-build.lock --require-build-hashes --preview-features build-dependency-hashes
 
 $(STAMP): requirements.lock requirements-build.lock pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip sync --python $(BIN)/python --require-hashes $(TORCH_SOURCE) requirements.lock
+	$(BIN)/uv pip sync --python $(BIN)/python --require-hashes $(BUILD_PINS) $(TORCH_SOURCE) requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps $(BUILD_PINS) -e .
 	touch $(STAMP)
 
@@ -108,7 +110,7 @@ lock: | $(BIN)/uv
 	$(BIN)/uv pip compile pyproject.toml --extra stack --extra transformer --extra test $(LOCK_FLAGS) \
 	  $(TORCH_SOURCE) -o requirements.lock
 	{ $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'; \
-	  echo "editables"; } | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o requirements-build.lock
+	  echo "editables"; echo "setuptools"; } | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o requirements-build.lock
 	echo "uv==$(UV_VERSION)" | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o requirements-bootstrap.lock
 	echo "pip-audit==$(PIP_AUDIT_VERSION)" | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o requirements-audit.lock
 

@@ -419,6 +419,7 @@ def test_dockerfile_installs_exactly_the_lock():
     # indexes by best match, no extra index that could shadow a PyPI name.
     (sync,) = re.findall(r"uv pip sync\b[^\n]*", text)
     assert "--require-hashes" in sync and "--torch-backend cpu" in sync, sync
+    assert "--build-constraints requirements-build.lock --require-build-hashes" in sync, sync
     assert "unsafe-best-match" not in text and "--extra-index-url" not in text
     # The project itself without re-resolving: only --no-deps installs after the sync.
     installs = re.findall(r"uv pip install\b[^\n&]*", text)

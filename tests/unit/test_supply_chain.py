@@ -85,7 +85,7 @@ def test_locked_torch_is_the_cpu_build_and_matches_the_local_wheel():
 def test_build_lock_covers_the_build_backend():
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     build = entries("requirements-build.lock")
-    for requirement in [*requires, "editables"]:
+    for requirement in [*requires, "editables", "setuptools"]:
         name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
         assert name in build, f"{name} (build-system.requires) is not in requirements-build.lock"
 
@@ -94,9 +94,10 @@ def test_installs_require_hashes_and_never_mix_indexes():
     assert "unsafe-best-match" not in MAKEFILE and "--extra-index-url" not in MAKEFILE
     syncs = re.findall(r"uv pip sync\b[^\n]*", MAKEFILE)
     assert syncs and all("--require-hashes" in s for s in syncs), syncs
+    assert "$(BUILD_PINS)" in syncs[0], syncs  # an sdist in the lock is built from hashed build deps
     installs = re.findall(r"uv pip install\b[^\n]*", MAKEFILE)
     assert installs and all("--no-deps" in i and "$(BUILD_PINS)" in i for i in installs), installs
-    assert "BUILD_PINS = --build-constraints requirements-build.lock --require-build-hashes" in MAKEFILE
+    assert "BUILD_PINS = --build-constraints requirements-build.lock --require-build-hashes " in MAKEFILE
     torch_source = re.search(r"^TORCH_SOURCE = (.*)$", MAKEFILE, re.M)
     assert torch_source and torch_source.group(1).endswith(",--torch-backend cpu)"), torch_source
 
