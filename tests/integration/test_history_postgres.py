@@ -69,7 +69,7 @@ def test_up_on_a_running_postgres_makes_a_missing_driftloop_database(postgres):
     next `stack up` finds PostgreSQL healthy, leaves it running and makes the database."""
     from driftloop.ops import stack as stack_mod
 
-    conn = psycopg2.connect(postgres.history_dsn, dbname="postgres", password=postgres.secrets.pg_password)
+    conn = stack_mod.superuser_connection(postgres)  # the history's role reaches its own database only
     conn.autocommit = True
     try:
         with conn.cursor() as cur:

@@ -52,15 +52,21 @@ def stack():
 
 @pytest.fixture
 def on_stack(stack, tmp_path, monkeypatch):
-    """This test's flows use the stack: a config overlay, its S3 keys and PostgreSQL password, its
-    Prefect server, the champion history and trigger ledger in a schema of this test's own."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_RETRY_EXTRA_CODES, temporary_settings
+    """This test's flows use the stack: a config overlay, training's credentials (S3 keys, MLflow
+    user, the history's PostgreSQL password, the Prefect auth string), its Prefect server, the
+    champion history and trigger ledger in a schema of this test's own."""
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        PREFECT_CLIENT_RETRY_EXTRA_CODES,
+        temporary_settings,
+    )
 
     overlay = tmp_path / "stack-test.yaml"
     overlay.write_text(
         f"registry:\n  tracking_uri: {stack.mlflow_url}\n  model_name: router-{tmp_path.name[-12:]}\n"
         f"prefect:\n  api_url: {stack.prefect_api_url}\n"
-        f"storage:\n  dvc_remote: s3://{stack.cfg.bucket}/dvc-{tmp_path.name[-12:]}\n"
+        f"storage:\n  dvc_remote: s3://{stack.cfg.bucket}/dvc/{tmp_path.name[-12:]}\n"
         f"  s3_endpoint_url: {stack.s3_url}\n"
         f"history:\n  backend: postgres\n  dsn: {stack.history_dsn}\n"
         f"  db_schema: t_{re.sub(r'[^a-z0-9_]', '_', tmp_path.name[-12:].lower())}\n"
@@ -73,7 +79,12 @@ def on_stack(stack, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     # what `driftloop` sets for every Prefect client (prefect_server.CLIENT_RETRIES)
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url, PREFECT_CLIENT_RETRY_EXTRA_CODES: {500}}):
+    updates = {
+        PREFECT_API_URL: stack.prefect_api_url,
+        PREFECT_API_AUTH_STRING: stack.secrets.prefect_auth_string,
+        PREFECT_CLIENT_RETRY_EXTRA_CODES: {500},
+    }
+    with temporary_settings(updates=updates):
         yield stack
 
 
@@ -117,7 +128,7 @@ def test_up_starts_every_server_on_loopback_and_is_safe_to_run_twice(stack):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        assert stack.secrets.pg_password not in cmdline and stack.secrets.s3_secret_key not in cmdline
+        assert not [name for name, value in stack.secrets.values.items() if value in cmdline], pid
     assert (stack.path("secrets.env").stat().st_mode & 0o777) == 0o600
 
 
@@ -149,13 +160,8 @@ def _s3_keys(stack, prefix: str) -> list[str]:
 def _pg(stack, sql: str, db: str = "mlflow") -> list[tuple]:
     import psycopg2
 
-    conn = psycopg2.connect(
-        host="127.0.0.1",
-        port=stack.cfg.postgres_port,
-        user=stack.cfg.postgres_user,
-        password=stack.secrets.pg_password,
-        dbname=db,
-    )
+    user, password = stack.pg_login(db)  # each database admits its own role only
+    conn = psycopg2.connect(host="127.0.0.1", port=stack.cfg.postgres_port, user=user, password=password, dbname=db)
     try:
         with conn.cursor() as cur:
             cur.execute(sql)
@@ -213,7 +219,7 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     assert len([k for k in _s3_keys(stack, "mlflow/") if k.endswith("classifier.joblib")]) >= 2
     # ... and every training set in the DVC remote on S3: a fresh DVC repo pulls v2's back.
     md5 = parts.registry.version_tags(v2)["data.md5"]
-    assert any(k.endswith(md5[2:]) for k in _s3_keys(stack, f"dvc-{tmp_path.name[-12:]}/"))
+    assert any(k.endswith(md5[2:]) for k in _s3_keys(stack, f"dvc/{tmp_path.name[-12:]}/"))
     fresh = DatasetStore(tmp_path / "fresh" / "datasets", settings.storage.dvc_remote, settings.storage.s3_endpoint_url)
     restored = fresh.restore(md5, tmp_path / "restored.csv")
     assert hashlib.md5(restored.read_bytes(), usedforsecurity=False).hexdigest() == md5
