@@ -407,12 +407,16 @@ class HistorySettings(_Section):
 
 class StackSettings(_Section):
     """The real stack started by `driftloop stack up`, every server on 127.0.0.1 (configs/stack.yaml
-    points the loop at it). Secrets (the PostgreSQL password, the S3 keys) come from the
-    environment, else are generated once into ``<dir>/secrets.env`` (mode 600, outside git)."""
+    points the loop at it). Every server asks who you are; the secrets (passwords, keys, the Prefect
+    auth string) come from the environment, else are generated once into ``<dir>/secrets.env``
+    (mode 600, outside git). docs/security.md says who holds which."""
 
     dir: Path = Path(".driftloop/stack")
     postgres_port: int = Field(5433, gt=0, lt=65536)
+    # The login role of the `driftloop` database (the history's); `mlflow` and `prefect` have
+    # roles of those names. The superuser logs in over the data folder's socket only (set-up).
     postgres_user: str = "driftloop"
+    postgres_superuser: str = "postgres"
     s3_port: int = Field(8333, gt=0, lt=65536)
     bucket: str = "driftloop"
     mlflow_port: int = Field(5000, gt=0, lt=65536)
