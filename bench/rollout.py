@@ -38,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _support import free_port
+from _support import ensure_signing_key, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_MS = 10.0  # a prediction slower than this counts as the regression's first symptom
@@ -68,10 +68,13 @@ def serve_main(argv: list[str]) -> None:
     from driftloop.config.settings import ServingSettings
     from driftloop.serving.app import run_server
 
+    # The bad challengers' file formats (driftloop.models.persist): registered on import.
+    from tests.support import rollout_models  # noqa: F401
+
     # The bench posts no feedback (the only endpoint behind the token).
     run_server(
         ServingSettings(port=int(port), reload_interval_s=float(reload_s), require_token=False),
-        Registry(tracking_uri, model_name),
+        lambda: Registry(tracking_uri, model_name),
         Path(log_root),
     )
 
@@ -85,7 +88,7 @@ class Server:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        # The bad challengers are classes of tests/support/rollout_models.py, unpickled there.
+        # The bad challengers are classes of tests/support/rollout_models.py, loaded there.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         # Its log (a traceback per failing canary call, by design) goes to a file, not the report.
         self.log_path = Path(settings.state_dir) / "server.log"
@@ -536,6 +539,7 @@ def main() -> None:
     parser.add_argument("--parts", default="abd", help="which parts to run (a includes c), e.g. --parts b")
     parser.add_argument("--serve", nargs=5, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    ensure_signing_key()
     if args.serve:
         serve_main(args.serve)
         return

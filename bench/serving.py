@@ -38,7 +38,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from _support import free_port
+from _support import ensure_signing_key, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "intent-router"
@@ -286,6 +286,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-mlflow", action="store_true")
     args = parser.parse_args()
+    ensure_signing_key()
 
     from driftloop.adapters.predlog import PredictionLog
     from driftloop.adapters.registry import CHAMPION, Registry

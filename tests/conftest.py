@@ -17,6 +17,12 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # The serving app refuses to start without the /feedback token (serving.require_token): every app
 # the tests build, in process or in a subprocess, reads this one, and clients send AUTH.
 os.environ["DRIFTLOOP_API_TOKEN"] = API_TOKEN
+# Model versions are signed (driftloop.core.signing): one key for the session, in the environment,
+# so every process the tests start (servers, the CLI, flows) signs and verifies with it.
+if not os.environ.get("DRIFTLOOP_SIGNING_KEY"):
+    from driftloop.core.signing import generate
+
+    os.environ["DRIFTLOOP_SIGNING_KEY"] = generate().private
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,10 @@ def test_quiet_window_does_not_trigger(champion_parts):
     out = monitoring()
     assert out.drift is not None and out.drift.n_current == 400
     assert not out.drift.drift_detected and not out.decision.retrain
+    # the verdict travels to the replicas as a registered-model tag, beside the routing
+    status = parts.registry.routing().monitor
+    assert status is not None and status.model_version == parts.registry.champion().version
+    assert not status.drift_detected and status.share_drifted == out.drift.share_drifted
     assert parts.ledger.records() == []
     assert retrain_runs() == before
     # the report is an MLflow artifact of a monitor run, linked from the Prefect flow run

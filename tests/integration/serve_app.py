@@ -18,6 +18,10 @@ from driftloop.adapters.registry import Registry
 from driftloop.config.settings import ServingSettings
 from driftloop.serving.app import create_app
 
+# The test challengers' file formats (tests.support.rollout_models registers them on import).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support import rollout_models  # noqa: F401
+
 
 def main(argv: list[str]) -> None:
     tracking_uri, model_name, log_root, settings = argv

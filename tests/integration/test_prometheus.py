@@ -197,6 +197,7 @@ def test_alerts_and_dashboard_use_only_the_apps_metric_names():
         "driftloop_rollout_info",
         "driftloop_drift_share",
         "driftloop_drift_detected",
+        "driftloop_errors_total",
     }
     text = ALERTS.read_text() + DASHBOARD.read_text()
     used = set(re.findall(r"(?<![:\w])driftloop_[a-z_]+", text))

@@ -98,8 +98,8 @@ def test_mlflow_refuses_a_call_without_credentials_or_with_a_wrong_password(stac
     assert httpx.get(f"{stack.mlflow_url}/health", timeout=10).status_code == 200
 
 
-@pytest.mark.parametrize("who", ["serving", "monitor"])
-def test_serving_and_the_monitor_read_the_registry_but_cannot_change_it(stack, model, who):
+def test_serving_reads_the_registry_but_cannot_change_it(stack, model):
+    who = "serving"
     name = model["name"]
     got = _mlflow(stack, who, "GET", "registered-models/alias", params={"name": name, "alias": "champion"})
     assert got.status_code == 200 and got.json()["model_version"]["version"] == "1"
@@ -116,6 +116,18 @@ def test_serving_and_the_monitor_read_the_registry_but_cannot_change_it(stack, m
     # still the champion training set
     got = _mlflow(stack, "training", "GET", "registered-models/alias", params={"name": name, "alias": "champion"})
     assert got.json()["model_version"]["version"] == "1"
+
+
+def test_the_monitor_publishes_its_verdict_and_can_roll_back_but_registers_nothing(stack, model):
+    """It undoes a regressed promotion and tags the registered model with its verdict; a version
+    it cannot sign would not load anyway (docs/security.md)."""
+    name = model["name"]
+    tag = {"name": name, "key": "driftloop.monitor_status", "value": "{}"}
+    assert _mlflow(stack, "monitor", "POST", "registered-models/set-tag", json=tag).status_code == 200
+    alias = {"name": name, "alias": "champion", "version": "1"}
+    assert _mlflow(stack, "monitor", "POST", "registered-models/alias", json=alias).status_code == 200
+    user = {"username": f"x{uuid.uuid4().hex[:6]}", "password": uuid.uuid4().hex}
+    assert _mlflow(stack, "monitor", "POST", "users/create", json=user).status_code == 403
 
 
 def test_the_monitor_logs_its_runs_and_serving_does_not(stack, model):

@@ -31,11 +31,12 @@ class FakeSource:
     def __init__(self):
         self.ref: ModelRef | None = None
         self.state = RolloutState()
+        self.monitor = None  # a MonitorStatus, as the registered model's tag carries it
         self.loads: list[str] = []
         self.broken: set[str] = set()
 
     def routing(self):
-        return Routing(self.ref, self.state)
+        return Routing(self.ref, self.state, self.monitor)
 
     def load(self, ref):
         self.loads.append(ref.version)

@@ -1,17 +1,20 @@
 """Deliberately bad challengers for the rollout tests: real models with one defect each.
 
-They are pickled into the MLflow registry like any model, so the serving app loads them the
-normal way (this module must be importable where the app runs: the repository root).
+They are saved into the MLflow registry like any model, in a file format this module registers
+with driftloop.models.persist (their settings as JSON, the real model inside), so the serving app
+loads them the normal way once it has imported this module (tests/integration/serve_app.py does).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from driftloop.core.types import Prediction
+from driftloop.models import persist
 
 
 class _Wrapped:
@@ -78,3 +81,19 @@ class FailingClassifier(_Wrapped):
         if self.calls % self.every == 0:
             raise ValueError("cannot handle this input")
         return self.inner.predict(texts)
+
+
+def _format(cls, fields: tuple[str, ...]) -> None:
+    def save(model, directory: Path) -> dict:
+        persist.save_member(model.inner, directory / "inner")
+        return {name: getattr(model, name) for name in fields}
+
+    def load(body: dict, directory: Path):
+        return cls(persist.load_member(directory / "inner"), **{name: body[name] for name in fields})
+
+    persist.register_format(f"test-{cls.__name__}", cls, save, load)
+
+
+_format(SlowClassifier, ("delay_s",))
+_format(DegradingClassifier, ("healthy_calls", "delay_s"))
+_format(FailingClassifier, ("every",))

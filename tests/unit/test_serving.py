@@ -9,10 +9,10 @@ import uuid
 import pytest
 
 from driftloop.config.settings import ServingSettings
-from driftloop.core.types import RolloutState
+from driftloop.core.types import MonitorStatus, RolloutState
 from driftloop.serving.contract import BadRequest
 from driftloop.serving.ids import new_request_id
-from driftloop.serving.metrics import ServingMetrics
+from driftloop.serving.metrics import ServingMetrics, export_monitor_status
 from driftloop.serving.parsing import parse_feedback, parse_predict
 from driftloop.serving.poller import MAX_BACKOFF_S, RoutingPoller
 from tests.support.fakes import FakeSource, ref
@@ -232,3 +232,18 @@ def test_a_rollout_state_is_validated():
         RolloutState(mode="blue", challenger="2")
     with pytest.raises(ValueError, match="weight"):
         RolloutState(mode="canary", challenger="2", weight=1.5)
+
+
+def test_the_monitoring_verdict_comes_with_the_routing_and_never_rebuilds_the_snapshot(holder):
+    h, source = holder
+    source.ref = ref("1")
+    assert h.poll() is True
+    snapshot = h.serving
+    source.monitor = MonitorStatus("1", True, 0.42, "2026-12-02T01:00:00+00:00")
+    assert h.poll() is False and h.serving is snapshot  # a new verdict: nothing reloaded or swapped
+    export_monitor_status(h.monitor, h.metrics)
+    assert value(h, "driftloop_drift_detected") == 1.0 and value(h, "driftloop_drift_share") == 0.42
+    source.monitor = None  # no verdict (a foreign tag): the gauges keep their last value
+    h.poll()
+    export_monitor_status(h.monitor, h.metrics)
+    assert value(h, "driftloop_drift_share") == 0.42

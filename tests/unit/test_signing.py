@@ -44,3 +44,29 @@ def test_a_malformed_key_is_named_not_shown():
         signing.sign(b"x", "not-a-key!")
     with pytest.raises(SignatureError, match="a public key: 3 bytes"):
         signing.key_id("AAAA")
+
+
+def test_keys_new_writes_a_private_key_once_and_show_names_what_is_trusted(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from driftloop.entry.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "signing.key"
+    made = runner.invoke(app, ["keys", "new", "--private-out", str(out)])
+    assert made.exit_code == 0, made.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    private = out.read_text().strip()
+    public = signing.public_of(private)
+    assert public in made.output and private not in made.output
+    again = runner.invoke(app, ["keys", "new", "--private-out", str(out)])
+    assert again.exit_code == 2 and out.read_text().strip() == private
+    monkeypatch.setenv("DRIFTLOOP_SIGNING_KEY", private)
+    monkeypatch.setenv("DRIFTLOOP__PROJECT__STATE_DIR", str(tmp_path / "state"))
+    shown = runner.invoke(app, ["keys", "show"])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        f"signs with: key {signing.key_id(public)}" in shown.output
+        and f"trusts: {signing.key_id(public)}" in shown.output
+    )
+    assert private not in shown.output

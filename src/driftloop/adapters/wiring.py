@@ -11,6 +11,7 @@ from driftloop.adapters.history import ChampionHistory, FileChampionHistory, Fil
 from driftloop.adapters.logremote import RemoteLog
 from driftloop.adapters.logstore import LogRoot
 from driftloop.adapters.registry.rest import RestModelSource, is_http
+from driftloop.adapters.registry.trust import ModelTrust
 from driftloop.adapters.s3 import ObjectStore
 from driftloop.adapters.versioning import DatasetStore
 from driftloop.config.settings import DataSettings, Settings
@@ -86,7 +87,13 @@ def registry(settings: Settings) -> Registry:
         settings.registry.model_name,
         settings.registry.experiment,
         artifact_root=settings.artifact_root,
+        trust=model_trust(settings),
     )
+
+
+def model_trust(settings: Settings) -> ModelTrust:
+    """The key this process signs model versions with and the public keys it loads them by."""
+    return ModelTrust.from_environment(settings.key_dir, settings.registry.trusted_keys)
 
 
 def serving_source(settings: Settings) -> RestModelSource | Registry:
@@ -94,7 +101,7 @@ def serving_source(settings: Settings) -> RestModelSource | Registry:
     its REST API (no MLflow in the process), or the MLflow client for a store it opens itself
     (SQLite, a folder: the embedded default)."""
     if is_http(settings.tracking_uri):
-        return RestModelSource(settings.tracking_uri, settings.registry.model_name)
+        return RestModelSource(settings.tracking_uri, settings.registry.model_name, trust=model_trust(settings))
     return registry(settings)
 
 

@@ -128,6 +128,14 @@ class RegistrySettings(_Section):
     model_name: str = "intent-router"
     # Where users open the MLflow UI (`make ui-mlflow`); Prefect artifacts link runs there.
     ui_url: str = "http://127.0.0.1:5000"
+    # Public Ed25519 keys (base64) whose signatures make a version loadable, besides
+    # DRIFTLOOP_TRUSTED_KEYS and the key training signs with (docs/security.md). Public: fine in
+    # a config file; the private key only ever comes from DRIFTLOOP_SIGNING_KEY or the state dir.
+    trusted_keys: list[str] = []
+    # The embedded default signs with <state_dir>/keys/model-signing.key, created on first use,
+    # and trusts its public half. false (the k8s manifests): only DRIFTLOOP_SIGNING_KEY signs and
+    # only the configured keys are trusted, so a pod's own fresh key cannot make a version loadable.
+    local_signing_key: bool = True
 
 
 class PromotionPolicy(_Section):
@@ -580,6 +588,11 @@ class Settings(BaseSettings):
         return self.state_dir / "logs"
 
     @property
+    def key_dir(self) -> Path | None:
+        """The embedded default's model-signing key folder (None: keys from the environment only)."""
+        return self.state_dir / "keys" if self.registry.local_signing_key else None
+
+    @property
     def log_cache_dir(self) -> Path:
         """The s3 backend's local copy of the partitions a reader touched."""
         return self.state_dir / "log-cache"
@@ -601,11 +614,6 @@ class Settings(BaseSettings):
     def history_path(self) -> Path:
         """The champion history's file (``history.backend: file``)."""
         return self.state_dir / "champion_history.jsonl"
-
-    @property
-    def monitor_status_path(self) -> Path:
-        """The latest monitoring verdict, which the serving app exports as drift gauges."""
-        return self.state_dir / "monitor_status.json"
 
     @property
     def trigger_state_path(self) -> Path:

@@ -68,6 +68,12 @@ class RegistryError(RunFailed, RuntimeError):
         self.transient = transient
 
 
+class ModelRefused(RegistryError):
+    """A registered version that must not be loaded: its files are not signed by a trusted key,
+    were changed after signing, or are not in driftloop's model format (e.g. a pickle). Never
+    transient: the champion keeps serving and the refusal is counted and alerted on."""
+
+
 # Exit statuses of the ``driftloop`` command, by category (documented in its --help).
 EXIT_OK = 0
 EXIT_RUN_FAILED = RunFailed.exit_code

@@ -197,11 +197,23 @@ class RolloutState:
 
 
 @dataclass(frozen=True)
+class MonitorStatus:
+    """The monitoring flow's latest drift verdict, as replicas export it (``driftloop_drift_*``)."""
+
+    model_version: str
+    drift_detected: bool
+    share_drifted: float
+    checked_at: str  # ISO time
+
+
+@dataclass(frozen=True)
 class Routing:
-    """What a replica should serve: the champion alias, and the rollout state beside it."""
+    """What a replica should serve: the champion alias, and the rollout state beside it; with the
+    monitoring flow's latest verdict, which travels in the same registry call (no shared file)."""
 
     champion: ModelRef | None
     state: RolloutState = RolloutState()
+    monitor: MonitorStatus | None = None
 
     @property
     def challenger(self) -> ModelRef | None:

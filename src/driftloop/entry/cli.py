@@ -490,6 +490,9 @@ def serve(
     from driftloop.serving import app as serving
     from driftloop.serving.auth import MissingApiToken
 
+    # On the local stack, serving reads with serving's own credentials (read-only in MLflow, its
+    # logs prefix in S3), not training's, unless the environment picks another identity.
+    os.environ.setdefault("DRIFTLOOP_STACK_IDENTITY", "serving")
     # The options are settings like any other: validated (the loopback guard included) and named
     # in an error as the option that set them.
     chosen = {k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v is not None}
@@ -507,7 +510,6 @@ def serve(
             lambda: wiring.serving_source(settings),
             wiring.log_root(settings),  # the local folder, or the bucket with this host's spool
             low_confidence=settings.monitor.low_confidence,
-            monitor_status=settings.monitor_status_path,
             trace_cfg=settings.tracing,
         )
     except MissingApiToken as exc:  # refuse to start, saying what to set
@@ -766,7 +768,7 @@ def data_restore(
 @pipeline_app.command("train")
 def pipeline_train(
     train_set: Path = typer.Option(Path("data/prepared/train.csv")),
-    out: Path = typer.Option(Path("models/model.joblib")),
+    out: Path = typer.Option(Path("models/model")),
     config: list[str] | None = ConfigOpt,
 ) -> None:
     """DVC stage: validate and train on a prepared training set, save the model."""
@@ -777,7 +779,7 @@ def pipeline_train(
 
 @pipeline_app.command("evaluate")
 def pipeline_evaluate(
-    model_path: Path = typer.Option(Path("models/model.joblib"), "--model"),
+    model_path: Path = typer.Option(Path("models/model"), "--model"),
     eval_set: Path = typer.Option(Path("data/prepared/eval.csv"), "--eval"),
     out: Path = typer.Option(Path("metrics")),
 ) -> None:
@@ -1117,6 +1119,57 @@ def logs_status(
         f"{sum(r.jsonl_parts for r in rows)} JSON Lines parts ({_size(jsonl)}), "
         f"{sum(r.parquet_rows for r in rows)} Parquet rows ({_size(parquet)})"
     )
+
+
+# -- keys: the Ed25519 key that signs model versions (docs/security.md) ---------------------------
+
+keys_app = typer.Typer(help="The key that signs model versions: make one, show what is trusted.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    private_out: Path = typer.Option(
+        ..., "--private-out", help="Write the private key here (created with mode 600; must not exist)."
+    ),
+) -> None:
+    """Make a signing key pair: the private key into a file for training's secret store, the
+    public key printed (for registry.trusted_keys / DRIFTLOOP_TRUSTED_KEYS)."""
+    from driftloop.core import signing
+
+    pair = signing.generate()
+    try:
+        fd = os.open(private_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InputError(f"{private_out}: exists; not overwritten (a key is replaced on purpose only)") from None
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(pair.private + "\n")
+    console.print(f"private key: {private_out} (mode 600; give it to training as DRIFTLOOP_SIGNING_KEY)")
+    console.print(f"public key:  {pair.public}")
+    console.print(f"key id:      {pair.key_id}")
+
+
+@keys_app.command("show")
+def keys_show(config: list[str] | None = ConfigOpt) -> None:
+    """The key this process would sign with (its id only) and the public keys it trusts."""
+    from driftloop.adapters import wiring
+    from driftloop.core import signing
+
+    settings = _settings(config)
+    trust = wiring.model_trust(settings)
+    if trust.signing_key:
+        console.print(
+            f"signs with: key {signing.key_id(signing.public_of(trust.signing_key))} ($DRIFTLOOP_SIGNING_KEY)"
+        )
+    elif settings.key_dir is not None:
+        console.print(f"signs with: {settings.key_dir}/model-signing.key (created on first registration)")
+    else:
+        console.print("signs with: nothing (registry.local_signing_key is false and $DRIFTLOOP_SIGNING_KEY unset)")
+    trusted = trust.trusted_keys()
+    if not trusted:
+        console.print("trusts: nothing (no version will load)")
+    for key in trusted:
+        console.print(f"trusts: {signing.key_id(key)}  {key}")
 
 
 def main() -> None:  # pragma: no cover

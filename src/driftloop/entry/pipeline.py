@@ -26,11 +26,12 @@ def prepare(settings: Settings, out: Path) -> PreparedData:
 
 
 def train(settings: Settings, train_set: Path, out: Path, progress: Callable[[str], None] = print) -> Path:
-    """Validate a training set and fit the configured family on it; save the model to ``out``."""
-    import joblib
+    """Validate a training set and fit the configured family on it; save the model into the
+    folder ``out`` (driftloop.models.persist: plain files and their manifest, no pickle)."""
+    import shutil
 
     from driftloop.data import validation
-    from driftloop.models import families as modelling
+    from driftloop.models import families as modelling, persist
 
     frame = dataset.read_labelled(train_set)
     validation.require_valid(validation.validate_training_set(frame, source=str(train_set)))
@@ -42,18 +43,17 @@ def train(settings: Settings, train_set: Path, out: Path, progress: Callable[[st
         progress=progress,
         checkpoint_root=settings.checkpoints_dir,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, out)
+    if out.exists():  # the previous run's model (DVC removes an out before its stage anyway)
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    persist.save(model, out)
     return out
 
 
 def evaluate(model_path: Path, eval_set: Path, out: Path) -> EvalReport:
     """Score a saved model on the held-out set; ``out/eval.json`` for ``dvc metrics show``, plots."""
-    import joblib
+    from driftloop.models import evaluation, persist
 
-    from driftloop.models import evaluation
-
-    model = joblib.load(model_path)
+    model = persist.load(model_path)
     report, rows = evaluation.evaluate(model, dataset.read_labelled(eval_set))
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     t = steps.add_parser("train", help="validate and fit on a training set, save the model")
     t.add_argument("-c", "--config", action="append", default=[])
     t.add_argument("--train-set", type=Path, default=Path("data/prepared/train.csv"))
-    t.add_argument("--out", type=Path, default=Path("models/model.joblib"))
+    t.add_argument("--out", type=Path, default=Path("models/model"))
     e = steps.add_parser("evaluate", help="score a saved model on the held-out set")
-    e.add_argument("--model", type=Path, default=Path("models/model.joblib"))
+    e.add_argument("--model", type=Path, default=Path("models/model"))
     e.add_argument("--eval", type=Path, default=Path("data/prepared/eval.csv"))
     e.add_argument("--out", type=Path, default=Path("metrics"))
     args = parser.parse_args(argv)

@@ -135,7 +135,7 @@ def check_drift(
         reference, window, settings.monitor, calibration, parts.reports_dir / f"drift-{run_id}.html", embed=embed
     )
     report = monitor.publish_drift(parts.registry, result, champion, run_id, settings.registry.ui_url)
-    monitor.write_status(result, champion, settings.monitor_status_path)
+    monitor.publish_status(parts.registry, result, champion)
     return result, report
 
 

@@ -299,7 +299,24 @@ _SAVERS: dict[str, _Saver] = {"tfidf": _save_tfidf, "transformer": _save_transfo
 _LOADERS: dict[str, _Loader] = {"tfidf": _load_tfidf, "transformer": _load_transformer, "ensemble": _load_ensemble}
 
 
+# Classes registered by register_format, by exact type (a subclass is not its parent's format).
+_CLASSES: dict[type, str] = {}
+
+
+def register_format(kind: str, cls: type, saver: _Saver, loader: _Loader) -> None:
+    """Save instances of exactly ``cls`` with ``saver`` (returns model.json's fields; may save
+    members with :func:`save_member`) and read a model.json of family ``kind`` with ``loader``
+    (with :func:`load_member` for members). The loader is code of this process, registered by
+    an import: a file names a kind, never code."""
+    _SAVERS[kind] = saver
+    _LOADERS[kind] = loader
+    _CLASSES[cls] = kind
+
+
 def _kind(model: Any) -> str:
+    registered = _CLASSES.get(type(model))
+    if registered is not None:
+        return registered
     family = getattr(model, "family", None)
     if type(model).__name__ == "TransformerIntentModel":
         return "transformer"
@@ -325,6 +342,18 @@ def _load_from(directory: Path) -> Any:
         return loader(body, directory)
     except KeyError as exc:
         raise ModelFileError(f"{directory / MODEL_JSON}: field {exc} missing") from None
+
+
+def save_member(model: Any, directory: Path) -> None:
+    """Save ``model`` into ``directory`` (a new folder inside the model being saved): for savers of
+    models that hold others."""
+    Path(directory).mkdir()
+    _save_into(model, Path(directory))
+
+
+def load_member(directory: Path) -> Any:
+    """Load a member saved with :func:`save_member` (the outer :func:`load` checked the manifest)."""
+    return _load_from(Path(directory))
 
 
 def save(model: Any, directory: Path) -> bytes:

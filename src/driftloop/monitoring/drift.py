@@ -38,11 +38,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -534,21 +533,3 @@ def detect_drift(
         accuracy=accuracy,
         n_labelled=n_labelled,
     )
-
-
-def write_status(result: DriftResult, model_version: str, path: Path) -> None:
-    """The latest verdict as a small JSON file (replaced atomically), which the serving app
-    exports as the ``driftloop_drift_*`` gauges for Prometheus."""
-    status = {
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model_version": model_version,
-        "window_id": result.window_id,
-        "drift_detected": result.drift_detected,
-        "share_drifted": result.share_drifted,
-        "n_current": result.n_current,
-        "signals": {s.name: {"value": s.value, "threshold": s.threshold, "drifted": s.drifted} for s in result.signals},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status, indent=1))
-    os.replace(tmp, path)

@@ -683,11 +683,14 @@ def _s3_start(stack: Stack) -> None:
 
 
 # What each MLflow user may do (roles over every experiment and registered model, "*"): training
-# registers versions and moves aliases; the monitor logs its runs and reads the registry; serving
-# reads. Users without a grant get nothing (default_permission); the admin only sets this up.
+# registers versions and moves aliases; the monitor logs its runs, undoes a regressed promotion
+# (moves `champion` back) and publishes its verdict as a registered-model tag, so it edits models
+# too (MLflow has no finer grant; it can point aliases only at versions that exist, and only
+# versions signed by training's key load: docs/security.md); serving reads. Users without a grant
+# get nothing (default_permission); the admin only sets this up.
 MLFLOW_GRANTS: dict[str, dict[str, str]] = {
     "training": {"experiment": "EDIT", "registered_model": "EDIT"},
-    "monitor": {"experiment": "EDIT", "registered_model": "READ"},
+    "monitor": {"experiment": "EDIT", "registered_model": "EDIT"},
     "serving": {"experiment": "READ", "registered_model": "READ"},
 }
 

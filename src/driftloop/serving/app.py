@@ -106,15 +106,14 @@ def create_app(
     log_root: LogRoot,
     *,
     low_confidence: float = 0.5,
-    monitor_status: Path | None = None,
     api_token: str | None = None,
     metrics_dir: Path | None = None,
     freeze_gc: bool = False,
 ) -> ServingApp:
     """The serving app. Nothing happens until it starts: the logs are opened, the champion (and
     a rollout's challenger) loaded and the poller started in its lifespan (a missing or failing
-    champion leaves it running but not ready). ``monitor_status`` is the file the monitoring
-    flow writes its latest verdict to (exported as the drift gauges).
+    champion leaves it running but not ready). The monitoring flow's latest verdict comes with
+    the routing (a registered-model tag) and is exported as the drift gauges.
 
     ``api_token``: the bearer token /feedback requires; None reads it with
     :func:`~driftloop.serving.auth.read_api_token`, which raises
@@ -137,7 +136,7 @@ def create_app(
     snapshots = SnapshotWriter(metrics.registry, metrics_dir) if metrics_dir is not None else None
     poller = RoutingPoller(source, metrics, cfg.reload_interval_s, low_confidence, cfg.micro_batch_texts)
     service = PredictionService(cfg, poller, metrics, log_root)
-    handlers = HttpHandlers(cfg, poller, service, metrics, token, monitor_status)
+    handlers = HttpHandlers(cfg, poller, service, metrics, token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -261,7 +260,6 @@ def run_server(
     log_root: LogRoot,
     *,
     low_confidence: float = 0.5,
-    monitor_status: Path | None = None,
     trace_cfg: TracingSettings | None = None,
 ) -> None:
     """Serve until interrupted on ``cfg.host:cfg.port`` (the CLI's entry): one process, or with
@@ -278,7 +276,6 @@ def run_server(
     token = read_api_token(cfg)
     options: dict[str, Any] = {
         "low_confidence": low_confidence,
-        "monitor_status": monitor_status,
         "api_token": token,
         "freeze_gc": True,
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -20,7 +19,7 @@ from driftloop.core.types import SLOT_CANARY, SLOT_CHAMPION, SLOT_SHADOW
 from driftloop.serving.auth import TokenCheck
 from driftloop.serving.contract import FEEDBACK_BODY_LIMIT, JSON_MEDIA_TYPE, BadRequest, predict_body_limit
 from driftloop.serving.ids import http_request_id
-from driftloop.serving.metrics import MonitorStatusFile, ServingMetrics
+from driftloop.serving.metrics import ServingMetrics, export_monitor_status
 from driftloop.serving.parsing import (
     Disconnected,
     field_of,
@@ -91,14 +90,12 @@ class HttpHandlers:
         service: PredictionService,
         metrics: ServingMetrics,
         token: TokenCheck,
-        monitor_status: Path | None,
     ):
         self.cfg = cfg
         self.poller = poller
         self.service = service
         self.metrics = metrics
         self.token = token
-        self.monitor_status = MonitorStatusFile(monitor_status)
         self.body_limit = predict_body_limit(cfg)
 
     def reject(self, endpoint: str, version: str, exc: BadRequest) -> tuple[int, bytes]:
@@ -307,7 +304,7 @@ class HttpHandlers:
         """Prometheus text format."""
         current = self.poller.current
         self.metrics.count_request("metrics", 200, current.ref.version if current else "none")
-        self.monitor_status.export(self.metrics)
+        export_monitor_status(self.poller.monitor, self.metrics)
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

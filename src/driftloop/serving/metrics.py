@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from driftloop.core.types import Prediction
+from driftloop.core.types import MonitorStatus, Prediction
 from driftloop.serving import shared_metrics
 
 # json.dumps of a str is one call into the C escaper (ensure_ascii: lone surrogates stay safe).
@@ -167,33 +167,9 @@ class BoundMetrics:
                 self.low.inc()
 
 
-class MonitorStatusFile:
-    """The file the monitoring flow writes its latest verdict to, read again only when it changed."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._seen_mtime: float | None = None
-
-    def changed(self) -> dict[str, Any] | None:
-        """The latest verdict when the file changed since the last read; None otherwise."""
-        if self.path is None:
-            return None
-        try:
-            mtime = self.path.stat().st_mtime
-        except OSError:
-            return None
-        if self._seen_mtime == mtime:
-            return None
-        try:
-            status = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-        self._seen_mtime = mtime
-        return status if isinstance(status, dict) else None
-
-    def export(self, metrics: ServingMetrics) -> None:
-        """Set the drift gauges from the verdict, when it changed."""
-        status = self.changed()
-        if status is not None:
-            metrics.drift_share.set(float(status.get("share_drifted", 0.0)))
-            metrics.drift_detected.set(1.0 if status.get("drift_detected") else 0.0)
+def export_monitor_status(status: MonitorStatus | None, metrics: ServingMetrics) -> None:
+    """Set the drift gauges from the monitoring flow's latest verdict (it comes with the routing:
+    a registered-model tag, so no file is shared with the replicas); unchanged when there is none."""
+    if status is not None:
+        metrics.drift_share.set(status.share_drifted)
+        metrics.drift_detected.set(1.0 if status.drift_detected else 0.0)

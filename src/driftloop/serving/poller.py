@@ -6,8 +6,10 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from dataclasses import replace
 
-from driftloop.core.types import SLOT_CHAMPION, Routing
+from driftloop.core.errors import ModelRefused
+from driftloop.core.types import SLOT_CHAMPION, MonitorStatus, Routing
 from driftloop.serving.batching import MicroBatcher
 from driftloop.serving.cache import LoadedModel, ModelCache, ModelSource, predict_texts
 from driftloop.serving.metrics import ServingMetrics
@@ -47,6 +49,7 @@ class RoutingPoller:
         self.micro_batch_texts = micro_batch_texts
         self.models = ModelCache(source)
         self.serving: RoutingSnapshot | None = None
+        self.monitor: MonitorStatus | None = None  # the monitoring flow's latest verdict
         self._failures = 0
         self._challenger_failures = 0
         self._warned_no_champion = False
@@ -70,6 +73,10 @@ class RoutingPoller:
         errors reading the source or loading the champion."""
         with self._poll_lock:
             routing = self.source.routing()
+            # The monitoring verdict rides along with the routing but changes nothing served:
+            # kept apart, so a new verdict never rebuilds the snapshot.
+            self.monitor = routing.monitor
+            routing = replace(routing, monitor=None)
             old = self.serving
             if routing.champion is None:
                 if old is not None and not self._warned_no_champion:
@@ -106,6 +113,7 @@ class RoutingPoller:
         except Exception as exc:
             self._challenger_failures += 1
             self.metrics.count_error("load_challenger")
+            self._refused(exc)
             if self._challenger_failures == 1:
                 log.exception("loading challenger %s failed; the champion serves alone", routing.challenger)
             else:
@@ -149,6 +157,7 @@ class RoutingPoller:
         except Exception as exc:
             self._failures += 1
             self.metrics.count_error("reload")
+            self._refused(exc)
             if self._failures == 1:
                 log.exception("polling the registry or loading the champion failed; the current model keeps serving")
             else:
@@ -156,6 +165,13 @@ class RoutingPoller:
             return False
         self._failures = 0
         return swapped
+
+    def _refused(self, exc: Exception) -> None:
+        """A version refused for its signature or files: counted apart (the alert
+        DriftloopModelRefused fires on it) and logged as an error at every poll, not only the first."""
+        if isinstance(exc, ModelRefused):
+            self.metrics.count_error("model_refused")
+            log.error("%s", exc)
 
     def next_delay(self) -> float:
         """Seconds until the next poll: ``interval_s``, doubled per failure in a row up to the backoff cap."""

@@ -21,7 +21,7 @@ from driftloop.adapters.registry import Registry
 from driftloop.config.settings import MonitorSettings, RetrainPolicy
 from driftloop.core import policy
 from driftloop.core.errors import ServerUnreachable
-from driftloop.core.types import DriftResult, ModelRef, RetrainDecision
+from driftloop.core.types import DriftResult, ModelRef, MonitorStatus, RetrainDecision
 from driftloop.data.dataset import TEXT
 from driftloop.models.families import TextClassifier
 from driftloop.monitoring import drift
@@ -143,10 +143,18 @@ def publish_drift(registry: Registry, result: DriftResult, model: ModelRef, flow
     return report_uri
 
 
-@task(cache_policy=NO_CACHE)
-def write_status(result: DriftResult, model: ModelRef, path: Path) -> None:
-    """The drift verdict for ``model`` as the status file that serving and the CLI read."""
-    drift.write_status(result, model.version, path)
+@task(cache_policy=NO_CACHE, **SERVER_RETRIES)
+def publish_status(registry: Registry, result: DriftResult, model: ModelRef) -> MonitorStatus:
+    """The drift verdict for ``model``, as the registered model's tag that every replica reads
+    with its routing and exports as the ``driftloop_drift_*`` gauges."""
+    status = MonitorStatus(
+        model.version,
+        result.drift_detected,
+        float(result.share_drifted),
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    registry.set_monitor_status(status)
+    return status
 
 
 @task(cache_policy=NO_CACHE)

@@ -8,7 +8,9 @@ module          responsibility
 ==============  ==========================================================================
 ``connection``  the MLflow client for one store, the error policy, MLflow's global URI lock
 ``tracking``    the experiment; runs with params, metrics and artifacts; run links
-``store``       the pyfunc; registering, loading and tagging versions
+``store``       plain model files, signed, logged as a pyfunc from code; registering,
+                loading (signature checked) and tagging versions
+``trust``       the signing key and the trusted public keys: which versions may load
 ``aliases``     ``champion`` / ``challenger`` and the rollout tag: the routing replicas poll
 ``listing``     what ``driftloop status`` shows: versions with aliases and tags, recent runs
 ``facade``      :class:`Registry`, composing them behind the methods the rest of driftloop calls
@@ -16,8 +18,8 @@ module          responsibility
 ``rest``        the routing and the classifier over a tracking server's REST API: no MLflow
 ==============  ==========================================================================
 
-Importing this package imports no MLflow: :class:`Registry` and :class:`IntentPyfunc` are loaded
-on first use, so a serving process that reads the routing over HTTP (:mod:`.rest`) stays lean.
+Importing this package imports no MLflow: :class:`Registry` is loaded on first use, so a serving
+process that reads the routing over HTTP (:mod:`.rest`) stays lean.
 
 Error policy, the same for every method: "not found" (no such model, version, alias or run) is
 a normal answer for a read (None, an empty dict or list, the default rollout state) and a no-op
@@ -38,28 +40,21 @@ from driftloop.core.errors import RegistryError
 
 if TYPE_CHECKING:
     from driftloop.adapters.registry.facade import Registry
-    from driftloop.adapters.registry.store import IntentPyfunc
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "ROLLOUT_TAG",
     "TRACKING_SERVER",
-    "IntentPyfunc",
     "Registry",
     "RegistryError",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # The MLflow-backed names load on first use (PEP 562); a pickled IntentPyfunc, saved under this
-    # package's name, resolves through here too.
+    # The MLflow-backed names load on first use (PEP 562).
     if name == "Registry":
         from driftloop.adapters.registry.facade import Registry
 
         return Registry
-    if name == "IntentPyfunc":
-        from driftloop.adapters.registry.store import IntentPyfunc
-
-        return IntentPyfunc
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

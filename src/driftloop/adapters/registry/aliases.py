@@ -9,8 +9,15 @@ from dataclasses import asdict
 from mlflow.exceptions import MlflowException
 
 from driftloop.adapters.registry.connection import Connection, is_not_found
-from driftloop.adapters.registry.names import CHALLENGER, CHAMPION, ROLLOUT_TAG, parse_rollout_state
-from driftloop.core.types import ModelRef, RolloutState, Routing
+from driftloop.adapters.registry.names import (
+    CHALLENGER,
+    CHAMPION,
+    MONITOR_TAG,
+    ROLLOUT_TAG,
+    parse_monitor_status,
+    parse_rollout_state,
+)
+from driftloop.core.types import ModelRef, MonitorStatus, RolloutState, Routing
 
 __all__ = ["CHALLENGER", "CHAMPION", "ROLLOUT_TAG", "Aliases", "parse_rollout_state"]
 
@@ -24,14 +31,18 @@ class Aliases:
     def alias(self, name: str) -> ModelRef | None:
         """The version ``name`` points at; None when the model or the alias does not exist."""
         conn = self.conn
+        # The registered model's alias map, not get_model_version_by_alias: MLflow's basic-auth
+        # app answers 403 (not 404) for an alias of a model that does not exist yet, to a user
+        # without the admin role; the model itself reads as a proper 404.
         with conn.failures(f"reading alias {name!r} of {conn.model_name!r}"):
             try:
-                mv = conn.client.get_model_version_by_alias(conn.model_name, name)
+                model = conn.client.get_registered_model(conn.model_name)
             except MlflowException as exc:
                 if is_not_found(exc):
                     return None
                 raise
-        return ModelRef(conn.model_name, str(mv.version))
+        version = (model.aliases or {}).get(name)
+        return ModelRef(conn.model_name, str(version)) if version is not None else None
 
     def champion(self) -> ModelRef | None:
         """The version the ``champion`` alias points at, if any."""
@@ -70,11 +81,20 @@ class Aliases:
                 raise
         version = (model.aliases or {}).get(CHAMPION)
         champion = ModelRef(conn.model_name, str(version)) if version is not None else None
-        return Routing(champion, parse_rollout_state(model.tags or {}, conn.tracking_uri))
+        tags = model.tags or {}
+        return Routing(champion, parse_rollout_state(tags, conn.tracking_uri), parse_monitor_status(tags))
 
     def rollout_state(self) -> RolloutState:
         """The desired traffic split (the default state when none was published)."""
         return self.routing().state
+
+    def set_monitor_status(self, status: MonitorStatus) -> None:
+        """Publish the monitoring verdict; replicas export it on their next poll."""
+        conn = self.conn
+        with conn.failures(f"publishing the monitoring verdict of {conn.model_name!r}"):
+            conn.client.set_registered_model_tag(
+                conn.model_name, MONITOR_TAG, json.dumps(asdict(status), sort_keys=True)
+            )
 
     def set_rollout_state(self, state: RolloutState) -> None:
         """Publish the desired traffic split; replicas pick it up on their next poll."""

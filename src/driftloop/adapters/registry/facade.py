@@ -12,7 +12,8 @@ from driftloop.adapters.registry.connection import Connection
 from driftloop.adapters.registry.listing import Listing
 from driftloop.adapters.registry.store import ModelStore
 from driftloop.adapters.registry.tracking import Tracking
-from driftloop.core.types import ModelRef, RolloutState, Routing
+from driftloop.adapters.registry.trust import ModelTrust
+from driftloop.core.types import ModelRef, MonitorStatus, RolloutState, Routing
 from driftloop.models.families import TextClassifier
 
 
@@ -21,11 +22,18 @@ class Registry:
     :attr:`store`, :attr:`aliases` and :attr:`listing`."""
 
     def __init__(
-        self, tracking_uri: str, model_name: str, experiment: str = "driftloop", artifact_root: Path | None = None
+        self,
+        tracking_uri: str,
+        model_name: str,
+        experiment: str = "driftloop",
+        artifact_root: Path | None = None,
+        trust: ModelTrust | None = None,
     ):
         self.conn = Connection(tracking_uri, model_name, experiment, artifact_root)
         self.tracking = Tracking(self.conn)
-        self.store = ModelStore(self.conn, self.tracking)
+        # Who may sign versions and whose signatures load (default: the environment's keys).
+        self.trust = trust if trust is not None else ModelTrust.from_environment()
+        self.store = ModelStore(self.conn, self.tracking, self.trust)
         self.aliases = Aliases(self.conn)
         self.listing = Listing(self.conn, self.tracking)
 
@@ -143,6 +151,10 @@ class Registry:
     def rollout_state(self) -> RolloutState:
         """The desired traffic split."""
         return self.aliases.rollout_state()
+
+    def set_monitor_status(self, status: MonitorStatus) -> None:
+        """Publish the monitoring verdict; replicas export it on their next poll."""
+        self.aliases.set_monitor_status(status)
 
     def set_rollout_state(self, state: RolloutState) -> None:
         """Publish the desired traffic split; replicas pick it up on their next poll."""

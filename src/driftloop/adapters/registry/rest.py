@@ -8,8 +8,10 @@ the GIL on every poll; the replica needs three calls of the server's REST API (M
   the rollout state, in one call (what :meth:`RestModelSource.routing` polls);
 - ``GET /api/2.0/mlflow/model-versions/get-download-uri``: where a version's model lives
   (``mlflow-artifacts:/…`` when the server proxies the artifacts, ``mlflow server``'s default);
-- ``GET /api/2.0/mlflow-artifacts/artifacts/<path>``: its ``MLmodel`` (which names the classifier
-  artifact) and the pickled classifier itself, loaded with joblib as ``IntentPyfunc`` does.
+- ``GET /api/2.0/mlflow/model-versions/get``: the version's tags, its signature among them;
+- ``GET /api/2.0/mlflow-artifacts/artifacts/<path>``: its ``MLmodel`` (which names the model
+  folder), the folder's ``MANIFEST.json`` and the files it lists, loaded only once the signature
+  and every file check out (:class:`~driftloop.adapters.registry.trust.ModelTrust`; no pickle).
 
 A version whose artifacts the server does not proxy (an ``s3://`` or local download URI) is
 loaded by the MLflow client instead (:class:`~driftloop.adapters.registry.facade.Registry`),
@@ -29,20 +31,21 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import joblib
-import yaml
 
 from driftloop.adapters.registry.names import (
     CHAMPION,
-    CLASSIFIER_ARTIFACT,
+    SIGNATURE_TAG,
     TRACKING_SERVER,
+    parse_monitor_status,
     parse_rollout_state,
 )
+from driftloop.adapters.registry.trust import ModelTrust, manifest_files, model_artifact_path
 from driftloop.core.errors import RegistryError, ServerUnreachable
 from driftloop.core.types import ModelRef, Routing
 from driftloop.models.families import TextClassifier
+from driftloop.models.persist import MANIFEST
 
 if TYPE_CHECKING:
     from driftloop.adapters.registry.facade import Registry
@@ -88,12 +91,13 @@ class RestModelSource:
     Implements serving's ``ModelSource``: :meth:`routing` and :meth:`load`.
     """
 
-    def __init__(self, tracking_uri: str, model_name: str, *, timeout_s: float = 10.0):
+    def __init__(self, tracking_uri: str, model_name: str, *, timeout_s: float = 10.0, trust: ModelTrust | None = None):
         if not is_http(tracking_uri):
             raise ValueError(f"the REST source needs an http(s) tracking URI, not {tracking_uri!r}")
         self.tracking_uri = tracking_uri.rstrip("/")
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.trust = trust if trust is not None else ModelTrust.from_environment()
         self._client: Registry | None = None
 
     # -- the two calls serving makes ----------------------------------------------------------
@@ -110,21 +114,23 @@ class RestModelSource:
         tags = {t.get("key"): t.get("value") for t in model.get("tags") or []}
         version = aliases.get(CHAMPION)
         champion = ModelRef(self.model_name, str(version)) if version is not None else None
-        return Routing(champion, parse_rollout_state(tags, self.tracking_uri))
+        return Routing(champion, parse_rollout_state(tags, self.tracking_uri), parse_monitor_status(tags))
 
     def load(self, ref: ModelRef) -> TextClassifier:
-        """The classifier registered as ``ref``; a missing version raises RegistryError."""
+        """The classifier registered as ``ref``, once its signature and files check out; a missing
+        version raises RegistryError, a refused one ModelRefused."""
         action = f"loading {ref}"
+        query = {"name": ref.name, "version": ref.version}
         try:
-            where = self._get_json(
-                f"{API}/model-versions/get-download-uri", {"name": ref.name, "version": ref.version}, action
-            )["artifact_uri"]
+            version = self._get_json(f"{API}/model-versions/get", query, action).get("model_version") or {}
+            where = self._get_json(f"{API}/model-versions/get-download-uri", query, action)["artifact_uri"]
         except _ErrorAnswer as exc:
             raise self._registry_error(action, exc) from None
         except KeyError:
             raise RegistryError(
                 f"MLflow at {self.tracking_uri}: {action}: no download URI", url=self.tracking_uri
             ) from None
+        signature = {t.get("key"): t.get("value") for t in version.get("tags") or []}.get(SIGNATURE_TAG)
         parts = urllib.parse.urlsplit(where)
         if parts.scheme != PROXIED_SCHEME:
             return self._load_with_mlflow(ref, where)
@@ -132,19 +138,21 @@ class RestModelSource:
         base = f"{urllib.parse.urlsplit(self.tracking_uri).scheme}://{parts.netloc}" if parts.netloc else None
         model_dir = parts.path.strip("/")
         try:
-            mlmodel = yaml.safe_load(self._get_bytes(self._artifact(model_dir, "MLmodel"), base, action))
-            relative = mlmodel["flavors"]["python_function"]["artifacts"][CLASSIFIER_ARTIFACT]["path"]
+            mlmodel = self._get_bytes(self._artifact(model_dir, "MLmodel"), base, action)
+            files_dir = f"{model_dir}/{model_artifact_path(mlmodel, str(ref), self.tracking_uri)}"
+            manifest = self._get_bytes(self._artifact(files_dir, MANIFEST), base, action)
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp)
+                (local / MANIFEST).write_bytes(manifest)
+                # Exactly the files the manifest lists (names checked to stay inside the folder).
+                for relative in manifest_files(manifest, str(ref), self.tracking_uri):
+                    target = local / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(target, "wb") as file:
+                        self._download(self._artifact(files_dir, relative), base, action, file)
+                return self.trust.load(local, signature, str(ref), self.tracking_uri)
         except _ErrorAnswer as exc:
             raise self._registry_error(action, exc) from None
-        except (KeyError, TypeError, yaml.YAMLError):
-            raise RegistryError(f"{ref}: not a driftloop intent model", url=self.tracking_uri) from None
-        with tempfile.TemporaryFile() as file:
-            try:
-                self._download(self._artifact(model_dir, relative), base, action, file)
-            except _ErrorAnswer as exc:
-                raise self._registry_error(action, exc) from None
-            file.seek(0)
-            return joblib.load(file)
 
     # -- HTTP -----------------------------------------------------------------------------------
     @staticmethod
@@ -228,5 +236,5 @@ class RestModelSource:
             )
             from driftloop.adapters.registry.facade import Registry
 
-            self._client = Registry(self.tracking_uri, self.model_name)
+            self._client = Registry(self.tracking_uri, self.model_name, trust=self.trust)
         return self._client.load(ref)

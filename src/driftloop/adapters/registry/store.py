@@ -1,5 +1,6 @@
-"""The model store: a classifier logged as an MLflow pyfunc, registered as a version with its
-lineage tags, loaded back, and the version's tags read and written."""
+"""The model store: a classifier saved as plain files (:mod:`driftloop.models.persist`), signed,
+logged as an MLflow pyfunc from code, registered as a version with its lineage tags, loaded back
+once its signature checks out, and the version's tags read and written."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Any
 
-import joblib
 import mlflow
+import mlflow.artifacts
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from mlflow.pyfunc.model import PythonModel
 
 from driftloop.adapters.registry.connection import Connection, already_exists, is_not_found
+from driftloop.adapters.registry.names import FORMAT_TAG, MANIFEST_TAG, MODEL_ARTIFACT, SIGNATURE_TAG
 from driftloop.adapters.registry.tracking import Tracking, param_value
-from driftloop.core.errors import RegistryError
+from driftloop.adapters.registry.trust import ModelTrust, manifest_digest, model_artifact_path
+from driftloop.core.errors import ModelRefused, RegistryError
 from driftloop.core.types import ModelRef
+from driftloop.models import persist
 from driftloop.models.families import TextClassifier
 
 
@@ -28,7 +31,7 @@ def requirements(model: TextClassifier | None = None) -> list[str]:
     """Exact pins of what the pyfunc needs: MLflow's inference would drag in every import it saw
     (pytest included). A family that needs more says so in ``pip_packages`` (the transformer
     family: torch, transformers, tokenizers, safetensors)."""
-    pkgs = ["scikit-learn", "numpy", "scipy", "pandas", "joblib", "mlflow-skinny"]
+    pkgs = ["scikit-learn", "numpy", "scipy", "pandas", "mlflow-skinny"]
     pkgs += [p for p in getattr(model, "pip_packages", ()) if p not in pkgs]
     out = []
     for pkg in pkgs:
@@ -40,44 +43,26 @@ def requirements(model: TextClassifier | None = None) -> list[str]:
     return out
 
 
-class IntentPyfunc(PythonModel):
-    """The pyfunc face of any :class:`TextClassifier`: a frame with ``text`` in, intent and
-    confidence out. In-process callers use :attr:`classifier` directly and skip the frame."""
-
-    classifier: TextClassifier | None = None
-    # MLflow validates predict's type hints; a frame with a text column in, intent and
-    # confidence out is declared by the explicit signature at logging time instead.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context: Any) -> None:
-        """Unpickle the classifier logged next to the pyfunc."""
-        self.classifier = joblib.load(context.artifacts["classifier"])
-
-    # No type hints on purpose: MLflow would infer a signature from them (the explicit one given
-    # at logging time is the contract) and warn that these are not list[...] hints.
-    def predict(self, context, model_input, params=None):
-        """Intent and confidence for each text of ``model_input`` (a frame with ``text``, or texts)."""
-        if self.classifier is None:
-            raise RegistryError("the intent pyfunc was used before its classifier was loaded")
-        if isinstance(model_input, pd.DataFrame):
-            texts = model_input["text"].astype(str).tolist()
-        else:
-            texts = [str(t) for t in model_input]
-        preds = self.classifier.predict(texts)
-        return pd.DataFrame({"intent": [p.intent for p in preds], "confidence": [p.confidence for p in preds]})
+# The pyfunc as code (MLflow's models from code): this file is logged, not a pickled object.
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
 
 
-# Models registered before the registry became a package pickled the class under this path; new
-# ones keep it, so a version loads the same with older and newer code (the package re-exports it).
-IntentPyfunc.__module__ = "driftloop.adapters.registry"
+def model_files(mlflow_model_dir: Path, url: str | None = None) -> Path:
+    """The driftloop model folder inside a downloaded MLflow model (its ``MLmodel`` names it)."""
+    try:
+        text = (mlflow_model_dir / "MLmodel").read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelRefused(f"{mlflow_model_dir}: no MLmodel ({exc}); not loaded", url=url) from None
+    return mlflow_model_dir / model_artifact_path(text, str(mlflow_model_dir), url)
 
 
 class ModelStore:
     """The versions of one registered model: log, register, load, tag."""
 
-    def __init__(self, conn: Connection, tracking: Tracking):
+    def __init__(self, conn: Connection, tracking: Tracking, trust: ModelTrust):
         self.conn = conn
         self.tracking = tracking
+        self.trust = trust
 
     def register_model(
         self,
@@ -108,8 +93,11 @@ class ModelStore:
             conn.global_uri(),
             tempfile.TemporaryDirectory() as tmp,
         ):
-            classifier_path = Path(tmp) / "classifier.joblib"
-            joblib.dump(model, classifier_path)
+            # Plain files (no pickle) and their manifest, signed before anything is logged: a
+            # model this process may not sign is never half-registered.
+            model_dir = Path(tmp) / MODEL_ARTIFACT
+            manifest = persist.save(model, model_dir)
+            signature_tag = self.trust.sign(manifest)
             with mlflow.start_run(experiment_id=self.tracking.experiment_id(), run_name=run_name, tags=tags) as run:
                 if params:
                     mlflow.log_params({k: param_value(v) for k, v in params.items()})
@@ -122,8 +110,8 @@ class ModelStore:
                         mlflow.log_artifact(str(path), artifact_path=artifact_path or None)
                 info = mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=IntentPyfunc(),
-                    artifacts={"classifier": str(classifier_path)},
+                    python_model=str(PYFUNC_CODE),
+                    artifacts={MODEL_ARTIFACT: str(model_dir)},
                     signature=signature,
                     input_example=frame,
                     pip_requirements=requirements(model),
@@ -131,6 +119,9 @@ class ModelStore:
             self._ensure_registered_model()
             version_tags = dict(tags)
             version_tags.update({f"metric.{k}": f"{v:.6f}" for k, v in (metrics or {}).items()})
+            version_tags.update(
+                {SIGNATURE_TAG: signature_tag, MANIFEST_TAG: manifest_digest(manifest), FORMAT_TAG: persist.FORMAT}
+            )
             # Inside global_uri(): MLflow resolves a models:/m-... source through the global
             # tracking URI, not this client's.
             created = conn.client.create_model_version(
@@ -157,13 +148,22 @@ class ModelStore:
                 raise
 
     def load(self, ref: ModelRef) -> TextClassifier:
-        """The classifier registered as ``ref``; a missing version raises RegistryError."""
-        with self.conn.failures(f"loading {ref}"), self.conn.global_uri():
-            loaded = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}")
-        wrapper = loaded.unwrap_python_model()
-        if not isinstance(wrapper, IntentPyfunc) or wrapper.classifier is None:
-            raise RegistryError(f"{ref}: not a driftloop intent model", url=self.conn.tracking_uri)
-        return wrapper.classifier
+        """The classifier registered as ``ref``, once its signature and files check out
+        (:class:`~driftloop.adapters.registry.trust.ModelTrust`); a missing version raises
+        RegistryError, a refused one ModelRefused. The pyfunc's code is never run."""
+        with self.conn.failures(f"loading {ref}"), tempfile.TemporaryDirectory() as tmp:
+            try:
+                tags = dict(self.conn.client.get_model_version(ref.name, ref.version).tags)
+            except MlflowException as exc:
+                if is_not_found(exc):
+                    raise RegistryError(f"loading {ref}: no such model version", url=self.conn.tracking_uri) from None
+                raise
+            with self.conn.global_uri():
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{ref.name}/{ref.version}", dst_path=tmp
+                )
+            model_dir = model_files(Path(local), self.conn.tracking_uri)
+            return self.trust.load(model_dir, tags.get(SIGNATURE_TAG), str(ref), self.conn.tracking_uri)
 
     def version_tags(self, ref: ModelRef) -> dict[str, str]:
         """The tags of version ``ref``; empty when there is no such version."""

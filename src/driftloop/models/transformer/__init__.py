@@ -14,14 +14,14 @@ Two modes, chosen by ``model.params.mode``:
   lets a crashed run resume from its last saved step.
 
 Both modes give one :class:`TransformerIntentModel`: encoder → pooling → normalise → linear →
-temperature-scaled softmax. It pickles with its weights and tokenizer files inside, so the
-joblib file the registry logs loads offline on any machine with torch and transformers, with no
-reference to where the base model came from.
+temperature-scaled softmax. It is saved as safetensors weights, tokenizer files and a NumPy head
+(:mod:`driftloop.models.persist`, no pickle), so what the registry logs loads offline on any
+machine with torch and transformers, with no reference to where the base model came from.
 
 The modules, by responsibility:
 
 - :mod:`.family`: :class:`TransformerFamily`, the fit (base model, embeddings, probe, mode);
-- :mod:`.model`: :class:`TransformerIntentModel`, the pickled classifier;
+- :mod:`.model`: :class:`TransformerIntentModel`, the trained classifier;
 - :mod:`.base_model`: resolving, loading and the pooling of the pretrained base model;
 - :mod:`.data`: the training rows and their stratified validation split;
 - :mod:`.probe`: the linear probe (logistic regression on frozen embeddings);

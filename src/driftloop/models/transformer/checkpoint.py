@@ -71,8 +71,9 @@ class Checkpointer:
         path = self.folder / name
         if not path.is_file():
             return None
-        # Our own files; they hold the loop counters and history next to the tensors.
-        state: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors, numbers, strings and containers only; a checkpoint someone
+        # replaced with a pickle that runs code is refused (UnpicklingError), never executed.
+        state: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
         return state
 
     def _save(self, obj: dict[str, Any], name: str) -> None:

@@ -1,6 +1,7 @@
-"""The trained transformer classifier, as the registry pickles it and the serving app loads it.
+"""The trained transformer classifier, as the registry saves it (driftloop.models.persist) and the
+serving app loads it.
 
-torch-free at import: unpickling a model imports nothing heavy; torch, transformers and the
+torch-free at import: loading a model imports nothing heavy; torch, transformers and the
 encoder module are imported on the first prediction.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 from driftloop.core.types import Prediction
 from driftloop.models.base import softmax
 
-# What the pickled model needs at inference, pinned by the registry (see registry._requirements).
+# What the model needs at inference, pinned by the registry (adapters.registry.store.requirements).
 PIP_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "scikit-learn", "numpy")
 
 
@@ -92,7 +93,7 @@ class TransformerIntentModel:
         self._lock = threading.RLock()
 
     def _ready(self) -> tuple[Any, Any]:
-        """The encoder and tokenizer, rebuilt from the pickled files on first use (offline)."""
+        """The encoder and tokenizer, rebuilt from their saved files on first use (offline)."""
         with self._lock:
             if self._encoder is None:
                 from transformers import AutoModel, AutoTokenizer
@@ -101,7 +102,7 @@ class TransformerIntentModel:
                     for name, data in (self._files or {}).items():
                         (Path(tmp) / name).write_bytes(data)
                     self._tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-                    self._encoder = AutoModel.from_pretrained(tmp, local_files_only=True)
+                    self._encoder = AutoModel.from_pretrained(tmp, local_files_only=True, use_safetensors=True)
             if self._device is None:
                 from driftloop.models.transformer.encoder import pick_device
 
