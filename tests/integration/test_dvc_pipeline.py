@@ -75,7 +75,7 @@ def test_dvc_repro_from_fresh_clone(clone):
 def test_each_stage_depends_on_every_module_it_loads(clone):
     """Run each stage's command with Python's import log: every driftloop module it loads is a dep."""
     stages = yaml.safe_load((clone / "dvc.yaml").read_text())["stages"]
-    if not (clone / "models/model.joblib").exists():
+    if not (clone / "models/model/MANIFEST.json").exists():
         assert dvc(clone, "repro").returncode == 0
     env = os.environ | {
         "PYTHONPROFILEIMPORTTIME": "1",

@@ -215,8 +215,11 @@ def test_the_loop_runs_unchanged_on_the_stack(on_stack, tmp_path):
     )
     assert moves == [("promote", "1"), ("promote", "2")]
     assert not settings.history_path.exists() and not settings.trigger_state_path.exists()
-    # ... the model files in S3 (through the MLflow server's artifact proxy) ...
-    assert len([k for k in _s3_keys(stack, "mlflow/") if k.endswith("classifier.joblib")]) >= 2
+    # ... the model files in S3 (through the MLflow server's artifact proxy), signed, no pickle ...
+    model_keys = _s3_keys(stack, "mlflow/")
+    assert len([k for k in model_keys if k.endswith("artifacts/model/MANIFEST.json")]) >= 2
+    assert not [k for k in model_keys if k.endswith((".pkl", ".joblib"))]
+    assert parts.registry.version_tags(v2)["model.signature"].startswith("ed25519:")
     # ... and every training set in the DVC remote on S3: a fresh DVC repo pulls v2's back.
     md5 = parts.registry.version_tags(v2)["data.md5"]
     assert any(k.endswith(md5[2:]) for k in _s3_keys(stack, f"dvc/{tmp_path.name[-12:]}/"))
