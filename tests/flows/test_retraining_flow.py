@@ -64,3 +64,20 @@ def test_a_retrain_reads_only_the_labels_after_the_champions_cut_off(settings, m
     assert not read & {f"a-{i}" for i in range(90)}
     newest = predlog.read_feedback(parts.log_root)["time"].max()
     assert pd.Timestamp(parts.registry.version_tags(second.candidate)[LABELS_UNTIL_TAG]) == newest
+
+
+def test_a_malformed_cut_off_tag_reads_every_label():
+    from datetime import UTC, datetime
+
+    from prefect.logging import disable_run_logger
+
+    from driftloop.core.types import ModelRef
+    from driftloop.flows.retraining import labels_cut_off
+
+    champion = ModelRef("m", "3")
+    with disable_run_logger():
+        assert labels_cut_off({LABELS_UNTIL_TAG: "2026-12-01T10:00:00+00:00"}, champion) == datetime(
+            2026, 12, 1, 10, tzinfo=UTC
+        )
+        assert labels_cut_off({LABELS_UNTIL_TAG: "last tuesday"}, champion) is None
+        assert labels_cut_off({}, champion) is None

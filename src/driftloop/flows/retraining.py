@@ -133,7 +133,7 @@ def training_set(
         previous = splits.read("train")
     needed = settings.retrain.min_new_labels if min_new_labels is None else min_new_labels
     # The labels before the champion's cut-off are in the set just restored: read only the later ones.
-    cut_off = champion_tags.get(describe.LABELS_UNTIL_TAG) if md5 else None
+    cut_off = labels_cut_off(champion_tags, current) if md5 else None
     labelled, newest = data.wait_for_labels(
         parts.log_root,
         previous,
@@ -141,7 +141,7 @@ def training_set(
         label_set,
         needed,
         settings.retrain,
-        since=datetime.fromisoformat(cut_off) if cut_off else None,
+        since=cut_off,
         max_lag=timedelta(days=settings.logs.label_max_lag_days),
     )
     merged = curation.merge_training_set(previous, labelled.rows, eval_texts)
@@ -155,6 +155,22 @@ def training_set(
         merged,
         newest.isoformat() if newest is not None else "",
     )
+
+
+def labels_cut_off(champion_tags: dict[str, str], champion: ModelRef | None) -> datetime | None:
+    """The champion's ``data.labels_until``: the labels before it are in its training set. A tag
+    that is not an ISO time (edited by hand) is ignored with a warning: every label the log holds
+    is read instead, which costs more but loses none."""
+    raw = champion_tags.get(describe.LABELS_UNTIL_TAG)
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        get_run_logger().warning(
+            "%s: tag %s=%r is not an ISO time; reading every label", champion, describe.LABELS_UNTIL_TAG, raw
+        )
+        return None
 
 
 def refreshed_reference(

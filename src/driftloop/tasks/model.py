@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -104,11 +104,8 @@ def version_tags(registry: Registry, ref: ModelRef) -> dict[str, str]:
 @task(cache_policy=NO_CACHE, **SERVER_RETRIES)
 def version_created(registry: Registry, ref: ModelRef) -> datetime | None:
     """When version ``ref`` was registered (UTC; None when the registry does not say): nothing
-    logged before it can be its answer."""
-    for version in registry.versions():
-        if version["version"] == ref.version and version.get("created"):
-            return datetime.fromtimestamp(int(version["created"]) / 1000, UTC)
-    return None
+    logged before it can be its answer. One call for that version, whatever the registry holds."""
+    return registry.created_at(ref)
 
 
 @task(cache_policy=NO_CACHE, **SERVER_RETRIES)

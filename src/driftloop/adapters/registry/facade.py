@@ -4,6 +4,7 @@ tracking, store, aliases and listing modules (the error policy is the package's)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,10 @@ class Registry:
     def version_tags(self, ref: ModelRef) -> dict[str, str]:
         """The tags of version ``ref`` (empty when there is no such version)."""
         return self.store.version_tags(ref)
+
+    def created_at(self, ref: ModelRef) -> datetime | None:
+        """When version ``ref`` was registered (UTC; None when there is no such version)."""
+        return self.store.created_at(ref)
 
     def set_version_tag(self, ref: ModelRef, key: str, value: str) -> None:
         """Set tag ``key`` of version ``ref``."""

@@ -141,6 +141,8 @@ class RestModelSource:
             mlmodel = self._get_bytes(self._artifact(model_dir, "MLmodel"), base, action)
             files_dir = f"{model_dir}/{model_artifact_path(mlmodel, str(ref), self.tracking_uri)}"
             manifest = self._get_bytes(self._artifact(files_dir, MANIFEST), base, action)
+            # An unsigned or foreign manifest is refused before any file it lists is fetched.
+            self.trust.check_signature(manifest, signature, str(ref), self.tracking_uri)
             with tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp)
                 (local / MANIFEST).write_bytes(manifest)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,17 @@ class ModelStore:
                 if is_not_found(exc):
                     return {}
                 raise
+
+    def created_at(self, ref: ModelRef) -> datetime | None:
+        """When version ``ref`` was registered (UTC); None when there is no such version."""
+        with self.conn.failures(f"reading {ref}"):
+            try:
+                created = self.conn.client.get_model_version(ref.name, ref.version).creation_timestamp
+            except MlflowException as exc:
+                if is_not_found(exc):
+                    return None
+                raise
+        return datetime.fromtimestamp(int(created) / 1000, UTC) if created else None
 
     def set_version_tag(self, ref: ModelRef, key: str, value: str) -> None:
         """Set tag ``key`` of version ``ref``."""

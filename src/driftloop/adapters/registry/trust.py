@@ -43,7 +43,7 @@ class ModelTrust:
     whose signatures it accepts."""
 
     signing_key: str | None = None
-    trusted: tuple[str, ...] = ()
+    trusted: tuple[str, ...] = ()  # the configured public keys; trusted_keys() adds the derived ones
     key_dir: Path | None = None  # where a signing key is created on first use (embedded default)
 
     @classmethod
@@ -53,10 +53,6 @@ class ModelTrust:
         keys = [k.strip() for k in trusted if k.strip()]
         keys += [k.strip() for k in os.environ.get(TRUSTED_KEYS_ENV, "").split(",") if k.strip()]
         private = os.environ.get(SIGNING_KEY_ENV, "").strip() or None
-        if private is not None:
-            keys.append(signing.public_of(private))  # what this process signs, it may load
-        if key_dir is not None and (Path(key_dir) / PUBLIC_FILE).is_file():
-            keys.append((Path(key_dir) / PUBLIC_FILE).read_text(encoding="ascii").strip())
         return cls(private, tuple(dict.fromkeys(keys)), key_dir)
 
     def _private_key(self) -> str:
@@ -86,7 +82,9 @@ class ModelTrust:
         return signing.sign(manifest, self._private_key())
 
     def trusted_keys(self) -> tuple[str, ...]:
-        """The public keys accepted now (the embedded default's, once created, included)."""
+        """The public keys accepted now: the configured ones, the public half of the key this
+        process signs with, and the embedded default's (read here: it is created on the first
+        registration, possibly by another process)."""
         keys = list(self.trusted)
         if self.key_dir is not None and (Path(self.key_dir) / PUBLIC_FILE).is_file():
             keys.append((Path(self.key_dir) / PUBLIC_FILE).read_text(encoding="ascii").strip())
@@ -94,14 +92,25 @@ class ModelTrust:
             keys.append(signing.public_of(self.signing_key))
         return tuple(dict.fromkeys(keys))
 
+    def check_signature(self, manifest: bytes, signature: str | None, what: str, url: str | None = None) -> None:
+        """:class:`ModelRefused` unless ``signature`` is a trusted key's over ``manifest``: a
+        downloader checks it before fetching the files the manifest lists."""
+        try:
+            signing.verify(manifest, signature or "", self.trusted_keys())
+        except signing.SignatureError as exc:
+            raise ModelRefused(f"{what}: refused, not loaded: {exc}", url=url) from None
+
     def load(self, directory: Path, signature: str | None, what: str, url: str | None = None) -> TextClassifier:
         """The model saved in ``directory``, once its signature and files check out;
         :class:`ModelRefused` naming ``what`` (the version) and the reason otherwise."""
         try:
             manifest = persist.manifest_bytes(directory)
-            signing.verify(manifest, signature or "", self.trusted_keys())
+        except persist.ModelFileError as exc:
+            raise ModelRefused(f"{what}: refused, not loaded: {exc}", url=url) from None
+        self.check_signature(manifest, signature, what, url)
+        try:
             model: TextClassifier = persist.load(directory)
-        except (signing.SignatureError, persist.ModelFileError) as exc:
+        except persist.ModelFileError as exc:
             raise ModelRefused(f"{what}: refused, not loaded: {exc}", url=url) from None
         return model
 
