@@ -43,14 +43,15 @@ def test_switching_data_sets_back_and_forth_trains_each_on_its_own(state, tmp_pa
     assert outs[1].candidate.name == "hwu64-router" and outs[0].candidate.name == outs[2].candidate.name
 
 
-def test_a_missing_raw_file_fails_the_run_even_with_old_splits(state, tmp_path):
+def test_a_missing_raw_file_fails_the_run_even_with_old_splits(state, tmp_path, monkeypatch):
     """Splits prepared earlier are never a stand-in for a raw file that is gone."""
     training(reason="first", trigger="test")
     parts = wiring.build(load_settings())
     versions = len(parts.registry.versions())
     overlay = tmp_path / "gone.yaml"
     overlay.write_text(f"data:\n  train_path: {tmp_path / 'nonexistent.csv'}\n")
-    run = training(reason="stale", trigger="test", config=[str(overlay)], return_state=True)
+    monkeypatch.setenv("DRIFTLOOP_CONFIG", str(overlay))  # a file outside configs/: not a flow parameter
+    run = training(reason="stale", trigger="test", return_state=True)
     assert run.is_failed()
     with pytest.raises(DataError, match=r"nonexistent\.csv: file not found \(data\.train_path\)"):
         run.result()

@@ -51,10 +51,13 @@ def search(tmp_path):
 
 def test_sequential_and_dask_choose_the_same_candidate(small_data, search, monkeypatch):
     started = datetime.now(UTC)
-    sequential = training(reason="select in process", trigger="test", config=[small_data, search])
+    # Overlay files outside configs/ reach an in-process flow through DRIFTLOOP_CONFIG (a flow's
+    # `config` parameter takes names only).
+    monkeypatch.setenv("DRIFTLOOP_CONFIG", f"{small_data},{search}")
+    sequential = training(reason="select in process", trigger="test")
     monkeypatch.setenv("DRIFTLOOP__SELECTION__RUNNER", "dask")
     monkeypatch.setenv("DRIFTLOOP__SELECTION__DASK__N_WORKERS", "2")
-    on_dask = training(reason="select on dask", trigger="test", config=[small_data, search])
+    on_dask = training(reason="select on dask", trigger="test")
 
     seq, dask = sequential.selection, on_dask.selection
     assert seq is not None and dask is not None
@@ -94,8 +97,9 @@ def test_sequential_and_dask_choose_the_same_candidate(small_data, search, monke
         assert [r["chosen"] for r in rows].count("yes") == 1
 
 
-def test_no_grid_runs_no_selection(small_data):
-    out = training(reason="no search", trigger="test", config=[small_data])
+def test_no_grid_runs_no_selection(small_data, monkeypatch):
+    monkeypatch.setenv("DRIFTLOOP_CONFIG", small_data)
+    out = training(reason="no search", trigger="test")
     assert out.selection is None
     tags = wiring.build(load_settings([small_data])).registry.version_tags(out.candidate)
     assert not any(k.startswith("selection.") for k in tags)

@@ -101,7 +101,8 @@ def test_other_dataset_by_configuration_alone(state, tmp_path, banking_train, mo
         f"  new_labels: [{labels[0]}]\n"
         "registry:\n  model_name: other-router\n"
     )
-    out = training(reason="other data set", trigger="test", config=[str(overlay)])
+    monkeypatch.setenv("DRIFTLOOP_CONFIG", str(overlay))  # a file outside configs/: not a flow parameter
+    out = training(reason="other data set", trigger="test")
     assert out.decision.promote and out.candidate.name == "other-router"
     assert out.report.n > 0
 

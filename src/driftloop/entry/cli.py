@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 from driftloop.config.settings import Settings, config_files, load_settings
 from driftloop.core import errors
 from driftloop.core.errors import DriftloopError, InputError, RunFailed
+from driftloop.core.overlays import overlay_names, split_for_flow
 
 if TYPE_CHECKING:  # Prefect is imported inside the commands, after the environment is set
     from prefect.client.schemas.objects import FlowRun
@@ -376,7 +377,10 @@ def train(
     from driftloop.flows.training import training
 
     out = training(
-        training_set=str(training_set) if training_set else None, reason=reason, trigger="cli", config=config
+        training_set=str(training_set) if training_set else None,
+        reason=reason,
+        trigger="cli",
+        config=split_for_flow(config),
     )
     console.print(
         f"registered {out.candidate}: accuracy {out.report.accuracy:.4f}, "
@@ -396,7 +400,7 @@ def monitor(
     _orchestrator(settings)
     from driftloop.flows.monitoring import monitoring
 
-    out = monitoring(trigger_retrain=not no_trigger, config=config)
+    out = monitoring(trigger_retrain=not no_trigger, config=split_for_flow(config))
     if out.drift:
         console.print(out.drift.summary())
         for s in out.drift.signals:
@@ -439,15 +443,17 @@ def retrain(
         extra = parse_params(param or [], allowed)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
+    target = deployment or settings.retrain.via_deployment
+    # A deployment's run takes overlay names only; a path stays in this process (DRIFTLOOP_CONFIG).
+    flow_config = overlay_names(config) if target else split_for_flow(config)
     parameters = {
         "reason": reason,
         "requested_by": requested_by,
         "min_new_labels": min_new_labels,
-        **({"config": list(config)} if config else {}),
+        **({"config": flow_config} if flow_config else {}),
         **extra,
     }
     run_tags = [f"requested_by:{requested_by}", "trigger:manual"]
-    target = deployment or settings.retrain.via_deployment
     if target:
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound
@@ -613,7 +619,7 @@ def rollout_start(
         strategy=strategy,
         requested_by=f"manual:{who}",
         reason=reason,
-        config=config,
+        config=split_for_flow(config),
         on_regression=retrain_after_regression,
     )
     console.print(
@@ -956,7 +962,7 @@ def logs_compact(
     store_log = logging.getLogger(_LOGSTORE_LOGGER)
     store_log.addHandler(collect)
     try:
-        state = compaction(retention=retention, config=config, return_state=True)
+        state = compaction(retention=retention, config=split_for_flow(config), return_state=True)
         url = _flow_run_url(server, state.state_details.flow_run_id)
         outcome = state.result()
     finally:

@@ -41,6 +41,7 @@ from rich.table import Table
 from driftloop.adapters import predlog, wiring
 from driftloop.adapters.logstore import LogRoot
 from driftloop.config.settings import Settings
+from driftloop.core.overlays import split_for_flow
 from driftloop.data import dataset
 from driftloop.data.dataset import LABEL, TEXT
 from driftloop.ops import procs, simulator
@@ -243,7 +244,7 @@ def run_demo(settings: Settings, config: list[str], console: Console, server: Pr
     quiet_prefect_console()
     run = _prepare(settings, config, console, tl)
     v1 = _train_v1(run)
-    serving = ServingProcess(settings, config)
+    serving = ServingProcess(settings, run.config)
     try:
         with tl.timed("serving start"):
             serving.wait_ready()
@@ -312,7 +313,9 @@ def _prepare(settings: Settings, config: list[str], console: Console, tl: Timeli
         f"expected duration on 2 CPU cores: about {typical:.0f} min, at most {worst:.0f} min "
         f"({settings.model.family} trained twice{stages})"
     )
-    return DemoRun(settings, config, console, tl, parts, splits, plan)
+    # Flow runs take overlay names only: a path given to the demo reaches them (and the serving
+    # process it starts) through DRIFTLOOP_CONFIG (driftloop.core.overlays.split_for_flow).
+    return DemoRun(settings, split_for_flow(config) or [], console, tl, parts, splits, plan)
 
 
 def _train_v1(run: DemoRun) -> TrainingOutcome:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from prefect import flow
 
 from driftloop.adapters import logstore, wiring
-from driftloop.config.settings import load_settings
+from driftloop.core.overlays import flow_settings
 from driftloop.flows import source_version
 from driftloop.tasks import logs
 
@@ -33,7 +33,7 @@ def _run_name() -> str:
 def compaction(retention: bool = True, config: list[str] | None = None) -> CompactionOutcome:
     """Compact the logs' closed parts to Parquet, then (with ``retention``) delete rows older than
     ``logs.retention_days`` except those a registered model version's DVC sets hold."""
-    settings = load_settings(config)
+    settings = flow_settings(config)
     parts = wiring.build(settings)
     compacted = logs.compact(parts.log_root, settings.logs)
     retired: list[logstore.RetentionResult] = []

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.settings import get_current_settings
 
+from driftloop.core.overlays import overlay_names
 from driftloop.core.triggers import retrain_idempotency_key
 from driftloop.tasks import dispatch
 
@@ -29,7 +30,11 @@ def retrain_dispatch(
     Prefect's RunDeployment action gives every firing of a trigger a fresh idempotency key, so a
     duplicate event that fires the trigger again would start a second retrain. This flow creates
     the run itself with a key derived from the window's hash: the server keeps one flow run per
-    key, and a duplicate event only costs this short run. Returns the retrain run's id."""
+    key, and a duplicate event only costs this short run. Returns the retrain run's id.
+
+    ``config`` comes from the event's payload: only overlay names from ``configs/`` pass
+    (:func:`~driftloop.core.overlays.overlay_names`); a path fails this run before anything starts."""
+    names = overlay_names(config)
     logger = get_run_logger()
     key = retrain_idempotency_key(model_name, window_id)
     parameters: dict[str, Any] = {
@@ -38,8 +43,8 @@ def retrain_dispatch(
         "window_id": window_id,
         "report": report,
     }
-    if config:
-        parameters["config"] = list(config)
+    if names:
+        parameters["config"] = names
     tags = [f"requested_by:{requested_by}", f"window:{window_id}", f"model:{model_name}"]
     if champion_version:
         tags.append(f"champion:v{champion_version}")

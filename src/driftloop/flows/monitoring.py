@@ -14,8 +14,9 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from driftloop.adapters import tracing, wiring
-from driftloop.config.settings import Settings, load_settings
+from driftloop.config.settings import Settings
 from driftloop.core.analysis import ACTION_ROLLBACK, StageDecision
+from driftloop.core.overlays import flow_settings
 from driftloop.core.triggers import DRIFT_EVENT, DriftEvent
 from driftloop.core.types import DriftResult, HistoryEntry, ModelRef, RetrainDecision
 from driftloop.data import dataset
@@ -61,7 +62,7 @@ def span_attributes(out: MonitorOutcome) -> dict[str, Any]:
 @tracing.traced_flow("monitoring", run_id=lambda: str(flow_run.id or "local"), outcome=span_attributes)
 def monitoring(trigger_retrain: bool = True, config: list[str] | None = None) -> MonitorOutcome:
     """Check the newest window of production traffic and start a retrain run when it drifted."""
-    settings = load_settings(config)
+    settings = flow_settings(config)
     parts = wiring.build(settings)
     run_id = str(flow_run.id or "local")
     champion = model.champion_ref(parts.registry)

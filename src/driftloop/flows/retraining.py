@@ -16,7 +16,8 @@ from prefect.runtime import flow_run
 
 from driftloop.adapters import tracing, wiring
 from driftloop.adapters.history import TriggerLedger
-from driftloop.config.settings import Settings, load_settings
+from driftloop.config.settings import Settings
+from driftloop.core.overlays import flow_settings
 from driftloop.core.types import ModelRef
 from driftloop.data import curation, dataset
 from driftloop.data.dataset import LABEL, TEXT, PreparedData
@@ -62,7 +63,7 @@ def retraining(
     is there now. With ``rollout.enabled``, a candidate that passes the offline gate becomes the
     challenger and, when ``roll_out``, a rollout flow run carries it to users (a retrain opened
     by a rollback leaves it registered for the next rollout instead)."""
-    settings = load_settings(config)
+    settings = flow_settings(config)
     parts = wiring.build(settings)
     run_id = str(flow_run.id or "local")
     splits = data.prepare(settings.data, parts.prepared_dir)

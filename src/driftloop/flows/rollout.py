@@ -21,9 +21,10 @@ from prefect.runtime import flow_run
 
 from driftloop.adapters import tracing, wiring
 from driftloop.adapters.history import TriggerLedger
-from driftloop.config.settings import RolloutSettings, Settings, load_settings
+from driftloop.config.settings import RolloutSettings, Settings
 from driftloop.core import analysis
 from driftloop.core.errors import RunFailed
+from driftloop.core.overlays import flow_settings
 from driftloop.core.types import ModelRef
 from driftloop.flows import source_version
 from driftloop.rollout import stages as plan_
@@ -163,7 +164,7 @@ def begin(
 ) -> Rollout:
     """Resolve the settings (``strategy`` overrides the configured one), the challenger and the
     champion; a rollout without both is refused."""
-    settings = load_settings(config)
+    settings = flow_settings(config)
     cfg = settings.rollout
     if strategy is not None:
         cfg = type(cfg).model_validate({**cfg.model_dump(), "strategy": strategy})

@@ -14,7 +14,8 @@ from prefect.runtime import flow_run
 from driftloop.adapters import tracing, wiring
 from driftloop.adapters.provenance import git_commit
 from driftloop.adapters.registry import CHALLENGER, CHAMPION
-from driftloop.config.settings import ModelSettings, Settings, load_settings
+from driftloop.config.settings import ModelSettings, Settings
+from driftloop.core.overlays import flow_settings
 from driftloop.core.policy import decide_promotion
 from driftloop.core.types import DataVersion, EvalReport, ModelRef, PromotionDecision
 from driftloop.data import dataset
@@ -101,7 +102,7 @@ def training(
     inherits the champion's. ``labels_until`` (ISO time): the newest production label the
     training set was built from, kept as the version's ``data.labels_until`` (the next retrain
     reads only the labels posted after it)."""
-    settings = load_settings(config)
+    settings = flow_settings(config)
     parts = wiring.build(settings)
     run_id = str(flow_run.id or "local")
 
