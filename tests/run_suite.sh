@@ -6,7 +6,7 @@
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-SERVERS=(tests/integration/test_stack.py tests/integration/test_stack_auth.py tests/integration/test_prefect_deployments.py
+SERVERS=(tests/integration/test_stack_auth.py tests/integration/test_stack.py tests/integration/test_prefect_deployments.py
          tests/integration/test_cli_errors.py tests/integration/test_dvc_pipeline.py
          tests/integration/test_history_postgres.py tests/integration/test_logs_s3.py)
 log=$(mktemp -t driftloop-server-tests.XXXXXX)

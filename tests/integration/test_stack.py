@@ -1,7 +1,8 @@
 """The loop on the real stack: PostgreSQL, SeaweedFS (S3), an MLflow server on PostgreSQL with
 artifacts in S3, a Prefect server on PostgreSQL with a process worker, Prometheus — all started
-here by `driftloop.ops.stack` on 127.0.0.1 (ports beside the defaults, so a developer's own stack can
-keep running) and torn down at the end. Then each server is stopped in the middle of a flow."""
+by `driftloop.ops.stack` on 127.0.0.1 (ports beside the defaults, so a developer's own stack can
+keep running; shared with test_stack_auth.py, tests/integration/conftest.py) and stopped at the
+end. Then each server is stopped in the middle of a flow."""
 
 from __future__ import annotations
 
@@ -9,45 +10,28 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from driftloop.config.settings import StackSettings
 from driftloop.ops import stack as stack_mod
 from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
 
-# SeaweedFS's ports move with s3_port: 7133 keeps all of them (up to the admin gRPC port,
-# 32446) below the ephemeral range that the suite's free-port tests draw from.
-PORTS = {"postgres_port": 15433, "s3_port": 7133, "mlflow_port": 15000, "prefect_port": 14300, "prometheus_port": 19090}
-
 
 @pytest.fixture(scope="module")
-def stack():
-    # PostgreSQL runs as the 'postgres' user when the suite runs as root: its folder must be
-    # reachable by that user (pytest's tmp folders are private).
-    root = Path(tempfile.mkdtemp(prefix="driftloop-stack-"))
-    root.chmod(0o755)
-    # deploying is test_prefect_deployments' part
-    cfg = StackSettings(dir=root, work_pool="driftloop-test", deploy=False, **PORTS)
-    st = stack_mod.Stack(cfg, ROOT, serving_port=18000)
-    saved = {k: os.environ.pop(k, None) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+def stack(real_stack):
+    """The session's stack (tests/integration/conftest.py), every server up; stopped at the end of
+    this module, whose last test leaves MLflow down."""
+    real_stack.statuses = stack_mod.up(real_stack)
     try:
-        st.statuses = stack_mod.up(st)
-        yield st
+        yield real_stack
     finally:
-        stack_mod.down(st)
-        for key, value in saved.items():
-            if value is not None:
-                os.environ[key] = value
-        shutil.rmtree(root, ignore_errors=True)
+        stack_mod.down(real_stack)
 
 
 @pytest.fixture

@@ -1,47 +1,30 @@
 """Every server of the stack asks who you are (issue 14, "trust boundaries"): a call without
 credentials is refused by MLflow, SeaweedFS (its S3 port, its filer's and volume server's HTTP
 ports), Prefect and PostgreSQL; a call with the right identity's goes through; a read-only
-identity cannot write. The stack is started here by `driftloop.ops.stack` on ports beside the
-defaults and beside test_stack.py's, once for the module; no worker or Prometheus (nothing here
-runs a flow)."""
+identity cannot write. The stack is the one test_stack.py uses, started by `driftloop.ops.stack`
+once for the session (tests/integration/conftest.py); this module runs first."""
 
 from __future__ import annotations
 
 import base64
 import os
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 
 import httpx
 import psycopg2
 import pytest
 
-from driftloop.config.settings import StackSettings
 from driftloop.ops import stack as stack_mod
-from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
 
-# SeaweedFS's ports move with s3_port: 7033 keeps all of them clear of test_stack.py's (7133)
-# and below the ephemeral range.
-PORTS = {"postgres_port": 15533, "s3_port": 7033, "mlflow_port": 15100, "prefect_port": 14400, "prometheus_port": 19190}
-SERVICES = ["postgres", "s3", "mlflow", "prefect"]
-
 
 @pytest.fixture(scope="module")
-def stack():
-    root = Path(tempfile.mkdtemp(prefix="driftloop-auth-"))
-    root.chmod(0o755)  # PostgreSQL runs as the 'postgres' user when the suite runs as root
-    cfg = StackSettings(dir=root, services=SERVICES, deploy=False, **PORTS)
-    st = stack_mod.Stack(cfg, ROOT)
-    try:
-        stack_mod.up(st)
-        yield st
-    finally:
-        stack_mod.down(st)
-        shutil.rmtree(root, ignore_errors=True)
+def stack(real_stack):
+    """The session's stack (tests/integration/conftest.py, shared with test_stack.py), every
+    server up."""
+    stack_mod.up(real_stack)
+    return real_stack
 
 
 def _weed_port(stack, name: str) -> int:
