@@ -39,8 +39,9 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _YAML_IMAGE = re.compile(r"^(?P<pre>\s*(?:-\s+)?image:\s*)(?P<q>[\"']?)(?P<ref>[^\s\"'#{}]+)(?P=q)")
 _FROM = re.compile(r"^(?P<pre>FROM\s+(?:--platform=\S+\s+)?)(?P<ref>\S+)(?P<rest>.*)$", re.I)
 _SYNTAX = re.compile(r"^(?P<pre>#\s*syntax\s*=\s*)(?P<ref>\S+)")
-# The flow-run image in the work pool's job template (JSON inside a ConfigMap): `"default": "…"`.
-_JSON_DEFAULT = re.compile(r"^\s*\"default\":\s*\"(?P<ref>(?:[^\"/\s]+/)*driftloop-[a-z-]+[:@][^\"\s]+)\"")
+# The flow-run image in the work pool's job template (JSON inside a ConfigMap): `"image": "…"`
+# (fixed in the Job's manifest) or a variable's `"default": "…"`.
+_JSON_DEFAULT = re.compile(r"^\s*\"(?:default|image)\":\s*\"(?P<ref>(?:[^\"/\s]+/)*driftloop-[a-z-]+[:@][^\"\s]+)\"")
 _STAGE = re.compile(r"^FROM\s+.*\s+AS\s+(\S+)\s*$", re.I)
 
 

@@ -361,11 +361,126 @@ def test_worker_uses_a_kubernetes_work_pool_with_rbac_for_jobs():
     declared = set(template["variables"]["properties"])
     placeholders = set(re.findall(r"\{\{\s*([a-z_]+)\s*\}\}", json.dumps(template["job_configuration"])))
     assert placeholders <= declared, placeholders - declared
-    assert template["variables"]["properties"]["image"]["default"].startswith("driftloop-worker:")
     job = template["job_configuration"]["job_manifest"]
     assert job["kind"] == "Job"
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert all("valueFrom" in e for e in container["env"]), "literal env values in the job template"
+
+
+# What a deployment or a flow run must not choose: Prefect fills a placeholder from the run's job
+# variables, so each of these is written into the template and is no variable at all.
+FIXED_JOB_VARIABLES = ("image", "command", "service_account_name", "env", "labels", "namespace", "cluster_config")
+
+
+def _work_pool_template() -> dict:
+    resources = {(r["kind"], r["metadata"]["name"]): r for _, r in all_k8s_resources()}
+    return json.loads(resources[("ConfigMap", "driftloop-work-pool")]["data"]["base-job-template.json"])
+
+
+def test_a_run_cannot_choose_the_image_command_or_service_account():
+    template = _work_pool_template()
+    config = template["job_configuration"]
+    placeholders = set(re.findall(r"\{\{\s*([a-z_]+)\s*\}\}", json.dumps(config)))
+    declared = set(template["variables"]["properties"])
+    for name in FIXED_JOB_VARIABLES:
+        assert name not in declared, f"job variable {name!r} is declared: a run could set it"
+        assert name not in placeholders, f"{{{{ {name} }}}} in the job template"
+    assert "definitions" not in template["variables"]  # only cluster_config used them
+    pod = config["job_manifest"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert without_digest(container["image"]).startswith("driftloop-worker:")
+    assert container["args"] == ["prefect", "flow-run", "execute"] and "command" not in container
+    assert config["command"] == "prefect flow-run execute"
+    assert pod["spec"]["serviceAccountName"] == "driftloop-flow-run"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert config["namespace"] == config["job_manifest"]["metadata"]["namespace"] == "driftloop"
+    assert config["env"] == {}
+    # The pod's labels (NetworkPolicies select by them) are fixed too: Prefect merges
+    # job_configuration.labels over the pod template's.
+    flow_run = {"app.kubernetes.io/name": "driftloop-flow-run", "app.kubernetes.io/part-of": "driftloop"}
+    assert pod["metadata"]["labels"] == config["labels"] == flow_run
+    resources = {(r["kind"], r["metadata"]["name"]) for _, r in all_k8s_resources()}
+    assert ("ServiceAccount", "driftloop-flow-run") in resources
+
+
+def _pods() -> dict[str, dict[str, str]]:
+    """Every pod the manifests create, by name: its labels (the flow-run Job's from the template)."""
+    pods = {
+        r["metadata"]["name"]: r["spec"]["template"]["metadata"]["labels"]
+        for _, r in all_k8s_resources()
+        if r["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+    }
+    pods["flow-run job"] = _work_pool_template()["job_configuration"]["job_manifest"]["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    return pods
+
+
+def _policies() -> list[dict]:
+    return [r for _, r in all_k8s_resources() if r["kind"] == "NetworkPolicy"]
+
+
+def _selects(policy: dict, labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    assert set(selector) <= {"matchLabels"}, f"{policy['metadata']['name']}: only matchLabels is checked here"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_network_policies_deny_by_default():
+    policies = _policies()
+    deny = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {}
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
+    assert deny, "no default-deny NetworkPolicy (every pod, ingress and egress, no rule)"
+    # What applies to every pod beyond that: DNS egress only.
+    for p in policies:
+        if p["spec"]["podSelector"] == {} and p not in deny:
+            assert not p["spec"].get("ingress"), p["metadata"]["name"]
+            ports = {port["port"] for rule in p["spec"]["egress"] for port in rule["ports"]}
+            assert ports == {53}, p["metadata"]["name"]
+
+
+def test_every_pod_has_a_network_policy_of_its_own():
+    policies = [p for p in _policies() if p["spec"]["podSelector"]]
+    for name, labels in _pods().items():
+        mine = [p for p in policies if _selects(p, labels)]
+        assert mine, f"no NetworkPolicy selects {name} ({labels})"
+        assert all(set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} for p in mine)
+
+
+def _egress_ports(labels: dict[str, str]) -> dict[str, set[int]]:
+    """Egress of the pod with these labels: destination (a pod's name label, or 'ip') → ports."""
+    out: dict[str, set[int]] = {}
+    for p in _policies():
+        if not p["spec"]["podSelector"] or not _selects(p, labels):
+            continue
+        for rule in p["spec"].get("egress", []):
+            for peer in rule["to"]:
+                where = peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name", "ip")
+                out.setdefault(where, set()).update(port["port"] for port in rule["ports"])
+    return out
+
+
+def test_each_pod_reaches_only_what_it_needs():
+    pods = _pods()
+    serving = _egress_ports(pods["driftloop-serving"])
+    assert set(serving) == {"mlflow", "opentelemetry-collector", "ip"}  # no Prefect, no PostgreSQL
+    flow_run = _egress_ports(pods["flow-run job"])
+    assert {"mlflow", "prefect-server", "postgresql"} <= set(flow_run)
+    worker = _egress_ports(pods["driftloop-worker"])
+    assert set(worker) == {"prefect-server", "ip"} and worker["ip"] == {443, 6443}
+    prometheus = _egress_ports(pods["prometheus"])
+    assert prometheus["driftloop-serving"] == {8000}
+    # Nothing may come into a flow run or the worker.
+    for name in ("flow-run job", "driftloop-worker"):
+        assert not any(
+            p["spec"].get("ingress") for p in _policies() if p["spec"]["podSelector"] and _selects(p, pods[name])
+        ), name
 
 
 def test_prometheus_discovers_pods_through_the_kubernetes_api():
