@@ -61,6 +61,7 @@ from driftloop.adapters.logstore import (
     Manifest,
     RetentionResult,
 )
+from driftloop.adapters.private import private_dir
 from driftloop.core.errors import DriftloopError, RunFailed
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class RemoteLog:
             names = sorted(n for n in listed if _is_part(n))
             if self._manifest(base)[1] != etag:
                 continue  # a compaction committed meanwhile: what was listed may be gone
-            partition.mkdir(parents=True, exist_ok=True)
+            private_dir(partition)
             if not self._copy(base, partition, manifest, names):
                 continue  # an object went between the listing and the copy: a compaction's
             if logstore.Manifest.read(partition) != manifest:
@@ -338,7 +339,7 @@ class RemoteLog:
         fresh, _ = self._listing(base, manifest)
         if not fresh:
             return CompactionResult(kind, partition.name, 0, manifest.rows, 0, manifest.file)
-        partition.mkdir(parents=True, exist_ok=True)
+        private_dir(partition)
         if not self._copy(base, partition, manifest, fresh):
             raise RunFailed(f"{self.store.url}: an object under {base} went while it was compacted (another run?)")
         frames = [logstore.read_parquet(partition / manifest.file, kind)] if manifest.file else []
@@ -405,7 +406,7 @@ class RemoteLog:
                 if manifest.file is None:
                     self._remove_partition(base, partition)
                     continue
-                partition.mkdir(parents=True, exist_ok=True)
+                private_dir(partition)
                 if not self._copy(base, partition, manifest, []):
                     raise RunFailed(f"{self.store.url}: {base}{manifest.file} is named by the manifest and missing")
                 frame = logstore.read_parquet(partition / manifest.file, kind)

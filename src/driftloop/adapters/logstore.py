@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from driftloop.adapters.private import open_private, private_dir, write_private
 from driftloop.core.types import SLOT_CHAMPION, SLOT_SHADOW
 from driftloop.data.dataset import TEXT, normalise
 
@@ -231,13 +232,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}{path.suffix}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_private(path, data)  # temp file (0600), fsync, rename, fsync the folder
 
 
 def _jsonl_parts(partition: Path, manifest: Manifest) -> list[Path]:
@@ -912,8 +907,8 @@ class CompactionResult:
 @contextlib.contextmanager
 def _exclusive(directory: Path) -> Iterator[bool]:
     """One compaction or retention at a time per log (a lock file; False when another holds it)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".compaction.lock", "w") as lock:
+    private_dir(directory)
+    with os.fdopen(open_private(directory / ".compaction.lock", os.O_WRONLY | os.O_CREAT), "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -962,7 +957,7 @@ def write_parquet(frame: pd.DataFrame, kind: str, path: Path) -> None:
     """``frame`` as one compacted Parquet file (sorted by time, zstd, row groups of 64k rows), fsynced."""
     frame = frame.sort_values(["time", PART, OFFSET], kind="stable")
     table = _to_arrow(frame, kind)
-    with open(path, "wb") as f:
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
         pq.write_table(table, f, row_group_size=_ROW_GROUP, compression="zstd")
         f.flush()
         os.fsync(f.fileno())

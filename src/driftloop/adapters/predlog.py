@@ -42,6 +42,7 @@ from driftloop.adapters.logstore import (
     read_since,
     read_window,
 )
+from driftloop.adapters.private import open_private, private_dir
 from driftloop.core.types import SLOT_CHAMPION, Prediction
 
 __all__ = [
@@ -69,7 +70,7 @@ log = logging.getLogger(__name__)
 # for longer (logs.closed_after_s, at least twice this) as closed for good.
 IDLE_ROTATE_S = 300.0
 _DAY_S = 86400
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 # json.dumps of a str is a direct call into the C escaper; ensure_ascii keeps lone surrogates
 # (valid in JSON text, unencodable as UTF-8) from ever failing a write.
 _q = json.dumps
@@ -146,7 +147,7 @@ class _PartitionedAppender:
         day = datetime.fromtimestamp(day_start, UTC).date()
         partition = self.directory / f"date={day.isoformat()}"
         new_dirs = [d for d in (self.directory.parent, self.directory, partition) if not d.exists()]
-        partition.mkdir(parents=True, exist_ok=True)
+        private_dir(partition)  # 0700 folders, 0600 parts: the lines hold user text
         # A new file each time, named by this process and the (real) time it is opened: a part
         # that compaction took is never appended to again.
         opened = time.time_ns() // 1000
@@ -154,7 +155,7 @@ class _PartitionedAppender:
             stamp = f"{datetime.fromtimestamp(opened // 10**6, UTC):%Y%m%dT%H%M%S}{opened % 10**6:06d}Z"
             path = partition / f"part-{os.getpid()}-{stamp}.jsonl"
             try:
-                fd = os.open(path, _OPEN_FLAGS | os.O_EXCL, 0o644)
+                fd = open_private(path, _OPEN_FLAGS | os.O_EXCL)
                 break
             except FileExistsError:
                 opened += 1
@@ -244,10 +245,21 @@ class _AppendOnlyLog:
 
     _kind = ""
 
-    def __init__(self, root: LogRoot, fsync_interval_s: float = 1.0, *, clock: Callable[[], int] = time.time_ns):
+    def __init__(
+        self,
+        root: LogRoot,
+        fsync_interval_s: float = 1.0,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        redact: Callable[[str], str] | None = None,
+    ):
         """``root``: the log folder, or a :class:`~driftloop.adapters.logremote.RemoteLog` (the lines
         go to its local spool folder, and a shipper thread uploads the parts). ``clock`` gives
-        epoch nanoseconds; another clock is for tests and replays."""
+        epoch nanoseconds; another clock is for tests and replays. ``redact`` (a
+        :class:`driftloop.core.redaction.Redactor`, ``privacy.redact``) is applied to every user
+        text, label and error message before the line is formatted: what it replaces never
+        reaches a file."""
+        self._redact = redact
         self._shipper: Shipper | None = None
         if isinstance(root, RemoteLog):
             self.root = root.spool
@@ -322,6 +334,8 @@ class PredictionLog(_AppendOnlyLog):
         challenger's mirrored answer to a request the champion answered, same request id)."""
         if not (len(request_ids) == len(texts) == len(predictions) == len(tokens)):
             raise ValueError("request_ids, texts, predictions and tokens must have one entry per text")
+        if self._redact is not None:
+            texts = [self._redact(t) for t in texts]
         now, stamp = self._clock.now()
         # Formatted by hand: a dict through json.dumps costs several times more per line.
         tail = f',"model_version":{_q(model_version)},"latency_ms":{float(latency_ms):.3f},"slot":{_q(slot)},"tokens":'
@@ -345,6 +359,9 @@ class PredictionLog(_AppendOnlyLog):
         out unless asked (the rollout analysis counts them against the model that failed)."""
         if len(request_ids) != len(texts):
             raise ValueError("request_ids and texts must have one entry per text")
+        if self._redact is not None:
+            texts = [self._redact(t) for t in texts]
+            error = self._redact(error)  # an exception's message may quote the text
         now, stamp = self._clock.now()
         tail = (
             f',"intent":null,"confidence":null,"model_version":{_q(model_version)},'
@@ -368,6 +385,8 @@ class FeedbackLog(_AppendOnlyLog):
     _kind = FEEDBACK
 
     def write(self, request_id: str, label: str) -> None:
+        if self._redact is not None:
+            label = self._redact(label)  # a label is free text (a new intent's name)
         now, stamp = self._clock.now()
         line = f'{{"request_id":{_q(request_id)},"time":"{stamp}","label":{_q(label)}}}\n'
         self._out.append(line.encode("ascii"), now)

@@ -7,14 +7,13 @@ stack's set-up, and the object store the prediction and feedback logs live in on
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from driftloop.adapters.private import write_private
 from driftloop.core.errors import DriftloopError, RunFailed, ServerUnreachable
 
 
@@ -187,9 +186,7 @@ class ObjectStore:
         got = self.get(key)
         if got is None:
             return False
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}{path.suffix}")
-        tmp.write_bytes(got[0])
-        os.replace(tmp, path)
+        write_private(path, got[0], durable=False)  # 0600: a log's copy holds user text
         return True
 
     def exists(self, key: str) -> bool:

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING
 from driftloop.adapters.history import ChampionHistory, FileChampionHistory, FileTriggerLedger, TriggerLedger
 from driftloop.adapters.logremote import RemoteLog
 from driftloop.adapters.logstore import LogRoot
+from driftloop.adapters.private import private_dir
 from driftloop.adapters.registry.rest import RestModelSource, is_http
 from driftloop.adapters.registry.trust import ModelTrust
 from driftloop.adapters.s3 import ObjectStore
 from driftloop.adapters.versioning import DatasetStore
-from driftloop.config.settings import DataSettings, Settings
+from driftloop.config.settings import DataSettings, PrivacySettings, Settings
 from driftloop.core.errors import InputError
+from driftloop.core.redaction import Redactor
 from driftloop.data.dataset import PreparedData, ensure_prepared
 
 if TYPE_CHECKING:  # imported where it is built: importing it imports MLflow
@@ -78,6 +80,12 @@ def log_root(settings: Settings) -> LogRoot:
     )
 
 
+def redactor(cfg: PrivacySettings) -> Redactor | None:
+    """What the log writers apply to user text before a line is written (None: ``privacy.redact``
+    is off)."""
+    return Redactor(cfg.kinds, cfg.patterns) if cfg.redact else None
+
+
 def registry(settings: Settings) -> Registry:
     """The MLflow registry of ``settings`` (imports MLflow)."""
     from driftloop.adapters.registry import Registry
@@ -109,6 +117,9 @@ def build(settings: Settings) -> Components:
     """The components for ``settings``."""
     state = settings.state_dir
     history, ledger = history_stores(settings)
+    # Folders that hold user text are created 0700 (docs/security.md, "User text").
+    for folder in (settings.log_dir, settings.datasets_dir, settings.reports_dir, state / "retrain"):
+        private_dir(folder)
     return Components(
         registry=registry(settings),
         history=history,

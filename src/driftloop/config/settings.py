@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -219,6 +220,41 @@ class LogSettings(_Section):
             if not url.startswith("s3://") or not bucket:
                 raise ValueError(f"logs.s3_url: backend s3 needs s3://bucket/prefix, got {self.s3_url!r}")
         return self
+
+
+_REDACTION_KINDS = ("card", "iban", "email", "phone")
+
+
+class PrivacySettings(_Section):
+    """User text: redacted before anything is written, kept no longer than the logs
+    (docs/security.md, "User text")."""
+
+    # Replace what the rules find in texts, labels and error messages before the prediction
+    # and feedback logs are written (driftloop.core.redaction): [CARD], [IBAN], [EMAIL], ...
+    redact: bool = True
+    kinds: tuple[str, ...] = _REDACTION_KINDS
+    # More rules: a name and a regular expression; a match becomes [NAME].
+    patterns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(_REDACTION_KINDS))
+        if unknown:
+            raise ValueError(f"privacy.kinds: unknown {unknown} (known: {', '.join(_REDACTION_KINDS)})")
+        return value
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"privacy.patterns: name {name!r} must be a word (it becomes [{name.upper()}])")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"privacy.patterns.{name}: {exc}") from None
+        return value
 
 
 class StageSpec(_Section):
@@ -537,6 +573,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = MonitorSettings()
     retrain: RetrainPolicy = RetrainPolicy()
     logs: LogSettings = LogSettings()
+    privacy: PrivacySettings = PrivacySettings()
     rollout: RolloutSettings = RolloutSettings()
     serving: ServingSettings = ServingSettings()
     tracing: TracingSettings = TracingSettings()
@@ -596,6 +633,11 @@ class Settings(BaseSettings):
     def log_cache_dir(self) -> Path:
         """The s3 backend's local copy of the partitions a reader touched."""
         return self.state_dir / "log-cache"
+
+    @property
+    def privacy_dir(self) -> Path:
+        """The privacy ledger and its key (``driftloop privacy``)."""
+        return self.state_dir / "privacy"
 
     @property
     def datasets_dir(self) -> Path:

@@ -517,6 +517,7 @@ def serve(
             wiring.log_root(settings),  # the local folder, or the bucket with this host's spool
             low_confidence=settings.monitor.low_confidence,
             trace_cfg=settings.tracing,
+            redact=wiring.redactor(settings.privacy),  # before a log line is written (privacy.redact)
         )
     except MissingApiToken as exc:  # refuse to start, saying what to set
         raise InputError(f"not starting: {exc}") from exc
@@ -1176,6 +1177,11 @@ def keys_show(config: list[str] | None = ConfigOpt) -> None:
         console.print("trusts: nothing (no version will load)")
     for key in trusted:
         console.print(f"trusts: {signing.key_id(key)}  {key}")
+
+
+from driftloop.entry.privacy_cli import privacy_app  # noqa: E402  (it imports this module lazily)
+
+app.add_typer(privacy_app, name="privacy")
 
 
 def main() -> None:  # pragma: no cover

@@ -109,6 +109,7 @@ def create_app(
     api_token: str | None = None,
     metrics_dir: Path | None = None,
     freeze_gc: bool = False,
+    redact: Callable[[str], str] | None = None,
 ) -> ServingApp:
     """The serving app. Nothing happens until it starts: the logs are opened, the champion (and
     a rollout's challenger) loaded and the poller started in its lifespan (a missing or failing
@@ -126,7 +127,8 @@ def create_app(
     loaded, move everything allocated so far out of the garbage collector's sight
     (``gc.freeze``): a full collection otherwise walks the whole imported world (MLflow, pandas,
     scikit-learn: hundreds of thousands of objects, 100 to 300 ms) while requests wait. A server
-    process's choice (:func:`run_server`), not a test's."""
+    process's choice (:func:`run_server`), not a test's. ``redact``: applied to every text, label
+    and error message before its log line is written (``privacy.redact``; None: written as sent)."""
     token = TokenCheck(api_token if api_token is not None else read_api_token(cfg))
     if not token.required:
         log.warning(
@@ -135,7 +137,7 @@ def create_app(
     metrics = ServingMetrics(metrics_dir)
     snapshots = SnapshotWriter(metrics.registry, metrics_dir) if metrics_dir is not None else None
     poller = RoutingPoller(source, metrics, cfg.reload_interval_s, low_confidence, cfg.micro_batch_texts)
-    service = PredictionService(cfg, poller, metrics, log_root)
+    service = PredictionService(cfg, poller, metrics, log_root, redact)
     handlers = HttpHandlers(cfg, poller, service, metrics, token)
 
     @asynccontextmanager
@@ -261,6 +263,7 @@ def run_server(
     *,
     low_confidence: float = 0.5,
     trace_cfg: TracingSettings | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> None:
     """Serve until interrupted on ``cfg.host:cfg.port`` (the CLI's entry): one process, or with
     ``cfg.workers`` > 1 a supervisor and that many worker processes on the same socket
@@ -278,6 +281,7 @@ def run_server(
         "low_confidence": low_confidence,
         "api_token": token,
         "freeze_gc": True,
+        "redact": redact,
     }
     if cfg.workers == 1:
         app = create_app(cfg, make_source(), log_root, **options)

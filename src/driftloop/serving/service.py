@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -145,8 +146,16 @@ class PredictionService:
     predictions_log: PredictionLog
     feedback_log: FeedbackLog
 
-    def __init__(self, cfg: ServingSettings, poller: RoutingPoller, metrics: ServingMetrics, log_root: LogRoot):
+    def __init__(
+        self,
+        cfg: ServingSettings,
+        poller: RoutingPoller,
+        metrics: ServingMetrics,
+        log_root: LogRoot,
+        redact: Callable[[str], str] | None = None,
+    ):
         self.cfg = cfg
+        self.redact = redact  # applied by the log writers to every text before it is written
         self.poller = poller
         self.metrics = metrics
         self.log_root = log_root
@@ -165,8 +174,8 @@ class PredictionService:
 
     def open(self) -> None:
         """Open the logs and start the shadow thread."""
-        self.predictions_log = PredictionLog(self.log_root, self.cfg.fsync_interval_s)
-        self.feedback_log = FeedbackLog(self.log_root, self.cfg.fsync_interval_s)
+        self.predictions_log = PredictionLog(self.log_root, self.cfg.fsync_interval_s, redact=self.redact)
+        self.feedback_log = FeedbackLog(self.log_root, self.cfg.fsync_interval_s, redact=self.redact)
         self.shadow.start(self.predictions_log)
 
     def close(self) -> None:
