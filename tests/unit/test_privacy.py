@@ -156,14 +156,25 @@ def test_forget_by_request_id_leaves_no_trace_in_logs_or_data_versions(tmp_path)
     target = privacy.Target.of(["ada-1"])
 
     dry = privacy.forget(
-        target, log_root=logs, datasets=store, registry=registry, folders=[state / "reports"],
-        scratch=state / "privacy" / "scratch", ledger=ledger, dry_run=True,
+        target,
+        log_root=logs,
+        datasets=store,
+        registry=registry,
+        folders=[state / "reports"],
+        scratch=state / "privacy" / "scratch",
+        ledger=ledger,
+        dry_run=True,
     )
     assert dry.removed >= 5 and files_holding(state, SECRET) and not ledger.path.exists()
 
     out = privacy.forget(
-        privacy.Target.of(["ada-1"]), log_root=logs, datasets=store, registry=registry,
-        folders=[state / "reports"], scratch=state / "privacy" / "scratch", ledger=ledger,
+        privacy.Target.of(["ada-1"]),
+        log_root=logs,
+        datasets=store,
+        registry=registry,
+        folders=[state / "reports"],
+        scratch=state / "privacy" / "scratch",
+        ledger=ledger,
     )
 
     # Both of Ada's predictions (the second under another id, the same text), her label, the
@@ -195,8 +206,13 @@ def test_forget_by_text_match_finds_texts_no_log_holds(tmp_path):
     registry = Versions([{"version": "1", "aliases": [], "created": 0, "tags": {"data.md5": data.md5}}])
 
     privacy.forget(
-        privacy.Target.of(text_match=r"(?i)ada\s+lovelace"), log_root=logs, datasets=store, registry=registry,
-        folders=[], scratch=tmp_path / "privacy" / "scratch", ledger=privacy.Ledger(tmp_path / "privacy"),
+        privacy.Target.of(text_match=r"(?i)ada\s+lovelace"),
+        log_root=logs,
+        datasets=store,
+        registry=registry,
+        folders=[],
+        scratch=tmp_path / "privacy" / "scratch",
+        ledger=privacy.Ledger(tmp_path / "privacy"),
     )
 
     assert files_holding(tmp_path, "Ada Lovelace") == [] and files_holding(tmp_path, "ADA LOVELACE") == []
