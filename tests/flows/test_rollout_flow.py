@@ -4,6 +4,7 @@ undoes a promotion that regresses. Registry on SQLite, Prefect under the test ha
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -17,6 +18,7 @@ import yaml
 
 from driftloop.adapters import predlog, wiring
 from driftloop.config.settings import ServingSettings, load_settings
+from driftloop.core.actors import os_user
 from driftloop.flows.retraining import retrain_after_regression
 from driftloop.flows.rollout import PROMOTED, REGRESSED, ROLLED_BACK, rollout
 from driftloop.models.families import TfidfFamily
@@ -89,7 +91,19 @@ def overlay(tmp_path, **rollout) -> list[str]:
     }
     path = tmp_path / "rollout-test.yaml"
     path.write_text(yaml.safe_dump(body))
-    return [str(path)]
+    # A file outside configs/ is no flow parameter (driftloop.core.overlays): it reaches the flows
+    # and the CLI of this process through DRIFTLOOP_CONFIG, as the CLI hands a path on.
+    _env.setenv("DRIFTLOOP_CONFIG", str(path))
+    return []
+
+
+_env = pytest.MonkeyPatch()
+
+
+@pytest.fixture(autouse=True)
+def _undo_env():
+    yield
+    _env.undo()
 
 
 @pytest.fixture
@@ -294,15 +308,18 @@ def test_manual_abort_promote_and_rollback_are_recorded_and_a_running_rollout_st
     while not parts.registry.rollout_state().active:
         assert time.monotonic() < deadline, "the rollout never published its first stage"
         time.sleep(0.1)
-    status = runner.invoke(app, ["rollout", "status", "-c", config[0]])
+    status = runner.invoke(app, ["rollout", "status"])
     assert status.exit_code == 0, status.output
     assert "stage shadow" in status.output and "analysis now: wait" in status.output
-    aborted = runner.invoke(app, ["rollout", "abort", "--reason", "saw odd answers", "--by", "alice", "-c", config[0]])
+    aborted = runner.invoke(app, ["rollout", "abort", "--reason", "saw odd answers", "--by", "alice"])
     assert aborted.exit_code == 0, aborted.output
     flow_thread.join(timeout=60)
     assert outcome and outcome[0].result == ENDED_BY_HAND
     last = parts.history.entries()[-1]
-    assert (last.action, last.actor, last.from_version) == ("abort", "manual:alice", "2")
+    # The actor is who the registry authenticates (nobody, on the local store: the OS user,
+    # marked so); --by is only the note of whom it was for.
+    local = f"manual:local:{os_user()} (unauthenticated)"
+    assert (last.action, last.actor, last.from_version) == ("abort", f"{local} on behalf of alice", "2")
     assert "saw odd answers" in last.reason
     assert parts.registry.champion() == v1 and not parts.registry.rollout_state().active
 
@@ -314,4 +331,11 @@ def test_manual_abort_promote_and_rollback_are_recorded_and_a_running_rollout_st
     assert back.exit_code == 0, back.output
     assert parts.registry.champion() == v1
     moves = [(e.action, e.actor, e.to_version) for e in parts.history.entries() if e.alias == "champion"]
-    assert moves[-2:] == [("promote", "manual:bob", "2"), ("rollback", "manual:carol", "1")]
+    assert moves[-2:] == [
+        ("promote", f"{local} on behalf of bob", "2"),
+        ("rollback", f"{local} on behalf of carol", "1"),
+    ]
+    assert "not authenticated" in back.output
+    claim = json.loads(parts.registry.client.get_registered_model(v1.name).tags["driftloop.manual_move"])
+    assert claim["actor"] == f"local:{os_user()}" and claim["authenticated"] is False
+    assert (claim["action"], claim["on_behalf_of"]) == ("rollback", "carol")

@@ -40,7 +40,9 @@ def overlays(state, tmp_path, banking_train, tiny_transformer_base, monkeypatch)
         # a random tiny encoder is far from useful; the test is about the path, not the score
         "promotion:\n  min_score: 0.0\n"
     )
-    return [str(data), str(family)]
+    # Files outside configs/ are no flow parameter (driftloop.core.overlays): DRIFTLOOP_CONFIG.
+    monkeypatch.setenv("DRIFTLOOP_CONFIG", f"{data},{family}")
+    return []
 
 
 def test_training_flow_compares_modes_and_registers_the_better(overlays):

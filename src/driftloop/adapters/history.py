@@ -101,9 +101,22 @@ def _write(fd: int, record: dict[str, Any]) -> None:
     os.fsync(fd)
 
 
+def _open_private(path: Path) -> int:
+    """An append descriptor of ``path``: a new folder is created 700 and a new file 600 (the
+    history says who may serve; other users of the machine may neither read nor write it); a file
+    left 644 by an older version is tightened when this user owns it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except PermissionError:  # another user's file: leave its mode to its owner
+        pass
+    return fd
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = _open_private(path)
     try:
         _write(fd, record)
     finally:
@@ -113,8 +126,7 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 @contextmanager
 def _exclusive(path: Path) -> Iterator[int]:
     """An append descriptor of ``path`` that holds an exclusive ``flock`` until the block ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = _open_private(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd

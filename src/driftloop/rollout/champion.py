@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from driftloop.adapters.history import ChampionHistory, now_iso
 from driftloop.adapters.registry import Registry
+from driftloop.core.errors import RunFailed
 from driftloop.core.types import HistoryEntry, ModelRef
 
 
@@ -70,11 +71,22 @@ def clear_alias(
 def rollback(
     registry: Registry, history: ChampionHistory, *, reason: str, actor: str, report: str = ""
 ) -> HistoryEntry | None:
-    """Return ``champion`` to the last good version in the history (not a guess)."""
+    """Return ``champion`` to the last good version in the history (not a guess).
+
+    The history is a file or a table that someone other than the registry's users may write, so
+    its answer is checked against the registry first: a version it names that is not registered
+    is refused (:class:`RunFailed`), and nothing moves. (A registered version still loads only if
+    it is signed by a trusted key.)"""
     current = registry.champion()
     target = history.last_good("champion", exclude=current.version if current else None)
     if target is None:
         return None
+    if not registry.has_version(target):
+        raise RunFailed(
+            f"the champion history names v{target} of {registry.model_name!r} as the last good champion, "
+            "but the registry has no such version: the history does not match the registry (edited or "
+            "from another tracking store); nothing was moved"
+        )
     return move_alias(
         registry,
         history,

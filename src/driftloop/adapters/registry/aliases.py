@@ -17,7 +17,12 @@ from driftloop.adapters.registry.names import (
     parse_monitor_status,
     parse_rollout_state,
 )
+from driftloop.core.actors import MoveRefused
 from driftloop.core.types import ModelRef, MonitorStatus, RolloutState, Routing
+
+# The last manual move's actor, on the registered model (writing it needs EDIT on the model).
+MANUAL_MOVE_TAG = "driftloop.manual_move"
+_REFUSED_CODES = {"PERMISSION_DENIED", "UNAUTHENTICATED"}
 
 __all__ = ["CHALLENGER", "CHAMPION", "ROLLOUT_TAG", "Aliases", "parse_rollout_state"]
 
@@ -103,3 +108,26 @@ class Aliases:
             conn.client.set_registered_model_tag(
                 conn.model_name, ROLLOUT_TAG, json.dumps(asdict(state), sort_keys=True)
             )
+
+    def claim_manual_move(self, record: dict[str, object]) -> None:
+        """Write ``record`` (who is about to move an alias by hand) as a tag of the registered
+        model, before the move. The tag needs EDIT on the model, as the move does: an identity
+        that lacks it is refused here, with :class:`MoveRefused` naming it, before anything
+        moved. Nothing to do when the model does not exist yet."""
+        conn = self.conn
+        user = record.get("actor")
+        with conn.failures(f"recording a manual move of {conn.model_name!r} by {user}"):
+            try:
+                conn.client.set_registered_model_tag(
+                    conn.model_name, MANUAL_MOVE_TAG, json.dumps(record, sort_keys=True)
+                )
+            except MlflowException as exc:
+                if is_not_found(exc):
+                    return
+                if exc.error_code in _REFUSED_CODES or exc.get_http_status_code() in (401, 403):
+                    raise MoveRefused(
+                        f"MLflow at {conn.tracking_uri} refused {user!r}: moving an alias of registered model "
+                        f"{conn.model_name!r} needs EDIT on it (the stack's `training` identity has it; "
+                        f"`serving` does not): {exc.message}"
+                    ) from exc
+                raise

@@ -3,6 +3,7 @@ tracking, store, aliases and listing modules (the error policy is the package's)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -164,6 +165,21 @@ class Registry:
     def set_rollout_state(self, state: RolloutState) -> None:
         """Publish the desired traffic split; replicas pick it up on their next poll."""
         self.aliases.set_rollout_state(state)
+
+    def acting_user(self) -> str | None:
+        """The MLflow user this process authenticates as (``MLFLOW_TRACKING_USERNAME`` against a
+        tracking server); None on a local store or without credentials."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return os.environ.get("MLFLOW_TRACKING_USERNAME") or None
+
+    def claim_manual_move(self, record: dict[str, object]) -> None:
+        """Record who is about to move an alias by hand; refused (MoveRefused) without EDIT."""
+        self.aliases.claim_manual_move(record)
+
+    def has_version(self, version: str) -> bool:
+        """Whether version ``version`` of this model is registered."""
+        return self.store.created_at(ModelRef(self.model_name, version)) is not None
 
     # -- listings ---------------------------------------------------------------------------
     def versions(self) -> list[dict[str, Any]]:
