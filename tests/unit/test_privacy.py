@@ -251,3 +251,20 @@ def test_retention_deletes_old_unused_versions_and_redacts_the_champions(tmp_pat
     assert [e["action"] for e in ledger.entries()] == ["retention:redacted", "retention:deleted"] or sorted(
         e["action"] for e in ledger.entries()
     ) == ["retention:deleted", "retention:redacted"]
+
+
+def test_the_cli_forgets_and_says_what_it_removed(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from driftloop.entry.cli import app
+
+    monkeypatch.setenv("DRIFTLOOP__PROJECT__STATE_DIR", str(tmp_path))
+    _log_history(tmp_path / "logs")
+    runner = CliRunner()
+    assert runner.invoke(app, ["privacy", "forget"]).exit_code != 0  # nothing named: refused
+    dry = runner.invoke(app, ["privacy", "forget", "--text-match", "Lovelace", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would remove" in dry.output and files_holding(tmp_path / "logs", SECRET)
+    done = runner.invoke(app, ["privacy", "forget", "--request-id", "ada-1"])
+    assert done.exit_code == 0, done.output
+    assert files_holding(tmp_path, SECRET) == [] and "ledger.jsonl" in done.output

@@ -8,7 +8,7 @@ privacy ledger (docs/security.md, "User text").
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -22,6 +22,17 @@ privacy_app = typer.Typer(
     help="User text: forget a person's texts everywhere, retire data versions past retention.",
     no_args_is_help=True,
 )
+# The main CLI's settings loader and console (entry.cli hands them over in :func:`build`: this
+# module does not import it, so the entry package stays acyclic).
+_cli: dict[str, Any] = {}
+
+
+def build(settings_of: Callable[[list[str] | None], Settings], console: Any) -> typer.Typer:
+    """The ``privacy`` sub-app, with the main CLI's settings loader and console."""
+    _cli.update(settings=settings_of, console=console)
+    return privacy_app
+
+
 _ConfigOpt = typer.Option(None, "--config", "-c", help="Config overlay(s) from configs/ (name or path); repeatable.")
 
 
@@ -59,8 +70,8 @@ def forget(
 ) -> None:
     """Remove a person's texts from the logs, the data versions and the reports, and record it."""
     from driftloop.adapters import privacy, wiring
-    from driftloop.entry.cli import _settings, console
 
+    _settings, console = _cli["settings"], _cli["console"]
     if not request_id and not text_match:
         raise InputError("name what to forget: --request-id ID (repeatable) and/or --text-match REGEX")
     settings = _settings(config)
@@ -103,8 +114,8 @@ def retention(
 ) -> None:
     """Retire the data versions that only model versions older than logs.retention_days name."""
     from driftloop.adapters import privacy, wiring
-    from driftloop.entry.cli import _settings, console
 
+    _settings, console = _cli["settings"], _cli["console"]
     settings = _settings(config)
     parts = wiring.build(settings)
     ledger = privacy.Ledger(settings.privacy_dir)
