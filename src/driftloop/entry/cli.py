@@ -595,7 +595,33 @@ def history(
     console.print(table if entries else "no alias has moved yet")
 
 
-WhoOpt = typer.Option(os.environ.get("USER", "operator"), "--by", help="Who acts (recorded in the history).")
+WhoOpt = typer.Option(
+    "",
+    "--by",
+    help="A note: on whose behalf you act (recorded next to the actor). The actor itself is the "
+    "identity MLflow authenticates (MLFLOW_TRACKING_USERNAME), or local:<OS user>, unauthenticated, "
+    "on a local store.",
+)
+
+
+def _manual_actor(registry: Any, note: str, action: str) -> Any:
+    """The actor of a manual alias move: the authenticated MLflow identity (or ``local:<OS user>``,
+    marked unauthenticated), recorded on the registered model first. An identity without EDIT on
+    the model is refused there (MoveRefused), before anything moves."""
+    from driftloop.adapters.history import now_iso
+    from driftloop.core.actors import resolve_actor
+
+    actor = resolve_actor(registry.acting_user(), note)
+    registry.claim_manual_move(
+        {
+            "actor": actor.name,
+            "authenticated": actor.authenticated,
+            "on_behalf_of": actor.on_behalf_of,
+            "action": action,
+            "time": now_iso(),
+        }
+    )
+    return actor
 
 
 @rollout_app.command("start")
@@ -612,13 +638,15 @@ def rollout_start(
     if strategy is not None and strategy not in ("progressive", "bluegreen", "ab"):
         raise InputError(f"--strategy {strategy!r}: expected progressive, bluegreen or ab")
     _orchestrator(settings)
+    from driftloop.adapters import wiring
     from driftloop.flows.retraining import retrain_after_regression
     from driftloop.flows.rollout import rollout
 
+    actor = _manual_actor(wiring.build(settings).registry, who, "rollout start")
     out = rollout(
         challenger=version,
         strategy=strategy,
-        requested_by=f"manual:{who}",
+        requested_by=actor.recorded(),
         reason=reason,
         config=split_for_flow(config),
         on_regression=retrain_after_regression,
@@ -702,8 +730,9 @@ def rollout_promote(
     target = parts.registry.challenger()
     if target is None:
         raise RunFailed("no challenger to promote (the challenger alias is not set)")
-    rollout.promote(parts.registry, parts.history, target, reason=reason, actor=f"manual:{who}")
-    console.print(f"{target} is the champion (by {who}: {reason})")
+    actor = _manual_actor(parts.registry, who, "promote")
+    rollout.promote(parts.registry, parts.history, target, reason=reason, actor=actor.recorded())
+    console.print(f"{target} is the champion (by {actor.described()}: {reason})")
 
 
 @rollout_app.command("abort")
@@ -717,8 +746,10 @@ def rollout_abort(
     from driftloop.rollout import stages as rollout
 
     parts = wiring.build(_settings(config))
-    entry = rollout.withdraw(parts.registry, parts.history, reason=reason, actor=f"manual:{who}", action="abort")
-    console.print(f"withdrew v{entry.from_version} (by {who}: {reason})" if entry else "no rollout to abort")
+    actor = _manual_actor(parts.registry, who, "abort")
+    entry = rollout.withdraw(parts.registry, parts.history, reason=reason, actor=actor.recorded(), action="abort")
+    by = f"by {actor.described()}: {reason}"
+    console.print(f"withdrew v{entry.from_version} ({by})" if entry else "no rollout to abort")
 
 
 @app.command()
@@ -732,10 +763,11 @@ def rollback(
     from driftloop.rollout import stages as rollout
 
     parts = wiring.build(_settings(config))
-    entry = rollout.rollback_champion(parts.registry, parts.history, reason=reason, actor=f"manual:{who}")
+    actor = _manual_actor(parts.registry, who, "rollback")
+    entry = rollout.rollback_champion(parts.registry, parts.history, reason=reason, actor=actor.recorded())
     if entry is None:
         raise RunFailed("the history names no earlier good champion to return to")
-    console.print(f"champion: v{entry.from_version} → v{entry.to_version} (by {who}: {reason})")
+    console.print(f"champion: v{entry.from_version} → v{entry.to_version} (by {actor.described()}: {reason})")
 
 
 @data_app.command("prepare")
