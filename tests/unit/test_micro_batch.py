@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from driftloop.core.types import Prediction
-from driftloop.serving.batching import MicroBatcher
+from driftloop.serving.batching import MicroBatcher, QueueFull
 
 
 class SlowModel:
@@ -93,5 +93,46 @@ def test_a_lone_request_goes_at_once_and_a_cancelled_one_is_skipped():
         with pytest.raises(asyncio.CancelledError):
             await gone
         assert model.calls == [["x"], ["kept"]]
+
+    asyncio.run(scenario())
+
+
+def test_the_queue_is_bounded_and_a_refused_request_costs_nothing():
+    async def scenario():
+        model = SlowModel()
+        batcher = MicroBatcher(model, max_texts=64, max_queued=4)
+        first = asyncio.create_task(batcher.submit(["a"] * 10))  # nothing waits: taken, whatever its size
+        await asyncio.sleep(0.05)  # in the model now; the queue is empty again
+        assert batcher.queued == 0
+        waiting = [asyncio.create_task(batcher.submit(t)) for t in (["b", "c"], ["d", "e"])]
+        await asyncio.sleep(0)
+        assert batcher.queued == 4
+        with pytest.raises(QueueFull, match="4 texts already wait"):
+            await batcher.submit(["f"])
+        assert batcher.queued == 4  # the refused request left nothing behind
+        model.release.set()
+        await first
+        answers = await asyncio.gather(*waiting)
+        assert [[p.intent for p in a[0]] for a in answers] == [["1", "1"], ["1", "1"]]
+        assert batcher.queued == 0
+        # with room again, a request is taken
+        assert [p.intent for p in (await batcher.submit(["gg"]))[0]] == ["2"]
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_gives_its_room_back():
+    async def scenario():
+        model = SlowModel()
+        batcher = MicroBatcher(model, max_texts=64, max_queued=2)
+        first = asyncio.create_task(batcher.submit(["x"]))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(batcher.submit(["a", "b"]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        model.release.set()
+        await first
+        await asyncio.sleep(0.05)
+        assert batcher.queued == 0
 
     asyncio.run(scenario())

@@ -159,7 +159,7 @@ def test_every_refusal_is_documented_with_the_error_model():
     paths = openapi()["paths"]
     error = {"$ref": "#/components/schemas/ErrorResponse"}
     predict, feedback = paths["/predict"]["post"], paths["/feedback"]["post"]
-    assert set(predict["responses"]) == {"200", "400", "413", "415", "422", "503"}
+    assert set(predict["responses"]) == {"200", "400", "408", "413", "415", "422", "503"}
     assert set(feedback["responses"]) == {"202", "400", "401", "413", "415", "422"}
     for op in (predict, feedback):
         for code, response in op["responses"].items():
@@ -167,6 +167,16 @@ def test_every_refusal_is_documented_with_the_error_model():
                 assert response["content"]["application/json"]["schema"] == error, code
         assert op["requestBody"]["required"] is True
         assert list(op["requestBody"]["content"]) == ["application/json"]
+    assert predict["responses"]["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
+
+
+def test_the_429_is_documented_only_with_a_rate_limit():
+    limited = openapi(cfg=CFG.model_copy(update={"rate_limit_per_s": 5.0}))["paths"]["/predict"]["post"]
+    assert "Retry-After" in limited["responses"]["429"]["headers"]
+    assert limited["responses"]["429"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
+    assert "429" not in openapi()["paths"]["/predict"]["post"]["responses"]
 
 
 def test_metrics_are_documented_as_prometheus_text_not_json():

@@ -390,6 +390,23 @@ class ServingSettings(_Section):
     # a forgotten Secret cannot silently open /feedback). false: /feedback is open when no token
     # is set (a trusted loopback only); a token that is set is always enforced.
     require_token: bool = True
+    # Bounded under abuse (docs/security.md): past these limits /predict answers 503 or 429 with
+    # Retry-After at once, and nothing waits without bound.
+    # Texts being predicted or waiting for the model in one serving process; a request that
+    # would pass it is refused (503). A request of any size is taken when nothing is in flight.
+    max_in_flight: int = Field(512, gt=0)
+    # Texts waiting for a busy model's micro-batcher (a transformer's); past it, 503.
+    max_queued_texts: int = Field(256, gt=0)
+    # The Retry-After (whole seconds) of a 503 for an overloaded server.
+    retry_after_s: int = Field(1, ge=1)
+    # A /predict body must have arrived within this many seconds of its headers (else 408): a
+    # client dripping its body holds a connection no longer than this.
+    body_timeout_s: float = Field(10.0, gt=0)
+    # Per-caller rate limit in texts a second (a batch of n costs n); 0 turns it off. A caller is
+    # the holder of the API token when it sends it, else the client address. rate_burst: the
+    # texts a caller may send at once after a quiet spell (the bucket's size).
+    rate_limit_per_s: float = Field(0.0, ge=0)
+    rate_burst: int = Field(256, gt=0)
 
     @field_validator("host")
     @classmethod

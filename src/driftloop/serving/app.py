@@ -58,7 +58,7 @@ from driftloop.serving.contract import (
     Ready,
     bearer_security_scheme,
     body_error_responses,
-    error_responses,
+    bounded_responses,
     request_body,
     request_schemas,
 )
@@ -136,7 +136,9 @@ def create_app(
         )
     metrics = ServingMetrics(metrics_dir)
     snapshots = SnapshotWriter(metrics.registry, metrics_dir) if metrics_dir is not None else None
-    poller = RoutingPoller(source, metrics, cfg.reload_interval_s, low_confidence, cfg.micro_batch_texts)
+    poller = RoutingPoller(
+        source, metrics, cfg.reload_interval_s, low_confidence, cfg.micro_batch_texts, cfg.max_queued_texts
+    )
     service = PredictionService(cfg, poller, metrics, log_root, redact)
     handlers = HttpHandlers(cfg, poller, service, metrics, token)
 
@@ -166,6 +168,7 @@ def create_app(
     )
     app.state.poller = poller
     app.state.service = service
+    app.state.in_flight = service.in_flight
     app.state.metrics = metrics
     app.add_exception_handler(RequestValidationError, handlers.validation_error)
     _add_routes(app, handlers, token.required)
@@ -191,7 +194,7 @@ def _add_routes(app: FastAPI, handlers: HttpHandlers, token_required: bool) -> N
         responses={
             200: {"headers": REQUEST_ID_HEADER},
             **body_errors,
-            **error_responses({503: "no model loaded yet; retry when /ready says 200 (field: model)"}),
+            **bounded_responses(handlers.callers is not None),
         },
     )(handlers.predict)
     feedback_responses: OpenApiResponses = {

@@ -61,6 +61,15 @@ class TokenCheck:
         """Whether a token is required at all (False: /feedback is open)."""
         return self._expected is not None
 
+    def holds(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the request carries the expected token (False when there is none to hold);
+        compared in constant time, before the body is read."""
+        expected = self._expected
+        if expected is None:
+            return False
+        given = bearer(headers)
+        return bool(given) and hmac.compare_digest(given, expected)  # type: ignore[arg-type]
+
     def refusal(self, headers: list[tuple[bytes, bytes]]) -> Refusal | None:
         """None when the request may pass; else why not (missing or wrong token)."""
         expected = self._expected

@@ -10,10 +10,15 @@ from typing import TypeAlias
 from anyio.to_thread import run_sync
 
 from driftloop.core.types import Prediction
+from driftloop.serving.limits import Overloaded
 
 Answer: TypeAlias = tuple[list[Prediction], list[int]]
 """A model's predictions for some texts and each text's token count."""
 _Waiting: TypeAlias = tuple[list[str], "asyncio.Future[Answer]"]
+
+
+class QueueFull(Overloaded):
+    """The micro-batcher already holds ``max_queued`` texts for the model: the request is refused."""
 
 
 class MicroBatcher:
@@ -25,6 +30,10 @@ class MicroBatcher:
     takes all of them (up to ``max_texts``) as the next batch. There is no timer: a lone request
     goes at once, and under load the batches form by themselves. A batch that fails is retried
     request by request, so one bad input fails only its own request.
+
+    The queue is bounded: past ``max_queued`` texts waiting, :meth:`submit` raises
+    :class:`QueueFull` at once (the server answers 503) instead of letting the queue grow with
+    whatever a client sends. A request is always taken when nothing waits, whatever its size.
     """
 
     def __init__(
@@ -32,18 +41,25 @@ class MicroBatcher:
         predict: Callable[[list[str]], Answer],
         max_texts: int,
         on_batch: Callable[[int], None] | None = None,
+        max_queued: int = 256,
     ):
         self._predict = predict
         self.max_texts = max_texts
+        self.max_queued = max_queued
         self._on_batch = on_batch
         self._pending: deque[_Waiting] = deque()
+        self.queued = 0  # texts waiting in _pending
         self._running = False
         self.batches = 0  # forward passes run (tests, and the batch-size metric's count)
 
     async def submit(self, texts: list[str]) -> Answer:
-        """The predictions for ``texts``, made in the next batch the model runs."""
+        """The predictions for ``texts``, made in the next batch the model runs; raises
+        :class:`QueueFull` when they would take the queue past ``max_queued`` texts."""
+        if self.queued and self.queued + len(texts) > self.max_queued:
+            raise QueueFull(f"{self.queued} texts already wait for the model (serving.max_queued_texts)")
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending.append((texts, future))
+        self.queued += len(texts)
         if not self._running:
             self._running = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -55,6 +71,7 @@ class MicroBatcher:
         while self._pending and size + len(self._pending[0][0]) <= self.max_texts:
             batch.append(self._pending.popleft())
             size += len(batch[-1][0])
+        self.queued -= size
         return [(texts, future) for texts, future in batch if not future.done()]  # left
 
     async def _drain(self) -> None:

@@ -42,17 +42,40 @@ def predict_body_limit(cfg: ServingSettings) -> int:
 class BadRequest(Exception):
     """A request the client must fix; ``problems`` are (field, message) pairs."""
 
-    def __init__(self, status: int, kind: str, problems: list[tuple[str, str]]):
+    def __init__(self, status: int, kind: str, problems: list[tuple[str, str]], retry_after: int | None = None):
         super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
         self.status = status
         self.kind = kind
         self.problems = problems
+        self.retry_after = retry_after  # whole seconds, sent as Retry-After (429, 503)
 
     def body(self) -> bytes:
         """The problem answer as JSON: ``detail`` and the same problems as ``errors``."""
         return json.dumps(
             {"detail": str(self), "errors": [{"field": f, "message": m} for f, m in self.problems]}
         ).encode()
+
+
+def overloaded(retry_after_s: int, why: str) -> BadRequest:
+    """The 503 of a server holding as many texts as it may (``why``: which limit)."""
+    return BadRequest(
+        503, "overloaded", [("model", f"busy: {why}; retry after {retry_after_s} s")], retry_after=retry_after_s
+    )
+
+
+def rate_limited(retry_after_s: int, rate_per_s: float) -> BadRequest:
+    """The 429 of a caller over its rate."""
+    return BadRequest(
+        429,
+        "rate_limited",
+        [("caller", f"over this caller's rate of {rate_per_s:g} texts a second; retry after {retry_after_s} s")],
+        retry_after=retry_after_s,
+    )
+
+
+def slow_body(timeout_s: float) -> BadRequest:
+    """The 408 of a body that did not arrive in time."""
+    return BadRequest(408, "slow_body", [("body", f"not received within {timeout_s:g} s of the request's headers")])
 
 
 def clip(name: str) -> str:
@@ -179,13 +202,13 @@ class Problem(BaseModel):
 
     field: str = Field(
         description="the field, header or part of the request concerned: text, texts[3], "
-        "label, body, Content-Type, Authorization, model"
+        "label, body, Content-Type, Authorization, model (not ready, or busy), caller (over its rate)"
     )
     message: str
 
 
 class ErrorResponse(BaseModel):
-    """Every 4xx (and the 503 before a model is loaded): the problems, each naming its field."""
+    """Every 4xx (and every 503: no model loaded yet, or busy): the problems, each naming its field."""
 
     detail: str = Field(description="every problem, each prefixed with the field it concerns")
     errors: list[Problem] = Field(description="the same problems as {field, message}")
@@ -213,6 +236,35 @@ def body_error_responses(predict_body_limit: int) -> OpenApiResponses:
             "empty field, a text too long, a batch too large, a NUL character; each problem names its field",
         }
     )
+
+
+RETRY_AFTER_HEADER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "whole seconds to wait before trying again (429, and 503 when busy)",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
+def bounded_responses(rate_limited: bool) -> OpenApiResponses:
+    """The answers of /predict's bounds: 408 (slow body), 503 (not ready, or busy) and, with a
+    rate limit, 429."""
+    responses = error_responses(
+        {
+            408: "the body did not arrive within serving.body_timeout_s of the headers (field: body)",
+            503: "no model loaded yet (field: model; retry when /ready says 200), or busy: the texts in flight "
+            "(serving.max_in_flight) or waiting for the model (serving.max_queued_texts) are at their limit "
+            "(field: model; Retry-After)",
+        }
+    )
+    responses[503]["headers"] = RETRY_AFTER_HEADER
+    if rate_limited:
+        responses[429] = {
+            "model": ErrorResponse,
+            "description": "this caller is over its rate (serving.rate_limit_per_s texts a second; field: caller)",
+            "headers": RETRY_AFTER_HEADER,
+        }
+    return responses
 
 
 REQUEST_ID_HEADER: dict[str, Any] = {

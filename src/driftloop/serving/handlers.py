@@ -3,9 +3,10 @@ its typed answer, all sharing one explicit :class:`HttpHandlers` object."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -17,8 +18,17 @@ from driftloop.adapters import tracing
 from driftloop.config.settings import ServingSettings
 from driftloop.core.types import SLOT_CANARY, SLOT_CHAMPION, SLOT_SHADOW
 from driftloop.serving.auth import TokenCheck
-from driftloop.serving.contract import FEEDBACK_BODY_LIMIT, JSON_MEDIA_TYPE, BadRequest, predict_body_limit
+from driftloop.serving.contract import (
+    FEEDBACK_BODY_LIMIT,
+    JSON_MEDIA_TYPE,
+    BadRequest,
+    overloaded,
+    predict_body_limit,
+    rate_limited,
+    slow_body,
+)
 from driftloop.serving.ids import http_request_id
+from driftloop.serving.limits import CallerLimits, Overloaded, caller_key, retry_after
 from driftloop.serving.metrics import ServingMetrics, export_monitor_status
 from driftloop.serving.parsing import (
     Disconnected,
@@ -35,11 +45,31 @@ from driftloop.serving.snapshot import RoutingSnapshot, caller_id
 _q = json.dumps
 _NOT_READY = BadRequest(503, "not_ready", [("model", "no model loaded yet; retry when /ready says 200")])
 _MODEL_FAILED = b'{"detail": "the model failed on this input"}'
+Headers = list[tuple[bytes, bytes]]
+_NO_HEADERS: Headers = []
+_CLOSE: Headers = [(b"connection", b"close")]
+
+
+class PredictAnswer(NamedTuple):
+    """One /predict call's answer: status, JSON body, HTTP request id and any further headers."""
+
+    status: int
+    body: bytes
+    request_id: str
+    headers: Headers
 
 
 def problem_response(exc: BadRequest) -> Response:
     """The problem answer of a refused request."""
     return Response(exc.body(), status_code=exc.status, media_type=JSON_MEDIA_TYPE)
+
+
+def bounded_headers(exc: BadRequest) -> Headers:
+    """The headers of a refusal that keeps the server bounded: ``Retry-After`` (429, 503), and
+    ``Connection: close`` after a body that did not arrive (its rest is not worth waiting for)."""
+    if exc.retry_after is not None:
+        return [(b"retry-after", str(exc.retry_after).encode())]
+    return _CLOSE if exc.status == 408 else _NO_HEADERS
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -97,6 +127,9 @@ class HttpHandlers:
         self.metrics = metrics
         self.token = token
         self.body_limit = predict_body_limit(cfg)
+        # Each caller's rate (off unless serving.rate_limit_per_s is set); the texts in flight
+        # are the service's to bound (it knows which requests wait).
+        self.callers = CallerLimits(cfg.rate_limit_per_s, cfg.rate_burst) if cfg.rate_limit_per_s > 0 else None
 
     def reject(self, endpoint: str, version: str, exc: BadRequest) -> tuple[int, bytes]:
         """Count a refused request and give its status and problem body."""
@@ -120,27 +153,52 @@ class HttpHandlers:
 
     # -- /predict --------------------------------------------------------------------------------
 
-    async def serve_predict(self, scope: Scope, receive: Receive) -> tuple[int, bytes, str] | None:
-        """Status, JSON body and HTTP request id of one /predict call, in its span; shared by
-        the fast path and the route. None: the client left before its body arrived."""
+    def refuse_bounded(self, exc: BadRequest) -> tuple[int, bytes, Headers]:
+        """Count a /predict refused to keep the server bounded (503, 429, 408); its answer."""
+        self.metrics.count_rejected(exc.kind, exc.status, self.poller.version_or_none())
+        return exc.status, exc.body(), bounded_headers(exc)
+
+    async def serve_predict(self, scope: Scope, receive: Receive) -> PredictAnswer | None:
+        """One /predict call's answer, in its span; shared by the fast path and the route.
+        None: the client left before its body arrived.
+
+        The order is the bounds': a caller over its rate is refused before its body is read;
+        the body (at most ``body_limit`` bytes, declared as JSON, whole within
+        ``serving.body_timeout_s``) is read next; its texts are predicted only when they fit
+        under ``serving.max_in_flight`` and, waiting for a busy model, under
+        ``serving.max_queued_texts``; else 503 with Retry-After, nothing queued."""
         started = time.perf_counter()
         headers = scope["headers"]
         request_id = http_request_id(headers)
+        extra = _NO_HEADERS
         with tracing.span(
             "POST /predict",
             {"driftloop.request_id": request_id, "http.request.method": "POST", "url.path": "/predict"},
             kind="server",
         ) as span:
+            caller = None
+            if self.callers is not None:
+                caller = caller_key(self.token.holds(headers), scope.get("client"))
+                wait = self.callers.wait(caller)
+                if wait > 0:
+                    status, payload, extra = self.refuse_bounded(
+                        rate_limited(retry_after(wait), self.cfg.rate_limit_per_s)
+                    )
+                    _finish_span(span, status, started)
+                    return PredictAnswer(status, payload, request_id, extra)
             try:
-                body = await receive_body(scope, receive, self.body_limit)
+                async with asyncio.timeout(self.cfg.body_timeout_s):
+                    body = await receive_body(scope, receive, self.body_limit)
             except Disconnected:
                 span.set("driftloop.disconnected", True)
                 return None
             except BadRequest as exc:
                 status, payload = self.reject("predict", self.poller.version_or_none(), exc)
+            except TimeoutError:
+                status, payload, extra = self.refuse_bounded(slow_body(self.cfg.body_timeout_s))
             else:
                 try:
-                    status, payload = await self._answer_predict(body, started, headers, span)
+                    status, payload, extra = await self._answer_predict(body, started, headers, span, caller)
                 finally:
                     self.service.mark_active()
             if span.recording:
@@ -152,21 +210,31 @@ class HttpHandlers:
                 )
                 if status >= 500:
                     span.fail(f"answered {status}")
-        return status, payload, request_id
+        return PredictAnswer(status, payload, request_id, extra)
 
     async def _answer_predict(
-        self, body: bytes, started: float, headers: list[tuple[bytes, bytes]], span: tracing.Span
-    ) -> tuple[int, bytes]:
+        self,
+        body: bytes,
+        started: float,
+        headers: list[tuple[bytes, bytes]],
+        span: tracing.Span,
+        caller: bytes | None,
+    ) -> tuple[int, bytes, Headers]:
         snap = self.service.snapshot()  # read once: the whole request uses this routing
         if snap is None:
-            return self.reject("predict", "none", _NOT_READY)
+            return (*self.reject("predict", "none", _NOT_READY), _NO_HEADERS)
         try:
             texts = parse_predict(body, self.cfg)
         except BadRequest as exc:
             span.set("driftloop.model_version", snap.champion.bound.version)
-            return self.reject("predict", snap.champion.bound.version, exc)
-        caller = caller_id(headers) if snap.canary is not None else None
-        answered = await self.service.predict(texts, snap, caller_id=caller, started=started, span=span)
+            return (*self.reject("predict", snap.champion.bound.version, exc), _NO_HEADERS)
+        if caller is not None and self.callers is not None:
+            self.callers.charge(caller, len(texts))
+        sticky = caller_id(headers) if snap.canary is not None else None
+        try:
+            answered = await self.service.predict(texts, snap, caller_id=sticky, started=started, span=span)
+        except Overloaded as exc:
+            return self.refuse_bounded(overloaded(self.cfg.retry_after_s, str(exc)))
         if isinstance(answered, ModelFailed):
             if span.recording:
                 span.set_many(
@@ -177,7 +245,7 @@ class HttpHandlers:
                     }
                 )
                 span.fail("the model failed on this input", answered.error)
-            return 500, _MODEL_FAILED
+            return 500, _MODEL_FAILED, _NO_HEADERS
         if span.recording:
             attributes: dict[str, tracing.AttributeValue] = {
                 "driftloop.model_name": answered.model_name,
@@ -190,14 +258,14 @@ class HttpHandlers:
             if snap.routing.state.rollout_id:
                 attributes["driftloop.rollout_id"] = snap.routing.state.rollout_id
             span.set_many(attributes)
-        return 200, render_predictions(answered)
+        return 200, render_predictions(answered), _NO_HEADERS
 
     async def fast_predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /predict`` answered straight from the ASGI call (see ``ServingApp``)."""
         answered = await self.serve_predict(scope, receive)
         if answered is None:
             return
-        status, payload, request_id = answered
+        status, payload, request_id, extra = answered
         await send(
             {
                 "type": "http.response.start",
@@ -206,6 +274,7 @@ class HttpHandlers:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),
                     (b"x-request-id", request_id.encode()),
+                    *extra,
                 ],
             }
         )
@@ -218,8 +287,9 @@ class HttpHandlers:
         answered = await self.serve_predict(request.scope, request.receive)
         if answered is None:
             return Response(status_code=400)  # nobody is left to read it
-        status, payload, request_id = answered
-        return Response(payload, status, media_type=JSON_MEDIA_TYPE, headers={"X-Request-Id": request_id})
+        status, payload, request_id, extra = answered
+        response_headers = {"X-Request-Id": request_id, **{k.decode(): v.decode() for k, v in extra}}
+        return Response(payload, status, media_type=JSON_MEDIA_TYPE, headers=response_headers)
 
     # -- /feedback -------------------------------------------------------------------------------
 
@@ -306,6 +376,13 @@ class HttpHandlers:
         self.metrics.count_request("metrics", 200, current.ref.version if current else "none")
         export_monitor_status(self.poller.monitor, self.metrics)
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _finish_span(span: tracing.Span, status: int, started: float) -> None:
+    if span.recording:
+        span.set_many(
+            {"http.response.status_code": status, "driftloop.latency_ms": (time.perf_counter() - started) * 1000.0}
+        )
 
 
 def _feedback_span(span: tracing.Span, outcome: FeedbackOutcome, version: str) -> None:

@@ -15,6 +15,11 @@ from driftloop.serving import shared_metrics
 # json.dumps of a str is one call into the C escaper (ensure_ascii: lone surrogates stay safe).
 _q = json.dumps
 
+OVERLOADED = "overloaded"
+RATE_LIMITED = "rate_limited"
+SLOW_BODY = "slow_body"
+REJECT_REASONS = (OVERLOADED, RATE_LIMITED, SLOW_BODY)
+
 
 class ServingMetrics:
     """The app's Prometheus series, in a registry of its own (two apps in one process, as in the
@@ -116,6 +121,15 @@ class ServingMetrics:
             "driftloop_drift_detected", "1 when the latest monitoring run confirmed drift", registry=r
         )
         self.swaps = Counter("driftloop_model_swaps", "Routing changes applied (champion or rollout)", registry=r)
+        self.rejected = Counter(
+            "driftloop_rejected",
+            "/predict requests refused to keep the server bounded: overloaded (503: the in-flight or "
+            "micro-batch queue limit), rate_limited (429: the caller's rate), slow_body (408)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECT_REASONS:  # every series from the start, so a rate() has a zero to start from
+            self.rejected.labels(reason)
 
     def bind(self, version: str, slot: str, low_confidence: float) -> BoundMetrics:
         """The children of one (model version, slot)'s series, looked up once."""
@@ -124,6 +138,12 @@ class ServingMetrics:
     def count_request(self, endpoint: str, status: int, version: str, slot: str = "none") -> None:
         """One answered HTTP request (``driftloop_requests_total``)."""
         self.requests.labels(endpoint, str(status), version, slot).inc()
+
+    def count_rejected(self, reason: str, status: int, version: str) -> None:
+        """One /predict refused to keep the server bounded (``driftloop_rejected_total``, and the
+        request in ``driftloop_requests_total`` under slot ``none``: no model answered it)."""
+        self.rejected.labels(reason).inc()
+        self.requests.labels("predict", str(status), version, "none").inc()
 
     def count_error(self, kind: str) -> None:
         """One error of ``kind`` (``driftloop_errors_total``)."""

@@ -41,12 +41,14 @@ class RoutingPoller:
         interval_s: float,
         low_confidence: float = 0.5,
         micro_batch_texts: int = 64,
+        max_queued_texts: int = 256,
     ):
         self.source = source
         self.metrics = metrics
         self.interval_s = interval_s
         self.low_confidence = low_confidence
         self.micro_batch_texts = micro_batch_texts
+        self.max_queued_texts = max_queued_texts
         self.models = ModelCache(source)
         self.serving: RoutingSnapshot | None = None
         self.monitor: MonitorStatus | None = None  # the monitoring flow's latest verdict
@@ -129,6 +131,7 @@ class RoutingPoller:
                 functools.partial(predict_texts, loaded.model),
                 self.micro_batch_texts,
                 self.metrics.batch_texts.labels(loaded.ref.version, name).observe,
+                self.max_queued_texts,
             )
         return Slot(loaded, self.metrics.bind(loaded.ref.version, name, self.low_confidence), batcher)
 

@@ -24,6 +24,7 @@ from driftloop.config.settings import ServingSettings
 from driftloop.core.types import Prediction
 from driftloop.serving.cache import predict_texts
 from driftloop.serving.ids import new_request_id
+from driftloop.serving.limits import InFlight, Overloaded
 from driftloop.serving.metrics import ServingMetrics
 from driftloop.serving.poller import RoutingPoller
 from driftloop.serving.shadow import ShadowRunner
@@ -160,6 +161,9 @@ class PredictionService:
         self.metrics = metrics
         self.log_root = log_root
         self.answers = AnswerMemory(cfg.feedback_memory)
+        # Texts that wait (in a worker thread or a micro-batcher): bounded, past it Overloaded.
+        # Inline requests never wait, so they never count and are never refused.
+        self.in_flight = InFlight(cfg.max_in_flight)
         self.last_activity = 0.0  # when the last /predict call was answered (time.monotonic)
         self.shadow = ShadowRunner(
             metrics, cfg.shadow_queue, last_activity=self._last_activity, min_rate=cfg.shadow_min_rate
@@ -199,7 +203,9 @@ class PredictionService:
     ) -> Answered | ModelFailed:
         """Answer ``texts`` with ``snap`` (default: the current snapshot; :class:`NotReady`
         without one). ``caller_id`` keeps a caller on one side of a canary; ``started`` is when
-        the request began (its latency's start, default now); ``span`` gets the canary's failure."""
+        the request began (its latency's start, default now); ``span`` gets the canary's failure.
+        Raises :class:`~driftloop.serving.limits.Overloaded` when texts that would wait (not
+        inline) pass ``serving.max_in_flight``, or the slot's micro-batcher is full."""
         if started is None:
             started = time.perf_counter()
         if snap is None:
@@ -211,20 +217,30 @@ class PredictionService:
         # even for one text, which would stall every other request on the event loop. (Decided
         # by the model first picked, and kept when the champion answers for a failed canary.)
         inline = len(texts) <= getattr(part.loaded.model, "inline_texts", INLINE_TEXTS)
-        while True:
-            ids = [new_request_id() for _ in texts]
-            try:
-                predictions, tokens = await self._predict(part, texts, inline)
-                break
-            except Exception as exc:  # noqa: BLE001  logged in _record_failure; answered (500) or by the champion
-                self._record_failure(part, ids, texts, started, exc)
-                if part is snap.champion:
-                    self.metrics.count_request("predict", 500, part.bound.version, part.bound.slot)
-                    return ModelFailed(part, len(texts), exc)
-                # A failing canary costs the caller nothing: the champion answers instead (the
-                # failure is logged against the canary, which is what the rollout analysis reads).
-                span.event("canary failed", {"driftloop.model_version": part.bound.version}, exc=exc)
-                part = snap.champion
+        waits = not inline
+        if waits and not self.in_flight.enter(len(texts)):
+            gate = self.in_flight
+            raise Overloaded(f"{gate.texts} texts in flight (serving.max_in_flight {gate.limit})")
+        try:
+            while True:
+                ids = [new_request_id() for _ in texts]
+                try:
+                    predictions, tokens = await self._predict(part, texts, inline)
+                    break
+                except Overloaded:
+                    raise  # not the model's failure: the caller answers 503 (nothing was predicted)
+                except Exception as exc:  # noqa: BLE001  logged in _record_failure; answered (500) or by the champion
+                    self._record_failure(part, ids, texts, started, exc)
+                    if part is snap.champion:
+                        self.metrics.count_request("predict", 500, part.bound.version, part.bound.slot)
+                        return ModelFailed(part, len(texts), exc)
+                    # A failing canary costs the caller nothing: the champion answers instead (the
+                    # failure is logged against the canary, which is what the rollout analysis reads).
+                    span.event("canary failed", {"driftloop.model_version": part.bound.version}, exc=exc)
+                    part = snap.champion
+        finally:
+            if waits:
+                self.in_flight.leave(len(texts))
         elapsed = time.perf_counter() - started
         self._record_answer(part, ids, texts, predictions, tokens, elapsed)
         if snap.shadow is not None:
