@@ -46,6 +46,9 @@ def two_versions(tracking_uri, artifact_root, name: str, models) -> tuple[Regist
     return registry, v1.version, v2.version
 
 
+R1 = RolloutState(rollout_id="r-1").fingerprint  # what /routing shows of rollout r-1
+
+
 def routing(url: str) -> dict:
     return httpx.get(f"{url}/routing", timeout=10).json()
 
@@ -95,7 +98,7 @@ def test_two_replicas_converge_to_the_split_and_a_restarted_one_comes_back_to_it
         assert routing(url_a)["state"]["mode"] == "none" and routing(url_b)["slots"] == {"champion": v1}
         registry.set_rollout_state(state)
         for url in (url_a, url_b):
-            wait_for(lambda url=url: routing(url)["state"]["rollout_id"] == "r-1")
+            wait_for(lambda url=url: routing(url)["state"]["rollout"] == R1)
             assert routing(url)["slots"] == {"champion": v1, "canary": v2}
         seen_a, seen_b = answer_versions(url_a, callers), answer_versions(url_b, callers)
         assert seen_a == seen_b, "a caller gets the same version from every replica"
@@ -114,7 +117,9 @@ def test_two_replicas_converge_to_the_split_and_a_restarted_one_comes_back_to_it
     # A replica started mid-rollout comes up with the same split (it is kept with the registry,
     # not in any process), and sends each caller where the others did.
     with serve_in_subprocess(tracking_uri, registry.model_name, logs[1], 0.2) as (url_b, _):
-        assert routing(url_b)["state"]["rollout_id"] == "r-1"
+        assert routing(url_b)["state"]["rollout"] == R1
+        assert "r-1" not in httpx.get(f"{url_b}/routing").text  # the id salts the canary hash
+        assert "r-1" not in httpx.get(f"{url_b}/metrics").text
         assert answer_versions(url_b, callers) == seen_a
         registry.set_alias(CHAMPION, ModelRef(registry.model_name, v2))
         registry.set_rollout_state(RolloutState(actor="test"))

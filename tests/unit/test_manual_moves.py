@@ -64,3 +64,12 @@ def test_rollback_refuses_a_version_the_registry_does_not_have(tmp_path):
     with pytest.raises(RunFailed, match=r"names v7 .* no such version"):
         champion.rollback(registry, history, reason="test", actor="manual:test")
     assert registry.champion() is None and len(history.entries()) == 2
+
+
+def test_serving_shows_a_fingerprint_of_the_rollout_never_its_id():
+    from driftloop.core.types import RolloutState
+
+    state = RolloutState(rollout_id="0123456789ab", mode="canary", challenger="2", weight=0.1, stage="c")
+    assert state.fingerprint and state.rollout_id not in state.fingerprint
+    assert state.fingerprint == RolloutState(rollout_id="0123456789ab").fingerprint  # replicas compare
+    assert RolloutState().fingerprint == ""

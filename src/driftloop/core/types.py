@@ -6,6 +6,7 @@ tuple, so a flow reads like a table of contents and a wrong field fails loudly.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -182,6 +183,15 @@ class RolloutState:
     stage: str = ""
     since: str = ""  # when this stage began (ISO 8601, UTC)
     actor: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """What serving shows of ``rollout_id`` (``/routing``, ``driftloop_rollout_info``): a hash
+        that tells two replicas' states apart without giving the id away. The id salts the canary
+        hash: a caller that knew it could compute its own arm and pick it."""
+        if not self.rollout_id:
+            return ""
+        return hashlib.sha256(f"driftloop-rollout:{self.rollout_id}".encode()).hexdigest()[:12]
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

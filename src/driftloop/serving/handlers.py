@@ -99,7 +99,8 @@ def render_routing(snap: RoutingSnapshot) -> dict[str, Any]:
         "standby": snap.standby.ref.version if snap.standby else None,
         "complete": snap.complete,
         "state": {
-            "rollout_id": state.rollout_id,
+            # Not the id itself: it salts the canary hash (core.types.RolloutState.fingerprint).
+            "rollout": state.fingerprint,
             "mode": state.mode,
             "challenger": state.challenger,
             "weight": state.weight,
@@ -390,7 +391,7 @@ def _feedback_span(span: tracing.Span, outcome: FeedbackOutcome, version: str) -
     answer = outcome.answer
     attributes: dict[str, tracing.AttributeValue] = {
         "driftloop.feedback.request_id": outcome.request_id,
-        "driftloop.feedback.label": outcome.label,
+        # Not the label: what a user asked about leaves the replica only in the feedback log.
         "driftloop.model_version": answer.model_version if answer else version,
     }
     if answer is not None:

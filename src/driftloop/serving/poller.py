@@ -150,7 +150,8 @@ class RoutingPoller:
                 m.model_info.labels(name, part.bound.version, part.bound.slot).set(1)
                 m.traffic_weight.labels(part.bound.slot, part.bound.version).set(weight if part is new.canary else 1.0)
         state = new.routing.state
-        m.rollout_info.labels(state.rollout_id or "-", state.mode, state.stage or "-", state.challenger or "-").set(1)
+        # The rollout's fingerprint, not its id: the id salts the canary hash and /metrics is open.
+        m.rollout_info.labels(state.fingerprint or "-", state.mode, state.stage or "-", state.challenger or "-").set(1)
         m.swaps.inc()
 
     def poll_safely(self) -> bool:
