@@ -239,6 +239,26 @@ def test_compose_stack_shape():
     assert config["rule_files"] == ["alerts.yml"]
 
 
+def test_compose_services_are_hardened():
+    """Read-only root, no capabilities (postgres's entrypoint keeps the five it needs to drop to
+    its user), no privilege gain, a memory limit: on every service of every profile."""
+    for name, service in compose_model()["services"].items():
+        assert service.get("read_only") is True, f"{name}: root file system not read-only"
+        assert service.get("cap_drop") == ["ALL"], f"{name}: capabilities not dropped"
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert int(service.get("mem_limit", 0)) > 0, f"{name}: no memory limit"
+        assert "/tmp" in service.get("tmpfs", []), name
+        if name != "postgres":
+            assert not service.get("cap_add"), f"{name} adds capabilities"
+    assert set(compose_model()["services"]["postgres"]["cap_add"]) == {
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "SETGID",
+        "SETUID",
+    }
+
+
 def test_server_images_match_the_locked_clients():
     """MLflow and Prefect servers run the same versions as the clients in requirements.lock."""
     pins = locked()
