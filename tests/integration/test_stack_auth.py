@@ -130,6 +130,36 @@ def test_training_moves_the_alias(stack, model):
     assert _mlflow(stack, "training", "DELETE", "registered-models/alias", json=alias).status_code == 200
 
 
+def test_a_manual_move_is_made_as_the_authenticated_identity_and_refused_without_edit(stack, model, monkeypatch):
+    """`driftloop rollback|rollout promote|abort` claim the move on the registered model first: as
+    `serving` (READ) MoveRefused names the identity and nothing moves; as `training` the claim
+    records `training`, authenticated, whatever --by says."""
+    import json
+
+    from driftloop.adapters.registry import Registry
+    from driftloop.adapters.registry.aliases import MANUAL_MOVE_TAG
+    from driftloop.core.actors import MoveRefused, resolve_actor
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    record = {"action": "rollback", "on_behalf_of": "alice"}
+    for key, value in stack.client_env("serving").items():
+        monkeypatch.setenv(key, value)
+    registry = Registry(stack.mlflow_url, model["name"])
+    actor = resolve_actor(registry.acting_user(), "alice")
+    assert (actor.name, actor.authenticated) == ("serving", True)
+    with pytest.raises(MoveRefused, match="'serving'"):
+        registry.claim_manual_move({**record, "actor": actor.name})
+    for key, value in stack.client_env("training").items():
+        monkeypatch.setenv(key, value)
+    registry = Registry(stack.mlflow_url, model["name"])
+    actor = resolve_actor(registry.acting_user(), "alice")
+    registry.claim_manual_move({**record, "actor": actor.name, "authenticated": actor.authenticated})
+    tags = _mlflow(stack, "training", "GET", "registered-models/get", params={"name": model["name"]}).json()
+    claimed = {t["key"]: t["value"] for t in tags["registered_model"]["tags"]}[MANUAL_MOVE_TAG]
+    assert json.loads(claimed) == {**record, "actor": "training", "authenticated": True}
+    assert actor.recorded() == "manual:training on behalf of alice"
+
+
 def test_a_rotated_mlflow_password_takes_effect_at_the_next_up(stack, model, monkeypatch):
     """Rotation: a new value in the environment (or secrets.env) and `stack up`; the old one is refused."""
     old = stack.secrets.mlflow_password("serving")
