@@ -50,7 +50,7 @@ def test_a_non_string_is_refused():
 def test_the_config_dir_is_the_allowlist(tmp_path):
     (tmp_path / "mine.yaml").write_text("{}\n")
     assert overlay_names(["mine"], tmp_path) == ["mine"]
-    with pytest.raises(OverlayRefused, match="no .*stack.yaml"):
+    with pytest.raises(OverlayRefused, match=r"no .*stack\.yaml"):
         overlay_names(["stack"], tmp_path)
 
 
