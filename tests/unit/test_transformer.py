@@ -8,6 +8,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +124,35 @@ def test_frozen_mode_predicts_counts_real_tokens_and_pickles_its_weights(small_f
     again = pickle.loads(blob)  # noqa: S301  the test's own pickle
     assert np.allclose(again.predict_proba(TEXTS), proba, atol=1e-5)
     assert again.count_tokens("my card has not arrived yet") == 8
+
+
+class _Payload:
+    """Unpickling this creates ``proof``: the proof that a loader ran code from a file."""
+
+    def __init__(self, proof: str):
+        self.proof = proof
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.proof),))
+
+
+def test_a_checkpoint_replaced_by_a_pickle_with_a_payload_is_refused_and_never_runs(tmp_path):
+    """Issue 14, finding 5: serving once mounted the checkpoint volume read-write; a checkpoint
+    someone swapped for a pickle that runs code is refused by weights_only, never executed."""
+
+    import torch
+
+    folder = tmp_path / "run"
+    checkpoints = Checkpointer(folder)
+    checkpoints.save_latest({"step": 1, "history": [], "net": {"w": torch.ones(2)}})
+    proof = tmp_path / "payload-ran"
+    torch.save({"step": 2, "net": _Payload(str(proof))}, folder / "checkpoint.pt")
+    (folder / "best.pt").write_bytes(pickle.dumps({"w": _Payload(str(proof))}))
+    with pytest.raises(pickle.UnpicklingError):
+        checkpoints.load_latest("cpu")
+    with pytest.raises(pickle.UnpicklingError):
+        checkpoints.load_best()
+    assert not proof.exists()
 
 
 def test_finetune_resumes_from_its_checkpoint_after_an_interruption(small_frame, tiny_transformer_base, tmp_path):
