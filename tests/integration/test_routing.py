@@ -53,7 +53,7 @@ def routing(url: str) -> dict:
     return httpx.get(f"{url}/routing", timeout=10).json()
 
 
-def wait_for(check, timeout_s: float = 15.0):
+def wait_for(check, timeout_s: float = 60.0):
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()
