@@ -244,7 +244,7 @@ def test_one_retrain_run_per_drift_window_and_a_manual_run_with_parameters(stack
             "--deployment",
             "retraining/retrain",
             "-c",
-            str(stack["overlay"]),
+            "rollout",  # a name from configs/ travels as a parameter; the worker's DRIFTLOOP_CONFIG still applies
             "--param",
             "min_new_labels=0",
             "--param",
@@ -255,6 +255,11 @@ def test_one_retrain_run_per_drift_window_and_a_manual_run_with_parameters(stack
         env,
     )
     assert manual.returncode == 0, manual.stdout + manual.stderr
+    # a path never becomes a flow run's parameter (issue 14: overlays are names)
+    by_path = _run(
+        [DRIFTLOOP, "retrain", "--reason", "x", "--deployment", "retraining/retrain", "-c", str(stack["overlay"])], env
+    )
+    assert by_path.returncode != 0 and "refused" in by_path.stdout + by_path.stderr
     assert f"{stack['server'].ui_url}/runs/flow-run/" in manual.stdout
     wrong_out, _ = wrong.communicate(timeout=120)
     assert wrong.returncode == 2 and "min_new_label" in wrong_out, wrong_out
@@ -299,7 +304,7 @@ def test_one_retrain_run_per_drift_window_and_a_manual_run_with_parameters(stack
     assert first.parameters["report"] == w1.report and first.parameters["requested_by"] == "drift-monitor"
 
     assert run.parameters["min_new_labels"] == 0 and run.parameters["roll_out"] is False
-    assert run.parameters["config"] == [str(stack["overlay"])]
+    assert run.parameters["config"] == ["rollout"]
     assert "requested_by:manual:dana" in run.tags
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 

@@ -77,6 +77,8 @@ def held_server(cfg: ServingSettings, tmp_path) -> Iterator[tuple[str, HeldModel
     app = create_app(cfg, source, tmp_path)
     with serve_in_thread(app) as url:
         try:
+            # the champion loads in the background: a request before it would get "not ready"
+            wait_until(lambda: httpx.get(f"{url}/ready", timeout=WAIT_S).status_code == 200, "the champion loaded")
             yield url, source.model, app
         finally:
             source.model.gate.set()

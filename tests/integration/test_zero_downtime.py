@@ -73,7 +73,7 @@ class WrkRun:
         return loadgen.parse_wrk_output(out, statuses, ids)
 
 
-def overlay(tmp_path: Path, name: str, stages: list[dict]) -> list[str]:
+def overlay(tmp_path: Path, name: str, stages: list[dict]) -> str:
     # A wide latency slack: this test is about lost requests, not the latency guard. (Under wrk
     # the shadow's own prediction time, measured in a thread that waits for the GIL while the
     # event loop serves, reads several ms slower than the champion's; the guard then withdraws
@@ -89,7 +89,9 @@ def overlay(tmp_path: Path, name: str, stages: list[dict]) -> list[str]:
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body))
-    return [str(path)]
+    # A file outside configs/ is no flow parameter (driftloop.core.overlays): it reaches the flow
+    # through DRIFTLOOP_CONFIG, as the CLI hands a path on.
+    return str(path)
 
 
 def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, monkeypatch):
@@ -144,8 +146,10 @@ def test_rollouts_under_load_lose_no_request(settings, banking_train, tmp_path, 
             wrk = WrkRun(url, texts, tmp_path / "wrk")
             try:
                 time.sleep(1.0)  # the load is steady before the first stage begins
-                promoted = rollout(challenger=v2.version, requested_by="test", config=good_stages)
-                withdrawn = rollout(challenger=v3.version, requested_by="test", config=bad_stages)
+                monkeypatch.setenv("DRIFTLOOP_CONFIG", good_stages)
+                promoted = rollout(challenger=v2.version, requested_by="test")
+                monkeypatch.setenv("DRIFTLOOP_CONFIG", bad_stages)
+                withdrawn = rollout(challenger=v3.version, requested_by="test")
                 time.sleep(1.0)  # and still on after the last routing change reached the replica
             finally:
                 load = wrk.stop()

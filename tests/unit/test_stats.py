@@ -506,3 +506,14 @@ def test_ab_baseline_is_one_rule() -> None:
     assert st.ab_baseline(None, 0.8).value == 0.8
     assert st.ab_baseline().value == st.WORST_CASE_BASELINE == 0.5
     assert st.sample_size_two_sided(0.5, 0.05, ALPHA, 0.8) > st.sample_size_two_sided(0.85, 0.05, ALPHA, 0.8)
+
+
+def test_the_tail_test_survives_ties_at_the_pooled_quantile():
+    """Constant latencies (a log written with one latency per batch, or rounded to the ms): the
+    pooled p95 falls on a tie and nothing lies strictly above it; the values at it count."""
+    from driftloop.core.stats import tail_exceedance_test
+
+    slow = tail_exceedance_test([40.0] * 200, [1.0] * 300, 0.95, max_ratio=1.5, slack=2.0)
+    assert slow.p_value < 1e-10
+    same = tail_exceedance_test([1.0] * 200, [1.0] * 300, 0.95, max_ratio=1.5, slack=2.0)
+    assert same.p_value > 0.5

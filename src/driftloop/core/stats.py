@@ -594,6 +594,7 @@ def tail_exceedance_test(
     no slower than the champion) the test is exact whatever the distributions, since it conditions on
     the limit instead of treating the champion's estimated p95 as known. Unlike Mann–Whitney, which
     tests a shift of the whole distribution, it flags p95 100 ms against 10 ms even when the medians agree.
+    When no value lies strictly above the limit (ties), the values at it are counted instead.
     """
     y = (np.asarray(challenger, dtype=float).ravel() - slack) / max_ratio
     x = np.asarray(champion, dtype=float).ravel()
@@ -601,8 +602,15 @@ def tail_exceedance_test(
         raise ValueError(f"tail_exceedance_test: quantile in (0, 1) and max_ratio > 0, got {quantile}, {max_ratio}")
     if y.size == 0 or x.size == 0:
         raise ValueError("tail_exceedance_test: both arms need latencies")
-    limit = float(np.quantile(np.concatenate([y, x]), quantile))
-    k_ch, k_champ = int((y > limit).sum()), int((x > limit).sum())
+    pooled = np.concatenate([y, x])
+    limit = float(np.quantile(pooled, quantile))
+    # Ties (constant or rounded latencies) can leave nothing strictly above the pooled quantile;
+    # then the values at it count. Either rule is a function of the pooled sample only, so the
+    # test stays exact under H0.
+    if bool((pooled > limit).any()):
+        k_ch, k_champ = int((y > limit).sum()), int((x > limit).sum())
+    else:
+        k_ch, k_champ = int((y >= limit).sum()), int((x >= limit).sum())
     total = y.size + x.size
     p = float(stats.hypergeom.sf(k_ch - 1, total, k_ch + k_champ, y.size))
     estimate = k_ch / y.size - k_champ / x.size
