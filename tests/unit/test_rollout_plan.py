@@ -91,11 +91,10 @@ def test_only_a_recent_promotion_over_an_earlier_champion_is_under_watch(tmp_pat
 
 
 def test_the_ab_baseline_is_the_configured_one_else_the_champions_else_the_most_conservative():
-    from driftloop.core.stats import WORST_CASE_BASELINE
-    from driftloop.rollout.stages import ab_baseline
+    from driftloop.rollout.stages import FALLBACK_AB_BASELINE, ab_baseline
 
     configured = RolloutSettings(strategy="ab", ab={"baseline_accuracy": 0.7})
     assert ab_baseline(configured, {"metric.accuracy": "0.91"}) == 0.7
     default = RolloutSettings(strategy="ab")
     assert ab_baseline(default, {"metric.accuracy": "0.91"}) == 0.91
-    assert ab_baseline(default, {}) == WORST_CASE_BASELINE == 0.5
+    assert ab_baseline(default, {}) == FALLBACK_AB_BASELINE == 0.5

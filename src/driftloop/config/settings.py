@@ -285,30 +285,20 @@ class StageSpec(_Section):
 
 class GuardSettings(_Section):
     """How much worse than the champion a challenger may look on live traffic before it is
-    withdrawn, and the error rates of those decisions (driftloop.core.analysis).
-
-    `alpha` is stated twice over: an equal challenger is rolled back with probability at most
-    `alpha` over the whole rollout (its stages and the bake share it evenly, each stage splits its
-    share among its guard tests), and a challenger whose accuracy is worse by more than
-    `max_accuracy_drop` is promoted with probability at most `alpha` (promotion needs a
-    non-inferiority test to reject "worse by more than the drop"). `power` plans the labelled rows
-    that takes (shown in the analysis)."""
+    withdrawn. Each limit is tested statistically at level `alpha`: a challenger is rolled back
+    only when the data show it is worse by more than the tolerance, not on one noisy number."""
 
     alpha: float = Field(0.05, gt=0, lt=0.5)
-    power: float = Field(0.8, gt=0.5, lt=1)
-    # Tolerances: worse only by more than these (absolute differences of rates).
     max_error_rate_increase: float = Field(0.005, ge=0, le=1)
-    # p95 latency: worse when more of the challenger's requests, mapped back by
-    # (latency - latency_slack_ms) / max_p95_ratio, lie above the pooled p95 than the champion's
-    # (a tail exceedance test), i.e. its p95 exceeds the champion's * max_p95_ratio + latency_slack_ms.
+    # p95 latency: worse when challenger p95 > champion p95 * max_p95_ratio + latency_slack_ms
+    # and a one-sided Mann-Whitney U test says its latencies are stochastically larger.
     max_p95_ratio: float = Field(1.5, ge=1)
     latency_slack_ms: float = Field(2.0, ge=0)
     max_low_confidence_increase: float = Field(0.05, ge=0, le=1)
     # Shadow stage: share of requests where the challenger gives the champion's answer.
     min_agreement: float = Field(0.5, ge=0, le=1)
-    # The non-inferiority margin of promotion and the tolerance of the accuracy rollback test.
-    max_accuracy_drop: float = Field(0.02, gt=0, le=1)
-    # Labelled feedback rows per arm before accuracy is looked at.
+    max_accuracy_drop: float = Field(0.02, ge=0, le=1)
+    # Labelled feedback rows per arm before accuracy is tested at all.
     min_labelled: int = Field(30, gt=0)
 
 
@@ -316,10 +306,8 @@ class ABSettings(_Section):
     """A fixed split until a statistical decision on accuracy from feedback labels."""
 
     weight: float = Field(0.5, gt=0, lt=1)
-    # Baseline accuracy the sample size is planned for (null: the champion's evaluation accuracy,
-    # else 0.5, the worst case: driftloop.core.stats.ab_baseline).
+    # Baseline accuracy for the sample size (null: the champion's evaluation accuracy).
     baseline_accuracy: float | None = Field(None, gt=0, lt=1)
-    # The change of accuracy, either way, the test detects with `power` at two-sided `alpha`.
     min_detectable_effect: float = Field(0.05, gt=0, lt=1)
     alpha: float = Field(0.05, gt=0, lt=0.5)
     power: float = Field(0.8, gt=0.5, lt=1)

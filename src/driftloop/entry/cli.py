@@ -707,20 +707,11 @@ def rollout_status(config: list[str] | None = ConfigOpt) -> None:
             rollout.ab_baseline(settings.rollout, parts.registry.version_tags(routing.champion)),
             elapsed,
             settings.rollout.guard,
-            alpha=rollout.stage_alpha(settings.rollout),
         )
     else:
-        # One look from the cumulative counts (the sequential tests allow it; the flow's own state
-        # also holds the planned look, run once).
         plan = rollout.plan(settings.rollout)
         preview = analysis.decide_stage(
-            champ,
-            chal,
-            rollout.stage_spec(step),
-            settings.rollout.guard,
-            elapsed,
-            step == plan[-1],
-            alpha=rollout.stage_alpha(settings.rollout),
+            champ, chal, rollout.stage_spec(step), settings.rollout.guard, elapsed, step == plan[-1]
         )
     console.print(f"analysis now: [bold]{preview.action}[/bold] — {preview.reason}")
 

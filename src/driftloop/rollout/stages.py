@@ -21,7 +21,7 @@ from driftloop.adapters.history import ChampionHistory, now_iso
 from driftloop.adapters.logstore import LogRoot
 from driftloop.adapters.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.config.settings import RolloutSettings, StageSpec
-from driftloop.core import analysis, stats
+from driftloop.core import analysis
 from driftloop.core.analysis import ArmStats
 from driftloop.core.errors import RunFailed
 from driftloop.core.types import (
@@ -91,20 +91,20 @@ def stage_spec(step: Step) -> StageSpec:
     )
 
 
+# The accuracy an A/B test's sample size is planned for when neither rollout.ab.baseline_accuracy
+# nor the champion's evaluation accuracy is known: 0.5 needs the most samples, so the test is never
+# planned smaller than it should be.
+FALLBACK_AB_BASELINE = 0.5
+
+
 def ab_baseline(cfg: RolloutSettings, champion_tags: Mapping[str, str]) -> float:
-    """The baseline accuracy an A/B rollout plans its sample size for, by the one rule
-    (:func:`driftloop.core.stats.ab_baseline`): the configured one, else the champion's evaluation
-    accuracy (its ``metric.accuracy`` tag), else 0.5. The rollout flow and ``driftloop rollout
-    status`` both ask here, so they plan the same test."""
+    """The baseline accuracy an A/B rollout plans its sample size for: the configured one, else the
+    champion's evaluation accuracy (its ``metric.accuracy`` tag), else :data:`FALLBACK_AB_BASELINE`.
+    The rollout flow and ``driftloop rollout status`` both ask here, so they plan the same test."""
+    if cfg.ab.baseline_accuracy is not None:
+        return cfg.ab.baseline_accuracy
     tag = champion_tags.get("metric.accuracy")
-    return stats.ab_baseline(cfg.ab.baseline_accuracy, float(tag) if tag else None).value
-
-
-def stage_alpha(cfg: RolloutSettings) -> float:
-    """Each analysed step's (and the bake's) share of ``cfg.guard.alpha``, the rollout's stated
-    false-rollback rate for an equal challenger (:func:`driftloop.core.analysis.stage_alpha`)."""
-    analysed = [s for s in plan(cfg) if s.kind != KIND_STANDBY]
-    return analysis.stage_alpha(cfg.guard, len(analysed))
+    return float(tag) if tag else FALLBACK_AB_BASELINE
 
 
 def new_rollout_id() -> str:
@@ -162,17 +162,13 @@ def judge_promotion(
     cfg: RolloutSettings,
     low_confidence: float,
     elapsed_s: float,
-    state: analysis.GuardState | None = None,
 ) -> analysis.StageDecision:
     """A promoted champion's live numbers since ``promoted_at`` (``live``, a :func:`live_log` from
     then) against its predecessor's ``baseline`` (:func:`baseline_arm`): the bake's and the
-    monitor's one judgement. ``state``: the previous poll's evidence (None: recomputed from the
-    cumulative counts, which the sequential tests allow)."""
+    monitor's one judgement."""
     frame = live.frame()
     current = analysis.arm_stats(frame, promoted.version, SLOT_CHAMPION, low_confidence, since=promoted_at)
-    return analysis.detect_regression(
-        baseline, current, cfg.bake, cfg.guard, elapsed_s, state=state, alpha=stage_alpha(cfg)
-    )
+    return analysis.detect_regression(baseline, current, cfg.bake, cfg.guard, elapsed_s)
 
 
 def baseline_arm(log_root: LogRoot, version: str, until: datetime, last: int, low_confidence: float) -> ArmStats:

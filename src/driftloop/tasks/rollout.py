@@ -93,11 +93,6 @@ def watch_step(
     the registry no longer routes by this rollout (promoted or aborted by hand). Each poll reads
     only the log lines written since the previous one."""
     live = rollout.live_log(log_root, since)
-    alpha = rollout.stage_alpha(cfg)
-    # The step's evidence between polls (sequential tests, the planned look's results). Kept in
-    # memory: a restarted flow starts a new rollout, and the sequential tests may be recomputed
-    # from cumulative counts anyway (driftloop.core.analysis.GuardState).
-    evidence: list[analysis.GuardState | None] = [None]
 
     def decide(elapsed: float) -> StageDecision | None:
         if not rollout.is_current(registry, rollout_id):
@@ -106,16 +101,9 @@ def watch_step(
         frame = live.frame()
         champ, chal = rollout.arms(frame, champion.version, challenger.version, step, low_confidence, since)
         if step.kind == rollout.KIND_AB:
-            baseline = baseline_accuracy if baseline_accuracy is not None else rollout.ab_baseline(cfg, {})
-            decision = analysis.decide_ab(
-                champ, chal, cfg.ab, baseline, elapsed, cfg.guard, state=evidence[0], alpha=alpha
-            )
-        else:
-            decision = analysis.decide_stage(
-                champ, chal, rollout.stage_spec(step), cfg.guard, elapsed, is_last, state=evidence[0], alpha=alpha
-            )
-        evidence[0] = decision.state
-        return decision
+            baseline = rollout.FALLBACK_AB_BASELINE if baseline_accuracy is None else baseline_accuracy
+            return analysis.decide_ab(champ, chal, cfg.ab, baseline, elapsed, cfg.guard)
+        return analysis.decide_stage(champ, chal, rollout.stage_spec(step), cfg.guard, elapsed, is_last)
 
     return _poll(decide, cfg.poll_s, step.name)
 
@@ -135,17 +123,12 @@ def watch_bake(
     moved by hand meanwhile."""
     baseline = rollout.baseline_arm(log_root, previous.version, promoted_at, cfg.bake.baseline_samples, low_confidence)
     live = rollout.live_log(log_root, promoted_at)
-    evidence: list[analysis.GuardState | None] = [None]
 
     def decide(elapsed: float) -> StageDecision | None:
         if registry.champion() != promoted:
             get_run_logger().info("the champion moved away from %s outside this flow run; stopping the bake", promoted)
             return None
-        decision = rollout.judge_promotion(
-            live, baseline, promoted, promoted_at, cfg, low_confidence, elapsed, evidence[0]
-        )
-        evidence[0] = decision.state
-        return decision
+        return rollout.judge_promotion(live, baseline, promoted, promoted_at, cfg, low_confidence, elapsed)
 
     return _poll(decide, cfg.poll_s, "bake")
 
