@@ -202,15 +202,9 @@ class HttpHandlers:
                     status, payload, extra = await self._answer_predict(body, started, headers, span, caller)
                 finally:
                     self.service.mark_active()
-            if span.recording:
-                span.set_many(
-                    {
-                        "http.response.status_code": status,
-                        "driftloop.latency_ms": (time.perf_counter() - started) * 1000.0,
-                    }
-                )
-                if status >= 500:
-                    span.fail(f"answered {status}")
+            _finish_span(span, status, started)
+            if status >= 500 and span.recording:
+                span.fail(f"answered {status}")
         return PredictAnswer(status, payload, request_id, extra)
 
     async def _answer_predict(
