@@ -146,6 +146,8 @@ def test_texts_past_max_in_flight_answer_503_and_the_texts_in_flight_complete(tm
     with held_server(cfg, tmp_path) as (url, model, app), ThreadPoolExecutor(4) as pool:
         handlers_gate = app.state.in_flight
         first = pool.submit(post, url, {"text": "hold on"})
+        # the held request first: sent together, the other could arrive first and be answered at once
+        wait_until(lambda: ["hold on"] in model.calls, "the first request reached the model")
         second = pool.submit(post, url, {"texts": ["ab", "abc"]})
         wait_until(lambda: handlers_gate.texts == 3, "three texts in flight")
 
